@@ -1,0 +1,3 @@
+from worker import cli
+
+raise SystemExit(cli.main())

@@ -1,0 +1,114 @@
+"""Command line: parse, configure, dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+import psycopg
+
+from . import db, embedded, logs, runs, settings
+from .daemon import Daemon
+from .schedules import JOBS, SERVICES
+from .settings import ConfigError, Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker",
+        description="Background maintenance for an app, on its own PostgreSQL.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SERVICES:
+        jobs = ", ".join(SERVICES[name].jobs)
+        service = sub.add_parser(name, help=f"run the {name} service as a daemon ({jobs})")
+        service.add_argument("--once", action="store_true", help="run each job once, then exit")
+        service.add_argument(
+            "--dry-run", action="store_true", help="report what would change; write nothing"
+        )
+    migrate = sub.add_parser("migrate", help="create or upgrade the worker's tables")
+    migrate.add_argument(
+        "--app-tables", action="store_true", help="also create the reference app tables"
+    )
+    for verb in ("pause", "resume"):
+        flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
+        flag.add_argument("job", metavar="JOB")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m worker` and the `worker` console script."""
+    args = build_parser().parse_args(argv)
+    service = args.command if args.command in SERVICES else None
+    try:
+        config = settings.from_env(
+            settings.load_environment(), service=service, stdout_is_tty=sys.stdout.isatty()
+        )
+        _check_job_argument(args)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    logs.configure(config.log_level, config.log_format)
+    try:
+        config = _with_database(config)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    if service is not None:
+        return Daemon(config, SERVICES[service], dry_run=args.dry_run).run(once=args.once)
+    if args.command == "migrate":
+        return _migrate(config, app_tables=args.app_tables)
+    return _set_paused(config, args.job, paused=args.command == "pause")
+
+
+def _check_job_argument(args: argparse.Namespace) -> None:
+    job = getattr(args, "job", None)
+    if job is not None and job not in JOBS:
+        raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(JOBS)}")
+
+
+def _with_database(config: Settings) -> Settings:
+    """Start the embedded server when no database is configured (outside production only)."""
+    if config.database.source != "embedded":
+        return config
+    log = logs.get_logger()
+    log.info("embedded_database_starting", data_dir=str(config.database.embedded_dir))
+    config = replace(config, database=embedded.start(config.database))
+    with db.connect(config.database) as conn:
+        db.migrate(conn, app_tables=True)
+    log.info("embedded_database_ready", db_host=config.database.host)
+    return config
+
+
+def _migrate(config: Settings, *, app_tables: bool) -> int:
+    log = logs.get_logger()
+    try:
+        with db.connect(config.database) as conn:
+            applied = db.migrate(conn, app_tables=app_tables)
+    except psycopg.Error as exc:
+        log.error("migrate_failed", error=db.describe_error(exc), db_host=config.database.host)
+        return EXIT_FAILURE
+    log.info("migrate_completed", applied=applied, app_tables=app_tables)
+    return EXIT_OK
+
+
+def _set_paused(config: Settings, job: str, *, paused: bool) -> int:
+    log = logs.get_logger()
+    try:
+        with db.connect(config.database) as conn:
+            db.migrate(conn)
+            runs.set_paused(conn, job, paused)
+    except psycopg.Error as exc:
+        log.error(
+            "pause_failed", job=job, error=db.describe_error(exc), db_host=config.database.host
+        )
+        return EXIT_USAGE if isinstance(exc, psycopg.OperationalError) else EXIT_FAILURE
+    log.info("job_paused_set" if paused else "job_resumed", job=job)
+    return EXIT_OK
+
+
+def _usage_error(message: str) -> int:
+    print(f"worker: error: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,168 @@
+"""PostgreSQL access: connections, named SQL, advisory locks and migrations."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import time
+from collections.abc import Callable
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from .settings import Database
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+# Advisory locks taken by the worker live in their own key space: (namespace, hashtext(name)).
+LOCK_NAMESPACE = 0x574B5231  # "WKR1"
+_MIGRATION_LOCK = "worker:migrate"
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached within the allowed time."""
+
+
+def connect(database: Database, *, application_name: str = "worker") -> Conn:
+    """An autocommit connection returning dict rows; one short transaction per unit of work."""
+    return psycopg.connect(
+        database.conninfo,
+        autocommit=True,
+        row_factory=dict_row,
+        connect_timeout=10,
+        application_name=application_name,
+    )
+
+
+def connect_with_backoff(
+    database: Database,
+    *,
+    timeout_s: float,
+    should_stop: Callable[[], bool],
+    wait: Callable[[float], object],
+    on_failure: Callable[[int, str], None],
+    application_name: str = "worker",
+) -> Conn | None:
+    """Connect, retrying with capped exponential backoff for up to `timeout_s`.
+
+    Returns None when stopped while waiting; raises DatabaseUnavailable when time runs out.
+    `on_failure(attempt, error)` is called for each failed attempt.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.5
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return connect(database, application_name=application_name)
+        except psycopg.OperationalError as exc:
+            on_failure(attempt, describe_error(exc))
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise DatabaseUnavailable(describe_error(exc)) from None
+        wait(min(delay_s, remaining_s))
+        if should_stop():
+            return None
+        delay_s = min(delay_s * 2, 5.0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a database error, free of connection secrets."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        sqlstate = exc.sqlstate or "-"
+        return f"{exc.diag.message_primary} (sqlstate {sqlstate})"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line
+
+
+@functools.cache
+def _queries() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for entry in sorted(_sql_folder("queries").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            _parse_queries(entry.read_text(encoding="utf-8"), entry.name, found)
+    return found
+
+
+def _parse_queries(text: str, source: str, into: dict[str, str]) -> None:
+    name: str | None = None
+    lines: list[str] = []
+    for line in [*text.splitlines(), "-- name: _end"]:
+        match = _NAME.match(line.strip())
+        if match:
+            if name is not None:
+                into[name] = "\n".join(lines).strip().rstrip(";")
+            name, lines = match.group(1), []
+            if name in into:
+                raise ValueError(f"query {name!r} is defined twice ({source})")
+        elif name is not None and not line.lstrip().startswith("--"):
+            lines.append(line)
+
+
+def query(name: str) -> str:
+    """The SQL text of the named query (`-- name: NAME` in worker/sql/queries/*.sql)."""
+    try:
+        return _queries()[name]
+    except KeyError:
+        raise KeyError(f"no SQL query named {name!r}") from None
+
+
+def try_lock(conn: Conn, name: str) -> bool:
+    """Take the session advisory lock for `name` if no other session holds it."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS granted", (LOCK_NAMESPACE, name)
+    ).fetchone()
+    return bool(row and row["granted"])
+
+
+def unlock(conn: Conn, name: str) -> None:
+    """Release the session advisory lock for `name`."""
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, name))
+
+
+def migrate(conn: Conn, *, app_tables: bool = False) -> list[str]:
+    """Apply the worker's missing migrations (and the reference app tables when asked).
+
+    Safe to run from several processes at once: the work happens under a transaction-level
+    advisory lock, and every migration is recorded in `worker_schema_migrations`.
+    Returns the names of the migrations applied by this call.
+    """
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, _MIGRATION_LOCK)
+        )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS worker_schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in conn.execute("SELECT version FROM worker_schema_migrations")}
+        for name, sql_text in _migrations():
+            if name in done:
+                continue
+            conn.execute(sql_text.encode())
+            conn.execute("INSERT INTO worker_schema_migrations (version) VALUES (%s)", (name,))
+            applied.append(name)
+        if app_tables:
+            conn.execute(_sql_folder().joinpath("app_tables.sql").read_bytes())
+    return applied
+
+
+def _migrations() -> list[tuple[str, str]]:
+    folder = _sql_folder("migrations")
+    files = sorted((e for e in folder.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name)
+    return [(e.name.removesuffix(".sql"), e.read_text(encoding="utf-8")) for e in files]
+
+
+def _sql_folder(*parts: str) -> Traversable:
+    return resources.files("worker").joinpath("sql", *parts)
+
+
+def process_identity() -> tuple[str, int]:
+    """(host, pid) recorded on run rows so an operator can find the process."""
+    return os.uname().nodename, os.getpid()

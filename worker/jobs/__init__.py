@@ -1,0 +1,1 @@
+"""The jobs: each module owns one concern and exposes one pass over its items."""

@@ -1,0 +1,125 @@
+"""Refresh each Tavily API key's remaining quota from Tavily's usage endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from .. import db
+from ..clients import CallFailed, RetryPolicy, TavilyClient, Usage
+from ..inflight import map_unordered
+from .base import JobContext, JobResult
+
+NAME = "quota"
+PAGE_SIZE = 500
+
+
+def run_once(ctx: JobContext) -> JobResult:
+    """One pass: every key with `remaining_quota <= plan_limit`, each at most once."""
+    started = time.monotonic()
+    settings = ctx.settings
+    client = TavilyClient(
+        ctx.http,
+        settings.tavily_usage_url,
+        RetryPolicy.exponential(settings.max_retries, settings.retry_base_delay_s, ctx.sleep),
+        ctx.should_stop,
+    )
+    count = ctx.conn.execute(db.query("count_quota_keys")).fetchone()
+    ctx.log.info("tavily_keys_fetched", count=count["n"] if count else 0)
+    result = ctx.result
+    calls = map_unordered(
+        lambda key: client.usage(key["api_key"]),
+        _keys(ctx),
+        limit=settings.quota_concurrency,
+        should_stop=ctx.should_stop,
+    )
+    for key, outcome in calls:
+        if isinstance(outcome, Usage):
+            _store(ctx, key, outcome)
+        else:
+            _record_failure(ctx, key, outcome)
+    ctx.log.info(
+        "tavily_quota_update_completed",
+        total_keys=result.total,
+        success_count=result.succeeded,
+        failed_count=result.failed,
+        elapsed_seconds=round(time.monotonic() - started, 3),
+    )
+    return result
+
+
+def key_prefix(api_key: str) -> str:
+    """The only form of a key that may appear in logs, run rows and alerts."""
+    return f"{api_key[:10]}..."
+
+
+def _keys(ctx: JobContext) -> Iterator[dict[str, Any]]:
+    # Keyset pages: memory stays flat however many keys there are, and no transaction is
+    # held open while the HTTP calls run. Paging by id also means no key is called twice.
+    after_id = 0
+    while True:
+        page = ctx.conn.execute(
+            db.query("fetch_quota_keys_page"), {"after_id": after_id, "limit": PAGE_SIZE}
+        ).fetchall()
+        yield from page
+        if len(page) < PAGE_SIZE:
+            return
+        after_id = page[-1]["id"]
+
+
+def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
+    prefix = key_prefix(key["api_key"])
+    old_quota = key["remaining_quota"]
+    change = {
+        "key_prefix": prefix,
+        "old_quota": old_quota,
+        "new_quota": usage.remaining,
+        "plan_limit": usage.plan_limit,
+        "plan_usage": usage.plan_usage,
+        "quota_change": usage.remaining - old_quota,
+    }
+    if ctx.dry_run:
+        ctx.log.info("tavily_quota_would_update", **change)
+        ctx.result.ok()
+        return
+    try:
+        with ctx.conn.transaction():
+            ctx.conn.execute(
+                db.query("update_key_quota"),
+                {
+                    "id": key["id"],
+                    "remaining_quota": usage.remaining,
+                    "plan_limit": usage.plan_limit,
+                },
+            )
+    except psycopg.Error as exc:
+        if ctx.conn.broken:
+            raise  # the database went away: the run itself is broken
+        ctx.log.error("tavily_quota_write_failed", key_prefix=prefix, error=db.describe_error(exc))
+        ctx.result.fail(prefix, "db_error", error=db.describe_error(exc))
+        return
+    if usage.remaining == old_quota:
+        ctx.log.debug("tavily_quota_unchanged", **change)
+    else:
+        ctx.log.info("tavily_quota_updated", **change)
+    ctx.result.ok()
+
+
+def _record_failure(ctx: JobContext, key: dict[str, Any], error: Exception) -> None:
+    prefix = key_prefix(key["api_key"])
+    if not isinstance(error, CallFailed):
+        # A bug, not an API answer: keep the type, never the message (it could echo the key).
+        ctx.log.error("tavily_quota_check_failed", key_prefix=prefix, error=type(error).__name__)
+        ctx.result.fail(prefix, "internal_error", error=type(error).__name__)
+        return
+    fields = {"key_prefix": prefix, "attempts": error.attempts}
+    if error.reason == "timeout":
+        ctx.log.warning("tavily_api_timeout", **fields)
+    elif error.status_code is not None:
+        ctx.log.warning("tavily_api_http_error", status_code=error.status_code, **fields)
+    else:
+        ctx.log.warning("tavily_api_error", reason=error.reason, detail=error.detail, **fields)
+    ctx.result.fail(prefix, error.reason, detail=error.detail, attempts=error.attempts)
