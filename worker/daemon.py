@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from . import alerts, clients, db, runs, signals
 from .jobs.base import JobContext, JobResult
 from .logs import get_logger
 from .schedules import JobSpec, Service, jobs_of
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 MAX_IDLE_WAIT_S = 60.0  # re-check the schedule at least this often, in case the wall clock jumps
 SKIPPED = "skipped"
@@ -78,8 +79,9 @@ class Daemon:
             db_host=self.settings.database.host,
             db_name=self.settings.database.name,
         )
-        if not self._prepare_database():
-            return 0 if self.stopping else 1
+        exit_code = self._prepare_database()
+        if exit_code is not None:
+            return exit_code
         if once:
             statuses = [self.run_job(spec, "manual") for spec in self.jobs]
             self.log.info(self.service.stopped_event, statuses=statuses)
@@ -110,7 +112,9 @@ class Daemon:
             wait_s = MAX_IDLE_WAIT_S if idle_s is None else min(max(idle_s, 0.0), MAX_IDLE_WAIT_S)
             self._stop.wait(wait_s)
 
-    def _prepare_database(self) -> bool:
+    def _prepare_database(self) -> int | None:
+        """Connect (with backoff), migrate and run the jobs' checks; an exit code if that fails."""
+
         def on_failure(attempt: int, error: str) -> None:
             self.log.warning(
                 "database_unavailable",
@@ -135,13 +139,21 @@ class Daemon:
                 error=str(exc),
                 timeout_seconds=self.settings.db_connect_timeout_s,
             )
-            return False
+            return 1
         if conn is None:
-            return False
+            return 0  # stopped while waiting for the database
         with conn:
             applied = [] if self.dry_run else db.migrate(conn)
+            try:
+                for spec in self.jobs:
+                    if spec.check is not None:
+                        spec.check(conn, self.settings)
+            except ConfigError as exc:
+                self.log.error("configuration_rejected", error=str(exc))
+                print(f"worker: error: {exc}", file=sys.stderr)
+                return 2
         self.log.info("database_ready", migrations_applied=applied)
-        return True
+        return None
 
     def run_job(self, spec: JobSpec, trigger: str) -> str:
         """One run of `spec` through the whole lifecycle; returns its status or `skipped`.

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import schedule
 
+from .db import Conn
 from .jobs import quota
 from .jobs.base import JobContext, JobResult
 from .settings import Settings
@@ -53,12 +54,17 @@ class Cadence:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A job: its name, its service, its pass, and its cadence under given settings."""
+    """A job: its name, its service, its pass, and its cadence under given settings.
+
+    `check`, when set, validates configuration that only the database can judge (e.g. that
+    a configured column exists); it runs once at start and raises ConfigError (exit 2).
+    """
 
     name: str
     service: str
     run: Callable[[JobContext], JobResult]
     cadence: Callable[[Settings], Cadence]
+    check: Callable[[Conn, Settings], None] | None = None
 
 
 @dataclass(frozen=True)
