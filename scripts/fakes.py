@@ -91,7 +91,8 @@ class FakeServer:
 
     def stop(self) -> None:
         self.release.set()
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, so only if it runs
+            self._server.shutdown()
         self._server.server_close()
 
     def __enter__(self) -> FakeServer:
@@ -136,6 +137,8 @@ class FakeServer:
                 fake._record(request)
                 try:
                     self._answer(fake.responder(request))
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (timeout): expected
                 finally:
                     fake._done()
 
@@ -234,7 +237,11 @@ def _main() -> None:
         return Reply(200, {"ok": True}, delay_s=delay_s)
 
     responder = {"usage": usage, "producer": producer, "sink": sink}[args.kind]
-    server = FakeServer(responder, port=args.port).start()
+    server = FakeServer(responder, port=args.port)
+    # http.server sends the headers and the body in two writes; with Nagle on, the body waits
+    # for the client's delayed ACK (~40 ms), which would add to --latency-ms on every request.
+    server._server.RequestHandlerClass.disable_nagle_algorithm = True
+    server.start()
     print(f"fake {args.kind} API listening on {server.url}", flush=True)
     try:
         threading.Event().wait()

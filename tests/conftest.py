@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,10 +159,8 @@ class WorkerProcess:
         for line in self.proc.stdout:
             with self._changed:
                 self.raw.append(line)
-                try:
+                with contextlib.suppress(ValueError):  # a traceback line, say
                     self.lines.append(json.loads(line))
-                except ValueError:
-                    pass
                 self._changed.notify_all()
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:

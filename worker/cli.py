@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import psycopg
 
-from . import db, embedded, logs, runs, settings
+from . import db, embedded, logs, runs, settings, status
 from .daemon import Daemon
 from .schedules import JOBS, SERVICES
 from .settings import ConfigError, Settings
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
         flag.add_argument("job", metavar="JOB")
+    report = sub.add_parser("status", help="each job's last run, next due time and health")
+    report.add_argument("--json", action="store_true", help="print the status as JSON")
+    report.add_argument("--service", metavar="NAME", help="only the jobs of this service")
     return parser
 
 
@@ -49,9 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.load_environment(), service=service, stdout_is_tty=sys.stdout.isatty()
         )
         _check_job_argument(args)
+        _check_service_argument(args)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    logs.configure(config.log_level, config.log_format)
+    # `status` owns stdout (its table or JSON); its log lines go to stderr.
+    log_stream = sys.stderr if args.command == "status" else None
+    logs.configure(config.log_level, config.log_format, stream=log_stream)
     try:
         config = _with_database(config)
     except ConfigError as exc:
@@ -60,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Daemon(config, SERVICES[service], dry_run=args.dry_run).run(once=args.once)
     if args.command == "migrate":
         return _migrate(config, app_tables=args.app_tables)
+    if args.command == "status":
+        return status.run(config, service=args.service, as_json=args.json, out=sys.stdout)
     return _set_paused(config, args.job, paused=args.command == "pause")
 
 
@@ -67,6 +75,14 @@ def _check_job_argument(args: argparse.Namespace) -> None:
     job = getattr(args, "job", None)
     if job is not None and job not in JOBS:
         raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(JOBS)}")
+
+
+def _check_service_argument(args: argparse.Namespace) -> None:
+    name = getattr(args, "service", None)
+    if name is not None and name not in SERVICES:
+        raise ConfigError(
+            f"--service: unknown service {name!r}; known services: {', '.join(SERVICES)}"
+        )
 
 
 def _with_database(config: Settings) -> Settings:

@@ -216,3 +216,78 @@ def notify(
         if response.status_code < 500 and response.status_code != 429:
             break
     return error
+
+
+@dataclass(frozen=True)
+class StockOrder:
+    """One replenish request: who needs how many items, and the key the producer dedupes on."""
+
+    campaign_id: int
+    user_id: int
+    quantity: int
+    idempotency_key: str
+
+
+class ProducerClient:
+    """POST stock orders to the producer API (REPLENISH_API_URL), with the retry policy."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        url: str,
+        token: str | None,
+        retry: RetryPolicy,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.http = http
+        self.url = url
+        self.token = token
+        self.retry = retry
+        self.should_stop = should_stop
+
+    def request_items(self, order: StockOrder) -> list[str]:
+        """The items the producer made for `order`; CallFailed (with `attempts`) otherwise."""
+        headers = {"Accept": "application/json", "Idempotency-Key": order.idempotency_key}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        body = {
+            "campaign_id": order.campaign_id,
+            "user_id": order.user_id,
+            "quantity": order.quantity,
+        }
+        attempts = 0
+
+        def attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            return send(
+                self.http,
+                "POST",
+                self.url,
+                json=body,
+                headers=headers,
+                should_stop=self.should_stop,
+            )
+
+        response = self.retry.call(attempt)
+        try:
+            return parse_items(response, order.quantity)
+        except CallFailed as exc:
+            exc.attempts = attempts
+            raise
+
+
+def parse_items(response: httpx.Response, quantity: int) -> list[str]:
+    """Validate the answer `{"items": [...]}`: a list of at most `quantity` strings."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise CallFailed("bad_response", "body is not JSON") from None
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise CallFailed("bad_response", "no items list")
+    if not all(isinstance(item, str) for item in items):
+        raise CallFailed("bad_response", "items are not all strings")
+    if len(items) > quantity:
+        raise CallFailed("bad_response", f"{len(items)} items for a quantity of {quantity}")
+    return items

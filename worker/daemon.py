@@ -45,6 +45,7 @@ class Daemon:
         self.log = get_logger(service=service.name)
         self._stop = threading.Event()
         self._exited = threading.Event()
+        self._announced = threading.Event()
         self._signal: str | None = None
 
     def stop(self, signal_name: str | None = None) -> None:
@@ -84,7 +85,7 @@ class Daemon:
             return exit_code
         if once:
             statuses = [self.run_job(spec, "manual") for spec in self.jobs]
-            self.log.info(self.service.stopped_event, statuses=statuses)
+            self._log_stopped(statuses=statuses)
             return 1 if "failed" in statuses else 0
         for spec in self.jobs:
             cadence = spec.cadence(self.settings)
@@ -101,8 +102,13 @@ class Daemon:
             for spec in self.jobs:
                 self.run_job(spec, "startup")
         self._loop()
-        self.log.info(self.service.stopped_event, signal=self._signal)
+        self._log_stopped()
         return 0
+
+    def _log_stopped(self, **fields: Any) -> None:
+        if self.stopping:
+            self._announced.wait(1.0)  # the watcher logs received_shutdown_signal first
+        self.log.info(self.service.stopped_event, signal=self._signal, **fields)
 
     def _loop(self) -> None:
         self.log.info("scheduler_loop_started")
@@ -256,6 +262,15 @@ class Daemon:
                 runs.finish(
                     conn, run, status=status, result=result, duration_ms=duration_ms, error=error
                 )
+                outcome = alerts.RunOutcome(
+                    spec.name, run.id, status, result.total, result.failed, duration_ms
+                )
+                try:
+                    alerts.evaluate_run(conn, self.settings, outcome, http=self.http, log=self.log)
+                except Exception as exc:  # alerting must never fail the run it reports on
+                    self.log.error(
+                        "alert_rules_failed", job=spec.name, run_id=run.id, error=type(exc).__name__
+                    )
         except psycopg.Error as exc:
             # The next run takes the lock and marks this row abandoned.
             self.log.error(
@@ -300,6 +315,7 @@ class Daemon:
         if self._exited.is_set():
             return
         self.log.info("received_shutdown_signal", signal=self._signal)
+        self._announced.set()
         if not self._exited.wait(self.settings.shutdown_grace_s):
             self.log.error("shutdown_grace_exceeded", grace_seconds=self.settings.shutdown_grace_s)
             os._exit(signals.FORCED_EXIT_CODE)

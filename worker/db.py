@@ -28,13 +28,15 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached within the allowed time."""
 
 
-def connect(database: Database, *, application_name: str = "worker") -> Conn:
+def connect(
+    database: Database, *, application_name: str = "worker", connect_timeout_s: int = 10
+) -> Conn:
     """An autocommit connection returning dict rows; one short transaction per unit of work."""
     return psycopg.connect(
         database.conninfo,
         autocommit=True,
         row_factory=dict_row,
-        connect_timeout=10,
+        connect_timeout=connect_timeout_s,
         application_name=application_name,
     )
 

@@ -39,22 +39,28 @@ def map_unordered(
     source = iter(items)
     in_flight = 0
     exhausted = False
+
+    def start_calls() -> None:
+        nonlocal in_flight, exhausted
+        while not exhausted and in_flight < limit and not should_stop():
+            item = next(source, _END)
+            if item is _END:
+                exhausted = True
+            else:
+                todo.put(item)
+                in_flight += 1
+
     try:
-        while True:
-            while not exhausted and in_flight < limit and not should_stop():
-                item = next(source, _END)
-                if item is _END:
-                    exhausted = True
-                else:
-                    todo.put(item)
-                    in_flight += 1
-            if in_flight == 0 or should_stop():
-                return
+        start_calls()
+        while in_flight and not should_stop():
             try:
                 outcome = done.get(timeout=poll_s)
             except queue.Empty:
                 continue
             in_flight -= 1
+            # Start the next call before the caller spends time writing this result, so no
+            # slot sits idle during the write (measured: 27% over the ideal pass otherwise).
+            start_calls()
             if should_stop():
                 return
             yield outcome

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import schedule
 
 from .db import Conn
-from .jobs import quota
+from .jobs import cleanup, leases, quota, replenish
 from .jobs.base import JobContext, JobResult
 from .settings import Settings
 
@@ -86,6 +86,35 @@ JOBS: dict[str, JobSpec] = {
             quota.run_once,
             lambda s: Cadence(every_s=s.quota_update_interval_hours * HOUR_S),
         ),
+        JobSpec(cleanup.TOKENS, "cleanup", cleanup.clean_tokens, lambda s: Cadence(every_s=HOUR_S)),
+        JobSpec(
+            cleanup.SESSIONS, "cleanup", cleanup.clean_sessions, lambda s: Cadence(at=s.cleanup_at)
+        ),
+        JobSpec(
+            cleanup.CONTENT,
+            "cleanup",
+            cleanup.clean_content,
+            lambda s: Cadence(at=s.cleanup_content_at, weekday="sunday"),
+        ),
+        JobSpec(
+            cleanup.HISTORY,
+            "cleanup",
+            cleanup.clean_history,
+            lambda s: Cadence(at=s.cleanup_at),
+            check=cleanup.check_extra_rules,
+        ),
+        JobSpec(
+            replenish.NAME,
+            "replenish",
+            replenish.run_once,
+            lambda s: Cadence(every_s=s.replenish_interval_minutes * 60),
+        ),
+        JobSpec(
+            leases.NAME,
+            "replenish",
+            leases.run_once,
+            lambda s: Cadence(every_s=s.lease_recovery_interval_minutes * 60),
+        ),
     )
 }
 
@@ -96,6 +125,10 @@ SERVICES: dict[str, Service] = {
         started_event="tavily_quota_updater_starting",
         stopped_event="tavily_quota_updater_stopped",
     ),
+    "cleanup": Service(
+        "cleanup", (cleanup.TOKENS, cleanup.SESSIONS, cleanup.CONTENT, cleanup.HISTORY)
+    ),
+    "replenish": Service("replenish", (replenish.NAME, leases.NAME)),
     "all": Service("all", tuple(JOBS)),
 }
 

@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS campaign_stock (
     lease_owner  text,
     consumed_at  timestamptz
 );
+-- Each campaign's stock version is max(id): this index answers it without reading history.
+CREATE INDEX IF NOT EXISTS campaign_stock_campaign_id_idx ON campaign_stock (campaign_id, id);
 CREATE INDEX IF NOT EXISTS campaign_stock_available_idx ON campaign_stock (campaign_id) WHERE consumed_at IS NULL;
 CREATE INDEX IF NOT EXISTS campaign_stock_lease_idx ON campaign_stock (leased_until)
     WHERE consumed_at IS NULL AND leased_until IS NOT NULL;

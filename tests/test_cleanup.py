@@ -1,0 +1,437 @@
+"""The cleanup service against a real PostgreSQL: retention, batches, locks, extra rules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import pytz
+from psycopg import sql
+from structlog.testing import capture_logs
+
+from tests.conftest import WorkerProcess, make_context, make_settings
+from worker import db
+from worker.daemon import Daemon
+from worker.jobs import cleanup
+from worker.jobs.base import JobResult
+from worker.logs import get_logger
+from worker.schedules import JOBS, SERVICES, next_due
+
+GUARDED = "cleanup_test_guarded"  # a throwaway table whose deletes a trigger refuses
+EXTRA = "cleanup_test_extra"  # a throwaway table for operator-configured rules
+
+
+def add_rows(conn: db.Conn, table: str, column: str, age: str, count: int = 1) -> list[int]:
+    """Insert `count` rows whose `column` is `age` ago (a negative age is in the future)."""
+    statement = sql.SQL(
+        "INSERT INTO {table} ({column}) SELECT now() - %s::interval FROM generate_series(1, %s)"
+        " RETURNING id"
+    ).format(table=sql.Identifier(table), column=sql.Identifier(column))
+    return [row["id"] for row in conn.execute(statement, (age, count)).fetchall()]
+
+
+def add_tokens(conn: db.Conn, table: str, expires_in: str, count: int = 1) -> list[int]:
+    statement = sql.SQL(
+        "INSERT INTO {} (user_id, token_hash, expires_at)"
+        " SELECT 1, md5(g::text), now() + %s::interval FROM generate_series(1, %s) AS g"
+        " RETURNING id"
+    ).format(sql.Identifier(table))
+    return [row["id"] for row in conn.execute(statement, (expires_in, count)).fetchall()]
+
+
+def add_run(conn: db.Conn, *, age: str, status: str = "success", job: str = "quota") -> int:
+    row = conn.execute(
+        "INSERT INTO worker_job_runs (job, trigger, status, started_at, host, pid)"
+        " VALUES (%s, 'schedule', %s, now() - %s::interval, 'test-host', 1) RETURNING id",
+        (job, status, age),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def add_alert(conn: db.Conn, *, age: str) -> int:
+    row = conn.execute(
+        "INSERT INTO worker_alerts (type, level, message, created_at)"
+        " VALUES ('TEST', 'INFO', 'old news', now() - %s::interval) RETURNING id",
+        (age,),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def ids(conn: db.Conn, table: str) -> set[int]:
+    statement = sql.SQL("SELECT id FROM {}").format(sql.Identifier(table))
+    return {row["id"] for row in conn.execute(statement).fetchall()}
+
+
+def run_job(
+    conn: db.Conn, job: Callable[..., JobResult], *, dry_run: bool = False, **env: str
+) -> JobResult:
+    settings = make_settings(conn.info.dsn, **env)
+    return job(make_context(conn, settings, job="cleanup_test", dry_run=dry_run))
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+@contextmanager
+def throwaway_table(conn: db.Conn, name: str, *, refuse_deletes: bool = False) -> Iterator[None]:
+    """A table `name(id, created_at, note)` that exists only for the `with` block."""
+    table = sql.Identifier(name)
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL, note text)"
+        ).format(table)
+    )
+    if refuse_deletes:
+        conn.execute(
+            "CREATE FUNCTION cleanup_test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'rows of this table are kept by policy'; END $$"
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER refuse BEFORE DELETE ON {} FOR EACH ROW"
+                " EXECUTE FUNCTION cleanup_test_refuse()"
+            ).format(table)
+        )
+    try:
+        yield
+    finally:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        conn.execute("DROP FUNCTION IF EXISTS cleanup_test_refuse()")
+
+
+@contextmanager
+def table_hidden(conn: db.Conn, name: str) -> Iterator[None]:
+    """The app table `name` is missing for the `with` block (renamed, then renamed back)."""
+    hidden = sql.Identifier(f"{name}_hidden_by_test")
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(name), hidden))
+    try:
+        yield
+    finally:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(hidden, sql.Identifier(name)))
+
+
+def test_tokens_past_expiry_go_and_live_tokens_stay(conn: db.Conn) -> None:
+    expired = add_tokens(conn, "refresh_tokens", "-1 minute", 3)
+    live = add_tokens(conn, "refresh_tokens", "1 minute", 2)
+    expired_resets = add_tokens(conn, "password_reset_tokens", "-2 days", 2)
+    live_resets = add_tokens(conn, "password_reset_tokens", "10 minutes", 1)
+
+    result = run_job(conn, cleanup.clean_tokens)
+
+    assert ids(conn, "refresh_tokens") == set(live)
+    assert ids(conn, "password_reset_tokens") == set(live_resets)
+    assert (result.total, result.succeeded, result.failed) == (2, 2, 0)
+    rules = result.details["rules"]
+    assert rules["refresh_tokens.expires_at"]["deleted"] == len(expired)
+    assert rules["password_reset_tokens.expires_at"]["deleted"] == len(expired_resets)
+
+
+def test_sessions_older_than_retention_go_and_boundary_rows_stay(conn: db.Conn) -> None:
+    add_rows(conn, "scrape_sessions", "created_at", "30 days 1 hour", 4)
+    add_rows(conn, "scrape_sessions", "created_at", "400 days", 1)
+    boundary = add_rows(conn, "scrape_sessions", "created_at", "29 days 23 hours", 2)
+    recent = add_rows(conn, "scrape_sessions", "created_at", "1 hour", 1)
+
+    with capture_logs() as logs:
+        result = run_job(conn, cleanup.clean_sessions, SCRAPE_SESSION_RETENTION_DAYS="30")
+
+    assert ids(conn, "scrape_sessions") == set(boundary + recent)
+    assert result.details["rules"]["scrape_sessions.created_at"]["deleted"] == 5
+    [completed] = events(logs, "cleanup_rule_completed")
+    assert (completed["table"], completed["deleted"], completed["batches"]) == (
+        "scrape_sessions",
+        5,
+        1,
+    )
+    assert isinstance(completed["elapsed_seconds"], float)
+    [totals] = events(logs, "cleanup_completed")
+    assert (totals["rules"], totals["deleted"], totals["failed_rules"]) == (1, 5, 0)
+
+
+def test_old_posts_go_with_all_their_comments_and_recent_content_stays(conn: db.Conn) -> None:
+    [old_post] = add_rows(conn, "reddit_posts", "created_at", "90 days 1 hour")
+    [boundary_post] = add_rows(conn, "reddit_posts", "created_at", "89 days 23 hours")
+    comment = (
+        "INSERT INTO reddit_comments (post_id, created_at) VALUES (%s, now() - %s::interval)"
+        " RETURNING id"
+    )
+    conn.execute(comment, (old_post, "91 days"))
+    conn.execute(comment, (old_post, "1 day"))  # recent, but its post goes: cascade
+    conn.execute(comment, (boundary_post, "120 days"))  # old itself: goes, its post stays
+    kept = conn.execute(comment, (boundary_post, "2 days")).fetchone()
+    assert kept is not None
+
+    result = run_job(conn, cleanup.clean_content, REDDIT_CONTENT_RETENTION_DAYS="90")
+
+    assert ids(conn, "reddit_posts") == {boundary_post}
+    assert ids(conn, "reddit_comments") == {kept["id"]}
+    rules = result.details["rules"]
+    assert list(rules) == ["reddit_comments.created_at", "reddit_posts.created_at"]
+    assert rules["reddit_comments.created_at"]["deleted"] == 2  # the old ones, by their age
+    assert rules["reddit_posts.created_at"]["deleted"] == 1
+
+
+def test_history_keeps_running_rows_and_recent_history(conn: db.Conn) -> None:
+    add_run(conn, age="31 days")
+    add_run(conn, age="200 days", status="failed")
+    running = add_run(conn, age="45 days", status="running")
+    boundary = add_run(conn, age="29 days 23 hours")
+    add_alert(conn, age="90 days 1 hour")
+    kept_alert = add_alert(conn, age="89 days 23 hours")
+
+    result = run_job(conn, cleanup.clean_history)
+
+    assert ids(conn, "worker_job_runs") == {running, boundary}
+    assert ids(conn, "worker_alerts") == {kept_alert}
+    rules = result.details["rules"]
+    assert rules["worker_job_runs.started_at"]["deleted"] == 2
+    assert rules["worker_alerts.created_at"]["deleted"] == 1
+
+
+def test_many_rows_go_in_small_batches_while_the_app_updates_a_live_row(
+    conn: db.Conn, db_url: str
+) -> None:
+    add_rows(conn, "scrape_sessions", "created_at", "31 days", 50)
+    [live] = add_rows(conn, "scrape_sessions", "created_at", "1 day")
+    # If a batch ever waited on the app's lock, fail the test instead of hanging it.
+    conn.execute("SET statement_timeout = '10s'")
+    with psycopg.connect(db_url) as app:
+        app.execute("UPDATE scrape_sessions SET url = 'edited by the app' WHERE id = %s", (live,))
+        # The app's transaction is open, holding the live row's lock, while cleanup runs.
+        result = run_job(conn, cleanup.clean_sessions, CLEANUP_BATCH_SIZE="7")
+        assert app.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        app.commit()
+
+    rule = result.details["rules"]["scrape_sessions.created_at"]
+    assert (rule["status"], rule["deleted"], rule["batches"]) == (
+        "completed",
+        50,
+        math.ceil(50 / 7),
+    )
+    assert result.failed == 0
+    row = conn.execute("SELECT id, url FROM scrape_sessions").fetchall()
+    assert row == [{"id": live, "url": "edited by the app"}]
+
+
+def test_a_batch_waiting_on_an_app_row_lock_fails_fast_and_rolls_back(
+    conn: db.Conn, db_url: str
+) -> None:
+    expired = add_tokens(conn, "refresh_tokens", "-1 hour", 5)
+    rule = cleanup.Rule("refresh_tokens", "expires_at", 0)
+    conn.execute("SET statement_timeout = '10s'")  # a regression fails instead of hanging
+    with psycopg.connect(db_url) as app:
+        # The app checks (and holds) one expired token, as a login flow would.
+        app.execute("SELECT id FROM refresh_tokens WHERE id = %s FOR UPDATE", (expired[0],))
+        with capture_logs() as logs:
+            outcome = cleanup.delete_in_batches(
+                conn, rule, 100, lambda: False, get_logger(), lock_timeout_ms=100
+            )
+        app.execute("UPDATE refresh_tokens SET token_hash = 'rotated' WHERE id = %s", (expired[0],))
+        app.commit()
+
+    assert outcome.status == cleanup.FAILED
+    assert outcome.error is not None and "lock timeout" in outcome.error
+    assert outcome.elapsed_seconds < 5  # it gave up; it did not wait for the app
+    assert outcome.deleted == 0 and ids(conn, "refresh_tokens") == set(expired)  # rolled back
+    assert conn.execute(
+        "SELECT token_hash FROM refresh_tokens WHERE id = %s", (expired[0],)
+    ).fetchone() == {"token_hash": "rotated"}
+    [failed] = events(logs, "cleanup_rule_failed")
+    assert failed["log_level"] == "error" and failed["table"] == "refresh_tokens"
+
+
+def test_a_stop_request_is_honoured_between_batches(conn: db.Conn) -> None:
+    add_rows(conn, "scrape_sessions", "created_at", "40 days", 30)
+    asked: list[int] = []
+
+    def stop_after_first_batch() -> bool:
+        asked.append(1)
+        return True
+
+    rule = cleanup.Rule("scrape_sessions", "created_at", 30)
+    outcome = cleanup.delete_in_batches(conn, rule, 10, stop_after_first_batch, get_logger())
+
+    assert (outcome.status, outcome.deleted, outcome.batches) == (cleanup.INTERRUPTED, 10, 1)
+    assert len(asked) == 1
+    assert len(ids(conn, "scrape_sessions")) == 20
+
+
+def test_missing_table_and_failing_batch_leave_other_rules_running(conn: db.Conn) -> None:
+    expired = add_tokens(conn, "refresh_tokens", "-1 day", 3)
+    old_run = add_run(conn, age="60 days")
+    running = add_run(conn, age="60 days", status="running")
+    old_alert = add_alert(conn, age="100 days")
+    settings = make_settings(conn.info.dsn, CLEANUP_EXTRA_RULES=f"{GUARDED}.created_at:7")
+    with throwaway_table(conn, GUARDED, refuse_deletes=True):
+        guarded = add_rows(conn, GUARDED, "created_at", "30 days", 4)
+        with table_hidden(conn, "password_reset_tokens"), capture_logs() as logs:
+            exit_code = Daemon(settings, SERVICES["cleanup"]).run(once=True)
+        assert ids(conn, GUARDED) == set(guarded)  # the failing batch rolled back alone
+
+    assert exit_code == 0  # partial is not failed
+    assert not set(expired) & ids(conn, "refresh_tokens")
+    assert running in ids(conn, "worker_job_runs") and old_run not in ids(conn, "worker_job_runs")
+    assert old_alert not in ids(conn, "worker_alerts")
+    runs = {
+        row["job"]: row
+        for row in conn.execute(
+            "SELECT job, status, succeeded, failed, details FROM worker_job_runs"
+            " WHERE job LIKE 'cleanup%'"
+        )
+    }
+    assert {job: row["status"] for job, row in runs.items()} == {
+        "cleanup_tokens": "success",
+        "cleanup_sessions": "success",
+        "cleanup_content": "success",
+        "cleanup_history": "partial",
+    }
+    tokens = runs["cleanup_tokens"]["details"]["rules"]
+    assert tokens["password_reset_tokens.expires_at"]["status"] == "table_missing"
+    assert tokens["refresh_tokens.expires_at"]["deleted"] == 3
+    history = runs["cleanup_history"]
+    assert (history["succeeded"], history["failed"]) == (2, 1)
+    assert history["details"]["rules"]["worker_job_runs.started_at"]["deleted"] == 1
+    assert history["details"]["rules"]["worker_alerts.created_at"]["deleted"] == 1
+    [failure] = history["details"]["failures"]
+    assert failure["item"] == f"{GUARDED}.created_at" and failure["reason"] == "batch_failed"
+    assert "kept by policy" in failure["error"]
+    [missing] = events(logs, "cleanup_table_missing")
+    assert (missing["log_level"], missing["table"]) == ("warning", "password_reset_tokens")
+
+
+def test_valid_extra_rules_are_applied(conn: db.Conn) -> None:
+    with throwaway_table(conn, EXTRA):
+        old = add_rows(conn, EXTRA, "created_at", "7 days 1 hour", 3)
+        recent = add_rows(conn, EXTRA, "created_at", "6 days 23 hours", 2)
+        settings = make_settings(
+            conn.info.dsn, CLEANUP_EXTRA_RULES=f" public.{EXTRA}.created_at:7 , "
+        )
+        cleanup.check_extra_rules(conn, settings)  # accepted at start
+        result = cleanup.clean_history(make_context(conn, settings, job=cleanup.HISTORY))
+        remaining = ids(conn, EXTRA)
+
+    assert remaining == set(recent)
+    assert result.details["rules"][f"public.{EXTRA}.created_at"]["deleted"] == len(old)
+    assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        "users; drop table x",
+        '"scrape_sessions".created_at:7',
+        "scrape_sessions.created_at:0",
+        "scrape sessions.created_at:7",
+        "scrape_sessions.created_at:7,scrape_sessions.no_such_column:7",
+        "scrape_sessions.url:7",  # a text column: not an age
+        "no_such_table.created_at:7",
+    ],
+)
+def test_hostile_or_unusable_extra_rules_are_refused_at_start(
+    conn: db.Conn, db_url: str, spawn: Callable[..., WorkerProcess], rules: str
+) -> None:
+    old = add_rows(conn, "scrape_sessions", "created_at", "100 days", 2)
+
+    worker = spawn("cleanup", "--once", env={"DATABASE_URL": db_url, "CLEANUP_EXTRA_RULES": rules})
+    code = worker.wait()
+
+    assert code == 2
+    assert "CLEANUP_EXTRA_RULES" in worker.stderr()
+    assert ids(conn, "scrape_sessions") == set(old)  # nothing ran
+    assert conn.execute("SELECT count(*) AS n FROM worker_job_runs").fetchone() == {"n": 0}
+    assert not worker.events("job_started")
+
+
+def test_clock_jobs_are_due_at_their_time_in_schedule_timezone() -> None:
+    settings = make_settings("postgresql://localhost/unused", SCHEDULE_TIMEZONE="Asia/Shanghai")
+    shanghai = pytz.timezone("Asia/Shanghai")
+    now = datetime.now(UTC)
+
+    sessions_due = next_due(JOBS["cleanup_sessions"], settings, None)
+    content_due = next_due(JOBS["cleanup_content"], settings, None)
+
+    assert sessions_due is not None and content_due is not None
+    local = sessions_due.astimezone(shanghai)
+    assert (local.hour, local.minute) == (2, 0)
+    assert timedelta(0) < sessions_due - now <= timedelta(hours=24)
+    local = content_due.astimezone(shanghai)
+    assert (local.weekday(), local.hour, local.minute) == (6, 2, 30)  # Sunday 02:30
+    assert timedelta(0) < content_due - now <= timedelta(days=7)
+    assert next_due(JOBS["cleanup_tokens"], settings, now) == now + timedelta(hours=1)
+
+
+def test_dry_run_reports_counts_and_deletes_nothing(conn: db.Conn) -> None:
+    add_tokens(conn, "refresh_tokens", "-1 hour", 3)
+    add_rows(conn, "scrape_sessions", "created_at", "31 days", 4)
+    add_rows(conn, "scrape_sessions", "created_at", "1 day", 1)
+    add_run(conn, age="40 days")
+    before = {t: ids(conn, t) for t in ("refresh_tokens", "scrape_sessions", "worker_job_runs")}
+
+    with capture_logs() as logs:
+        tokens = run_job(conn, cleanup.clean_tokens, dry_run=True)
+        sessions = run_job(conn, cleanup.clean_sessions, dry_run=True)
+        history = run_job(conn, cleanup.clean_history, dry_run=True)
+
+    assert {t: ids(conn, t) for t in before} == before
+    assert tokens.details["rules"]["refresh_tokens.expires_at"] == {
+        "status": "dry_run",
+        "would_delete": 3,
+    }
+    assert sessions.details["rules"]["scrape_sessions.created_at"]["would_delete"] == 4
+    assert history.details["rules"]["worker_job_runs.started_at"]["would_delete"] == 1
+    would = {e["rule"]: e["count"] for e in events(logs, "cleanup_rule_would_delete")}
+    assert would["refresh_tokens.expires_at"] == 3
+    assert would["scrape_sessions.created_at"] == 4
+    assert not events(logs, "cleanup_rule_completed")
+
+
+def test_cleanup_once_deletes_old_rows_and_prints_per_rule_counts(
+    conn: db.Conn, db_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    add_tokens(conn, "refresh_tokens", "-1 hour", 2)
+    live_token = add_tokens(conn, "refresh_tokens", "1 hour", 1)
+    add_rows(conn, "scrape_sessions", "created_at", "31 days", 3)
+    [post] = add_rows(conn, "reddit_posts", "created_at", "100 days")
+    conn.execute("INSERT INTO reddit_comments (post_id) VALUES (%s)", (post,))
+    with throwaway_table(conn, EXTRA):
+        add_rows(conn, EXTRA, "created_at", "3 days", 2)
+        worker = spawn(
+            "cleanup",
+            "--once",
+            env={
+                "DATABASE_URL": db_url,
+                "CLEANUP_EXTRA_RULES": f"{EXTRA}.created_at:2",
+                "CLEANUP_BATCH_SIZE": "2",
+            },
+        )
+        code = worker.wait(60)
+        extra_left = ids(conn, EXTRA)
+
+    assert code == 0, worker.stderr()
+    counts = {e["rule"]: e["deleted"] for e in worker.events("cleanup_rule_completed")}
+    assert counts == {
+        "refresh_tokens.expires_at": 2,
+        "password_reset_tokens.expires_at": 0,
+        "scrape_sessions.created_at": 3,
+        "reddit_comments.created_at": 0,
+        "reddit_posts.created_at": 1,
+        "worker_job_runs.started_at": 0,
+        "worker_alerts.created_at": 0,
+        f"{EXTRA}.created_at": 2,
+    }
+    assert ids(conn, "refresh_tokens") == set(live_token)
+    assert ids(conn, "scrape_sessions") == set() and ids(conn, "reddit_comments") == set()
+    assert extra_left == set()
+    assert len(worker.events("cleanup_completed")) == 4
+    statuses = conn.execute("SELECT job, status FROM worker_job_runs ORDER BY id").fetchall()
+    assert [(r["job"], r["status"]) for r in statuses] == [
+        (job, "success") for job in SERVICES["cleanup"].jobs
+    ]

@@ -1,0 +1,307 @@
+"""Delete expired and aged-out rows in small batches that never hold the app's tables for long."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import db
+from ..db import Conn
+from ..settings import ConfigError, RetentionRule, Settings
+from .base import JobContext, JobResult
+
+TOKENS = "cleanup_tokens"
+SESSIONS = "cleanup_sessions"
+CONTENT = "cleanup_content"
+HISTORY = "cleanup_history"
+
+# How long one batch may wait for a row or table lock before it gives up. An app's own
+# transactions hold row locks for milliseconds; a wait of a whole second means a long
+# transaction (or one idle in transaction) holds a row we want, and while our DELETE waits
+# it keeps the locks it already took, so app requests touching those rows would queue
+# behind it. Failing the batch costs nothing: it rolls back and the next run retries.
+LOCK_TIMEOUT_MS = 1000
+
+COMPLETED = "completed"
+TABLE_MISSING = "table_missing"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+DRY_RUN = "dry_run"
+
+_DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Delete rows of `table` whose `column` is more than `days` days in the past.
+
+    `days=0` deletes rows whose `column` is already past (expiry columns such as
+    `expires_at`). `only`, when set, is a further condition rows must meet to go; it is SQL
+    written in this package, never taken from configuration.
+    """
+
+    table: str
+    column: str
+    days: int
+    schema: str | None = None
+    only: sql.Composable | None = None
+
+    @classmethod
+    def from_setting(cls, rule: RetentionRule) -> Rule:
+        """The rule an operator configured in CLEANUP_EXTRA_RULES."""
+        return cls(rule.table, rule.column, rule.days, schema=rule.schema)
+
+    @property
+    def relation(self) -> str:
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+    @property
+    def name(self) -> str:
+        return f"{self.relation}.{self.column}"
+
+    def identifier(self) -> sql.Identifier:
+        return (
+            sql.Identifier(self.schema, self.table) if self.schema else sql.Identifier(self.table)
+        )
+
+
+@dataclass
+class RuleOutcome:
+    """What one rule did: rows deleted, batches (transactions that deleted rows), timings."""
+
+    rule: str
+    table: str
+    status: str = COMPLETED
+    deleted: int = 0
+    batches: int = 0
+    elapsed_seconds: float = 0.0
+    longest_batch_seconds: float = 0.0
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The per-rule entry of the run's `details`."""
+        entry: dict[str, Any] = {
+            "deleted": self.deleted,
+            "batches": self.batches,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "longest_batch_seconds": round(self.longest_batch_seconds, 3),
+            "status": self.status,
+        }
+        if self.error:
+            entry["error"] = self.error
+        return entry
+
+
+def clean_tokens(ctx: JobContext) -> JobResult:
+    """One pass of `cleanup_tokens`: refresh and password-reset tokens past `expires_at`."""
+    return _run_rules(
+        ctx,
+        [Rule("refresh_tokens", "expires_at", 0), Rule("password_reset_tokens", "expires_at", 0)],
+    )
+
+
+def clean_sessions(ctx: JobContext) -> JobResult:
+    """One pass of `cleanup_sessions`: scrape sessions older than their retention."""
+    days = ctx.settings.scrape_session_retention_days
+    return _run_rules(ctx, [Rule("scrape_sessions", "created_at", days)])
+
+
+def clean_content(ctx: JobContext) -> JobResult:
+    """One pass of `cleanup_content`: old Reddit comments, then old posts (with their comments)."""
+    days = ctx.settings.reddit_content_retention_days
+    # Comments first: each post's delete then cascades to fewer rows, keeping batches short.
+    return _run_rules(
+        ctx, [Rule("reddit_comments", "created_at", days), Rule("reddit_posts", "created_at", days)]
+    )
+
+
+def clean_history(ctx: JobContext) -> JobResult:
+    """One pass of `cleanup_history`: finished worker runs, old alerts, then CLEANUP_EXTRA_RULES."""
+    settings = ctx.settings
+    not_running = sql.SQL(db.query("cleanup_not_running"))
+    rules = [
+        Rule("worker_job_runs", "started_at", settings.job_run_retention_days, only=not_running),
+        Rule("worker_alerts", "created_at", settings.alert_retention_days),
+        *(Rule.from_setting(rule) for rule in settings.cleanup_extra_rules),
+    ]
+    return _run_rules(ctx, rules)
+
+
+def check_extra_rules(conn: Conn, settings: Settings) -> None:
+    """Refuse at start (ConfigError, exit 2) any extra rule the database cannot apply.
+
+    The table must exist (an operator named it, so a missing one is a mistake, unlike the
+    built-in app tables), have an `id` column, a date or timestamp column of the given name,
+    and this role must be allowed to delete from it.
+    """
+    for setting in settings.cleanup_extra_rules:
+        rule = Rule.from_setting(setting)
+        problem = _extra_rule_problem(conn, rule)
+        if problem:
+            raise ConfigError(f"CLEANUP_EXTRA_RULES: rule {rule.name}:{rule.days}: {problem}")
+
+
+def delete_in_batches(
+    conn: Conn,
+    rule: Rule,
+    batch_size: int,
+    should_stop: Callable[[], bool],
+    log: Any,
+    *,
+    lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+) -> RuleOutcome:
+    """Delete every row `rule` matches, `batch_size` rows per transaction, until none is left.
+
+    `conn` must be in autocommit mode. Stops early when `should_stop()` turns true between
+    batches, or at the first failing batch (which rolls back alone). A missing table is
+    reported, not raised. Raises only when the connection itself is lost.
+    """
+    outcome = RuleOutcome(rule.name, rule.relation)
+    if not _table_exists(conn, rule):
+        return _table_missing(log, outcome)
+    statement = _rule_statement("cleanup_delete_batch", rule)
+    params = {"days": rule.days, "limit": batch_size}
+    started = time.monotonic()
+    while True:
+        try:
+            deleted, seconds = _delete_batch(conn, statement, params, lock_timeout_ms)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            outcome.status, outcome.error = FAILED, db.describe_error(exc)
+            break
+        outcome.deleted += deleted
+        outcome.batches += 1 if deleted else 0
+        outcome.longest_batch_seconds = max(outcome.longest_batch_seconds, seconds)
+        if deleted < batch_size:
+            break
+        if should_stop():
+            outcome.status = INTERRUPTED
+            break
+    outcome.elapsed_seconds = time.monotonic() - started
+    _log_outcome(log, outcome)
+    return outcome
+
+
+def count_rows(conn: Conn, rule: Rule) -> int | None:
+    """How many rows `rule` would delete now; None when its table does not exist."""
+    if not _table_exists(conn, rule):
+        return None
+    row = conn.execute(_rule_statement("cleanup_count_rows", rule), {"days": rule.days}).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> JobResult:
+    started = time.monotonic()
+    summaries: dict[str, dict[str, Any]] = {}
+    for rule in rules:
+        if ctx.should_stop():
+            break
+        summaries[rule.name] = _preview(ctx, rule) if ctx.dry_run else _apply(ctx, rule)
+    ctx.result.details["rules"] = summaries
+    totals = {
+        key: sum(s.get(key, 0) for s in summaries.values())
+        for key in (("would_delete",) if ctx.dry_run else ("deleted", "batches"))
+    }
+    ctx.log.info(
+        "cleanup_completed",
+        rules=len(summaries),
+        failed_rules=ctx.result.failed,
+        dry_run=ctx.dry_run,
+        elapsed_seconds=round(time.monotonic() - started, 3),
+        **totals,
+    )
+    return ctx.result
+
+
+def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
+    outcome = delete_in_batches(
+        ctx.conn, rule, ctx.settings.cleanup_batch_size, ctx.should_stop, ctx.log
+    )
+    if outcome.status == FAILED:
+        ctx.result.fail(rule.name, "batch_failed", error=outcome.error, deleted=outcome.deleted)
+    elif outcome.status != INTERRUPTED:
+        ctx.result.ok()  # completed, or a table this app does not have
+    return outcome.summary()
+
+
+def _preview(ctx: JobContext, rule: Rule) -> dict[str, Any]:
+    try:
+        count = count_rows(ctx.conn, rule)
+    except psycopg.Error as exc:
+        if ctx.conn.broken:
+            raise
+        ctx.log.error("cleanup_count_failed", rule=rule.name, error=db.describe_error(exc))
+        ctx.result.fail(rule.name, "count_failed", error=db.describe_error(exc))
+        return {"status": FAILED, "error": db.describe_error(exc)}
+    ctx.result.ok()
+    if count is None:
+        _table_missing(ctx.log, RuleOutcome(rule.name, rule.relation))
+        return {"status": TABLE_MISSING, "would_delete": 0}
+    ctx.log.info("cleanup_rule_would_delete", rule=rule.name, table=rule.relation, count=count)
+    return {"status": DRY_RUN, "would_delete": count}
+
+
+def _delete_batch(
+    conn: Conn, statement: sql.Composed, params: dict[str, Any], lock_timeout_ms: int
+) -> tuple[int, float]:
+    started = time.monotonic()
+    with conn.transaction():
+        conn.execute(db.query("cleanup_set_lock_timeout"), {"lock_timeout": f"{lock_timeout_ms}ms"})
+        deleted = conn.execute(statement, params).rowcount
+    return max(deleted, 0), time.monotonic() - started
+
+
+def _rule_statement(query_name: str, rule: Rule) -> sql.Composed:
+    predicate: sql.Composable = sql.SQL(db.query("cleanup_older_than")).format(
+        column=sql.Identifier(rule.column)
+    )
+    if rule.only is not None:
+        predicate = sql.SQL("{} AND {}").format(predicate, rule.only)
+    return sql.SQL(db.query(query_name)).format(table=rule.identifier(), predicate=predicate)
+
+
+def _table_exists(conn: Conn, rule: Rule) -> bool:
+    # Quoted exactly as the DELETE will quote it, so both resolve the same relation.
+    relation = rule.identifier().as_string(conn)
+    row = conn.execute(db.query("cleanup_relation_exists"), {"relation": relation}).fetchone()
+    return bool(row and row["present"])
+
+
+def _table_missing(log: Any, outcome: RuleOutcome) -> RuleOutcome:
+    log.warning("cleanup_table_missing", rule=outcome.rule, table=outcome.table)
+    outcome.status = TABLE_MISSING
+    return outcome
+
+
+def _log_outcome(log: Any, outcome: RuleOutcome) -> None:
+    fields = {"rule": outcome.rule, "table": outcome.table, **outcome.summary()}
+    if outcome.status == FAILED:
+        log.error("cleanup_rule_failed", **fields)
+    elif outcome.status == INTERRUPTED:
+        log.warning("cleanup_rule_interrupted", **fields)
+    else:
+        log.info("cleanup_rule_completed", **fields)
+
+
+def _extra_rule_problem(conn: Conn, rule: Rule) -> str | None:
+    relation = rule.identifier().as_string(conn)
+    row = conn.execute(
+        db.query("cleanup_describe_rule"), {"relation": relation, "column": rule.column}
+    ).fetchone()
+    if row is None or not row["table_exists"]:
+        return f"table {rule.relation} does not exist"
+    if row["column_type"] is None:
+        return f"table {rule.relation} has no column {rule.column}"
+    if row["column_type"] not in _DATE_TYPES:
+        return f"column {rule.column} is {row['column_type']}, not a date or timestamp"
+    if not row["has_id"]:
+        return f"table {rule.relation} has no id column (batches delete by id)"
+    if not row["can_delete"]:
+        return f"this database role lacks the DELETE privilege on {rule.relation}"
+    return None

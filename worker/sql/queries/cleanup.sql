@@ -1,0 +1,44 @@
+-- Retention cleanup. `{table}`, `{column}` and `{predicate}` are placeholders that
+-- worker/jobs/cleanup.py fills with psycopg.sql.Identifier and SQL composed from this file,
+-- never with text taken from configuration.
+
+-- name: cleanup_relation_exists
+SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
+
+-- name: cleanup_set_lock_timeout
+-- Transaction-local (is_local = true): it ends with the batch's transaction.
+SELECT set_config('lock_timeout', %(lock_timeout)s, true);
+
+-- name: cleanup_older_than
+-- The cutoff is computed by PostgreSQL, never by the process clock.
+{column} < now() - make_interval(days => %(days)s)
+
+-- name: cleanup_not_running
+-- A `running` row is the live record of a run in progress (or of a dead process whose
+-- row the next run marks `abandoned`): it is never retention's to delete.
+status <> 'running'
+
+-- name: cleanup_delete_batch
+-- `id = ANY(ARRAY(...))` lets the planner use the primary key; `id IN (SELECT ...)` measured
+-- 10x slower on 1M rows.
+DELETE FROM {table}
+ WHERE id = ANY(ARRAY(SELECT id FROM {table} WHERE {predicate} LIMIT %(limit)s));
+
+-- name: cleanup_count_rows
+SELECT count(*) AS n FROM {table} WHERE {predicate};
+
+-- name: cleanup_describe_rule
+-- What the start-up check needs to know about an extra rule's table: does it exist, the
+-- type of the rule's column, whether it has the `id` the batches select on, and whether
+-- this role may delete from it.
+SELECT c.oid IS NOT NULL AS table_exists,
+       (SELECT a.atttypid::regtype::text
+          FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attname = %(column)s
+           AND a.attnum > 0 AND NOT a.attisdropped) AS column_type,
+       EXISTS (SELECT 1
+                 FROM pg_attribute a
+                WHERE a.attrelid = c.oid AND a.attname = 'id'
+                  AND a.attnum > 0 AND NOT a.attisdropped) AS has_id,
+       coalesce(has_table_privilege(c.oid, 'DELETE'), false) AS can_delete
+  FROM (SELECT to_regclass(%(relation)s)::oid AS oid) AS c;

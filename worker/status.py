@@ -1,0 +1,232 @@
+"""`worker status`: each job's last run, next due time and pause flag, and a health verdict."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import psycopg
+
+from . import db
+from .schedules import JOBS, SERVICES, next_due
+from .settings import Settings
+
+STALE_AFTER_PERIODS = 2  # DESIGN §2: no run that did its work within 2 x the job's period
+CONNECT_TIMEOUT_S = 5  # a HEALTHCHECK must answer quickly: no backoff, one short attempt
+HEALTHY = ("ok", "paused")  # a paused job is reported, never counted as unhealthy
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNREACHABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One row of the status table.
+
+    `health` is `ok`, `paused`, `failed` (its last completed run failed), `stale` (no
+    success or partial run within STALE_AFTER_PERIODS periods) or `never_run`.
+    """
+
+    job: str
+    service: str
+    cadence: str
+    last_started_at: datetime | None
+    last_status: str | None
+    duration_ms: int | None
+    succeeded: int | None
+    failed: int | None
+    next_due: datetime | None
+    paused: bool
+    last_success_at: datetime | None
+    health: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.health in HEALTHY
+
+
+@dataclass(frozen=True)
+class Report:
+    """The status of a selection of jobs, as of the database's clock."""
+
+    checked_at: datetime
+    jobs: list[JobStatus]
+
+    @property
+    def healthy(self) -> bool:
+        return all(job.healthy for job in self.jobs)
+
+
+def selected_jobs(service: str | None) -> list[str]:
+    """Every job in JOBS, or only those SERVICES[service] runs."""
+    return list(JOBS) if service is None else list(SERVICES[service].jobs)
+
+
+def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
+    """Print the status of the selected jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
+    try:
+        with _connect(settings) as conn:
+            report = gather(conn, settings, selected_jobs(service))
+    except psycopg.Error as exc:
+        # The URL may hold the password: name the host and the database, never the URL.
+        print(
+            f"worker: error: cannot read status from the database at "
+            f"db_host={settings.database.host} db_name={settings.database.name}: "
+            f"{db.describe_error(exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    out.write(render_json(report) if as_json else render_table(report))
+    return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
+
+
+def gather(conn: db.Conn, settings: Settings, jobs: Sequence[str]) -> Report:
+    """Read the jobs' history and flags in one query and judge each job."""
+    try:
+        rows = conn.execute(db.query("job_status"), {"jobs": list(jobs)}).fetchall()
+    except psycopg.errors.UndefinedTable:
+        # The worker has never migrated this database (status must not do it silently):
+        # every job has never run, which is what the operator needs to see.
+        now = conn.execute(db.query("database_now")).fetchone()
+        assert now is not None
+        rows = [{"job": job, "checked_at": now["checked_at"]} for job in jobs]
+    checked_at = rows[0]["checked_at"] if rows else datetime.now(UTC)
+    return Report(checked_at, [_judge(row, settings, checked_at) for row in rows])
+
+
+def _judge(row: dict[str, Any], settings: Settings, now: datetime) -> JobStatus:
+    spec = JOBS[row["job"]]
+    cadence = spec.cadence(settings)
+    last_success_at = row.get("last_success_at")
+    stale_after = timedelta(seconds=STALE_AFTER_PERIODS * cadence.period_s)
+    if row.get("paused"):
+        health = "paused"
+    elif row.get("last_completed_status") == "failed":
+        health = "failed"
+    elif row.get("last_started_at") is None:
+        health = "never_run"
+    elif last_success_at is None or now - last_success_at > stale_after:
+        health = "stale"
+    else:
+        health = "ok"
+    return JobStatus(
+        job=spec.name,
+        service=spec.service,
+        cadence=cadence.describe(settings.schedule_timezone),
+        last_started_at=row.get("last_started_at"),
+        last_status=row.get("last_status"),
+        duration_ms=row.get("duration_ms"),
+        succeeded=row.get("succeeded"),
+        failed=row.get("failed"),
+        next_due=next_due(spec, settings, row.get("last_finished_at")),
+        paused=bool(row.get("paused")),
+        last_success_at=last_success_at,
+        health=health,
+    )
+
+
+def render_json(report: Report) -> str:
+    """{"healthy", "checked_at", "jobs": [...]} with ISO 8601 UTC times."""
+    jobs = [
+        {
+            "job": job.job,
+            "service": job.service,
+            "cadence": job.cadence,
+            "last_started_at": _iso(job.last_started_at),
+            "last_status": job.last_status,
+            "duration_ms": job.duration_ms,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+            "next_due": _iso(job.next_due),
+            "paused": job.paused,
+            "last_success_at": _iso(job.last_success_at),
+            "health": job.health,
+            "healthy": job.healthy,
+        }
+        for job in report.jobs
+    ]
+    body = {"healthy": report.healthy, "checked_at": _iso(report.checked_at), "jobs": jobs}
+    return json.dumps(body, indent=2) + "\n"
+
+
+_COLUMNS = (
+    "JOB",
+    "SERVICE",
+    "LAST START (UTC)",
+    "STATUS",
+    "DURATION",
+    "OK/FAILED",
+    "NEXT DUE (UTC)",
+    "PAUSED",
+    "LAST SUCCESS (UTC)",
+    "HEALTH",
+)
+
+
+def render_table(report: Report) -> str:
+    """An aligned table, then one verdict line naming every unhealthy or paused job."""
+    cells = [_COLUMNS, *(_table_row(job) for job in report.jobs)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join([*lines, "", *_verdict(report)]) + "\n"
+
+
+def _table_row(job: JobStatus) -> tuple[str, ...]:
+    counts = "-" if job.succeeded is None else f"{job.succeeded}/{job.failed}"
+    return (
+        job.job,
+        job.service,
+        _clock(job.last_started_at),
+        job.last_status or "never run",
+        _duration(job.duration_ms),
+        counts,
+        _clock(job.next_due),
+        "yes" if job.paused else "no",
+        _clock(job.last_success_at),
+        job.health,
+    )
+
+
+def _verdict(report: Report) -> list[str]:
+    reasons = {
+        "failed": "its last completed run failed",
+        "stale": f"no success or partial run within {STALE_AFTER_PERIODS} x its period",
+        "never_run": "it has never run",
+    }
+    unhealthy = [f"  {job.job}: {reasons[job.health]}" for job in report.jobs if not job.healthy]
+    lines = ["healthy" if report.healthy else "UNHEALTHY", *unhealthy]
+    paused = [job.job for job in report.jobs if job.paused]
+    if paused:
+        lines.append(
+            f"paused (skipped by every replica; not counted as unhealthy): {', '.join(paused)}"
+        )
+    return lines
+
+
+def _connect(settings: Settings) -> db.Conn:
+    # A health check answers within CONNECT_TIMEOUT_S: one attempt, no backoff.
+    return db.connect(
+        settings.database, application_name="worker:status", connect_timeout_s=CONNECT_TIMEOUT_S
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def _clock(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(duration_ms: int | None) -> str:
+    if duration_ms is None:
+        return "-"
+    seconds = duration_ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
