@@ -124,6 +124,9 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; without TCP_NODELAY the body waits ~40 ms
+            # for the client's delayed ACK, which would dwarf every latency we measure.
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -238,9 +241,6 @@ def _main() -> None:
 
     responder = {"usage": usage, "producer": producer, "sink": sink}[args.kind]
     server = FakeServer(responder, port=args.port)
-    # http.server sends the headers and the body in two writes; with Nagle on, the body waits
-    # for the client's delayed ACK (~40 ms), which would add to --latency-ms on every request.
-    server._server.RequestHandlerClass.disable_nagle_algorithm = True
     server.start()
     print(f"fake {args.kind} API listening on {server.url}", flush=True)
     try:

@@ -11,7 +11,7 @@ import psycopg
 
 from . import db, embedded, logs, runs, settings, status
 from .daemon import Daemon
-from .schedules import JOBS, SERVICES
+from .schedules import JOBS, SERVICE_ALIASES, SERVICES
 from .settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -79,6 +79,8 @@ def _check_job_argument(args: argparse.Namespace) -> None:
 
 def _check_service_argument(args: argparse.Namespace) -> None:
     name = getattr(args, "service", None)
+    if name in SERVICE_ALIASES:
+        args.service = name = SERVICE_ALIASES[name]
     if name is not None and name not in SERVICES:
         raise ConfigError(
             f"--service: unknown service {name!r}; known services: {', '.join(SERVICES)}"

@@ -133,6 +133,10 @@ SERVICES: dict[str, Service] = {
 }
 
 
+# Names users already deploy with (SERVICE_TYPE), mapped to the service they mean.
+SERVICE_ALIASES = {"tavily_quota_updater": "quota"}
+
+
 def jobs_of(service: str) -> list[JobSpec]:
     """The job specs a service runs, in registration order."""
     return [JOBS[name] for name in SERVICES[service].jobs]

@@ -1,0 +1,37 @@
+# One image for every service; SERVICE_TYPE picks which one a container runs.
+#   docker build -t worker .
+#   docker run -e SERVICE_TYPE=quota -e DATABASE_URL=postgresql://... worker
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    UV_PYTHON_DOWNLOADS=never \
+    ENVIRONMENT=production
+
+RUN pip install --no-cache-dir uv==0.13.9
+
+WORKDIR /app
+
+# Dependencies first, from the lock file only, so code changes do not rebuild this layer.
+# --no-dev leaves out the test tools and the embedded PostgreSQL (production has its own).
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+
+COPY worker ./worker
+COPY railway_entrypoint.sh ./
+RUN uv sync --frozen --no-dev --no-editable \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin worker
+
+ENV PATH="/app/.venv/bin:$PATH"
+USER worker
+
+# Exit 0 healthy, 1 a job of this service is stale or failing, 2 database unreachable.
+HEALTHCHECK --interval=60s --timeout=15s --start-period=120s --retries=3 \
+    CMD ["sh", "-c", "exec worker status --service \"${SERVICE_TYPE:-all}\""]
+
+# Exec form: the entrypoint script is PID 1 and execs Python, so Python itself is PID 1 and
+# receives the platform's SIGTERM directly.
+ENTRYPOINT ["/app/railway_entrypoint.sh"]

@@ -1,0 +1,241 @@
+"""The daemon as users run it: `python -m worker quota` as a subprocess, signals, replicas."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from scripts.fakes import FakeServer, Reply, Request, serving, usage_body
+from tests.conftest import WorkerProcess, make_settings
+from worker import db
+from worker.daemon import Daemon
+from worker.schedules import SERVICES
+
+SEED_EVENTS = [
+    "tavily_quota_updater_starting",
+    "running_initial_update",
+    "tavily_keys_fetched",
+    "tavily_quota_updated",
+    "tavily_quota_update_completed",
+    "scheduler_loop_started",
+]
+
+Spawn = Callable[..., WorkerProcess]
+
+
+def add_keys(conn: db.Conn, count: int, prefix: str = "tvly-daemon") -> list[str]:
+    keys = [f"{prefix}-{i:03d}-secretsecret" for i in range(count)]
+    for key in keys:
+        conn.execute(
+            "INSERT INTO tavily_api_keys (api_key, plan_limit, remaining_quota, updated_at)"
+            " VALUES (%s, 1000, 0, now() - interval '1 day')",
+            (key,),
+        )
+    return keys
+
+
+def runs(conn: db.Conn) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT id, status, trigger, total, succeeded, failed, pid FROM worker_job_runs ORDER BY id"
+    ).fetchall()
+
+
+def key_states(conn: db.Conn) -> dict[str, tuple[int, bool]]:
+    rows = conn.execute(
+        "SELECT api_key, remaining_quota, updated_at > now() - interval '1 hour' AS fresh"
+        " FROM tavily_api_keys"
+    ).fetchall()
+    return {r["api_key"]: (r["remaining_quota"], r["fresh"]) for r in rows}
+
+
+def quota_env(db_url: str, server: FakeServer, **extra: str) -> dict[str, str]:
+    return {"DATABASE_URL": db_url, "TAVILY_USAGE_URL": f"{server.url}/usage", **extra}
+
+
+def hang_after(answered: int) -> Callable[[Request], Reply]:
+    """Answer the first `answered` requests, hang on the rest."""
+    count = 0
+    lock = threading.Lock()
+
+    def respond(request: Request) -> Reply:
+        nonlocal count
+        with lock:
+            count += 1
+            mine = count
+        return Reply(200, usage_body(1000, 100)) if mine <= answered else Reply(hang=True)
+
+    return respond
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_starts_runs_at_start_logs_seed_events_and_stops_when_idle(
+    conn: db.Conn, spawn: Spawn
+) -> None:
+    keys = add_keys(conn, 3)
+    with serving(lambda r: Reply(200, usage_body(1000, 100))) as server:
+        worker = spawn("quota", env=quota_env(conn.info.dsn, server))
+        worker.wait_for("scheduler_loop_started")
+        sent = worker.signal(signal.SIGTERM)
+        code = worker.wait()
+        exit_s = time.monotonic() - sent
+
+    assert code == 0
+    assert exit_s < 1.0, f"idle stop took {exit_s:.2f}s"
+    names = [e["event"] for e in worker.events()]
+    positions = [names.index(event) for event in SEED_EVENTS]
+    assert positions == sorted(positions), names
+    assert names.index("received_shutdown_signal") < names.index("tavily_quota_updater_stopped")
+    assert worker.events("received_shutdown_signal")[0]["signal"] == "SIGTERM"
+    assert all(e["job"] == "quota" for e in worker.events("tavily_quota_updated"))
+    assert {e["run_id"] for e in worker.events("tavily_quota_updated")} == {runs(conn)[0]["id"]}
+    assert [(r["status"], r["trigger"], r["succeeded"]) for r in runs(conn)] == [
+        ("success", "startup", 3)
+    ]
+    assert all(state == (900, True) for state in key_states(conn).values())
+    output = "".join(worker.raw) + worker.stderr()
+    assert not any(key in output for key in keys), "a whole API key reached the log"
+
+
+def test_sigterm_while_the_api_hangs_interrupts_within_a_second(
+    conn: db.Conn, spawn: Spawn
+) -> None:
+    add_keys(conn, 6)
+    with serving(hang_after(2)) as server:
+        worker = spawn("quota", env=quota_env(conn.info.dsn, server, QUOTA_CONCURRENCY="2"))
+        wait_until(lambda: len(server.requests) >= 4)  # two answered, two hanging
+        worker.wait_for("tavily_quota_updated")
+        sent = worker.signal(signal.SIGTERM)
+        code = worker.wait()
+        exit_s = time.monotonic() - sent
+
+    assert code == 0
+    assert exit_s < 1.0, f"busy stop took {exit_s:.2f}s"
+    [run] = runs(conn)
+    assert run["status"] == "interrupted"
+    states = key_states(conn)
+    written = [key for key, (quota, fresh) in states.items() if fresh]
+    assert len(written) == run["succeeded"] == 2
+    # No key half-written: each is either fully updated or exactly as it was.
+    assert all(state in {(900, True), (0, False)} for state in states.values())
+
+
+def test_sigkill_mid_run_is_marked_abandoned_by_the_next_start(conn: db.Conn, spawn: Spawn) -> None:
+    add_keys(conn, 2)
+    with serving(lambda r: Reply(hang=True)) as server:
+        first = spawn("quota", env=quota_env(conn.info.dsn, server))
+        wait_until(lambda: len(server.requests) >= 1)
+        first.signal(signal.SIGKILL)
+        first.wait()
+        assert [r["status"] for r in runs(conn)] == ["running"]
+        second = spawn("quota", "--once", env=quota_env(conn.info.dsn, server, HTTP_TIMEOUT="0.2"))
+        second.wait(30)
+
+    abandoned = second.wait_for("run_abandoned")
+    assert abandoned["pid"] == first.proc.pid
+    statuses = [r["status"] for r in runs(conn)]
+    assert statuses[0] == "abandoned"
+    assert len(statuses) == 2
+    assert all(state == (0, False) for state in key_states(conn).values())
+
+
+def test_two_daemons_never_run_the_job_at_the_same_time(conn: db.Conn, spawn: Spawn) -> None:
+    keys = add_keys(conn, 3)
+    with serving(lambda r: Reply(hang=True)) as server:
+        env = quota_env(conn.info.dsn, server, QUOTA_CONCURRENCY="1")
+        first = spawn("quota", env=env)
+        wait_until(lambda: len(server.requests) >= 1)  # first holds the job's lock
+        second = spawn("quota", env=env)
+        second.wait_for("job_locked_elsewhere", job="quota")
+        second.wait_for("scheduler_loop_started")
+        requests_while_locked = [r.bearer for r in server.requests]
+        server.release.set()  # let the first daemon finish its pass
+        first.wait_for("tavily_quota_update_completed")
+        for worker in (first, second):
+            worker.signal(signal.SIGTERM)
+            assert worker.wait() == 0
+
+    assert requests_while_locked == keys[:1]
+    assert not second.events("job_started")
+    assert [r["pid"] for r in runs(conn)] == [first.proc.pid]
+    assert sorted(r.bearer or "" for r in server.requests) == sorted(keys)
+
+
+def test_unreachable_database_is_retried_then_exits_1_without_leaking_the_password(
+    spawn: Spawn,
+) -> None:
+    closed = FakeServer()
+    port = closed.url.rsplit(":", 1)[1]
+    closed.stop()
+    url = f"postgresql://app:hunter2-secret@127.0.0.1:{port}/appdb"
+    worker = spawn("quota", env={"DATABASE_URL": url, "DB_CONNECT_TIMEOUT_SECONDS": "1.2"})
+    assert worker.wait(30) == 1
+    attempts = worker.events("database_unavailable")
+    assert len(attempts) >= 2
+    assert attempts[0]["db_host"] == "127.0.0.1" and attempts[0]["db_name"] == "appdb"
+    assert worker.events("database_unreachable")
+    assert "hunter2-secret" not in "".join(worker.raw) + worker.stderr()
+
+
+def test_a_crashing_job_is_recorded_and_the_loop_goes_on(db_url: str, conn: db.Conn) -> None:
+    settings = make_settings(db_url, TAVILY_USAGE_URL="http://127.0.0.1:9/usage")
+    conn.execute("ALTER TABLE tavily_api_keys RENAME TO tavily_api_keys_away")
+    daemon = Daemon(settings, SERVICES["quota"])
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(daemon.run()))
+    try:
+        thread.start()
+        wait_until(lambda: any(r["status"] != "running" for r in runs(conn)))
+        wait_until(lambda: bool(daemon.scheduler.jobs))
+        assert thread.is_alive()  # the loop survived the crash
+        [job] = daemon.scheduler.jobs
+        assert job.next_run is not None  # and the job stays scheduled
+    finally:
+        daemon.stop()
+        thread.join(10)
+        conn.execute("ALTER TABLE tavily_api_keys_away RENAME TO tavily_api_keys")
+    assert codes == [0]
+    [run] = conn.execute("SELECT status, error FROM worker_job_runs").fetchall()
+    assert run["status"] == "failed"
+    assert "tavily_api_keys" in run["error"]
+
+
+def test_losing_the_database_mid_run_fails_the_run_and_the_next_run_reconnects(
+    db_url: str, conn: db.Conn
+) -> None:
+    add_keys(conn, 2)
+    first_pass = threading.Event()
+
+    def respond(request: Request) -> Reply:
+        if not first_pass.is_set():
+            # Cut the worker's session while its HTTP call is in flight.
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'worker:quota'"
+                )
+            first_pass.set()
+        return Reply(200, usage_body(1000, 100))
+
+    with serving(respond) as server:
+        settings = make_settings(
+            db_url, TAVILY_USAGE_URL=f"{server.url}/usage", QUOTA_CONCURRENCY="1"
+        )
+        daemon = Daemon(settings, SERVICES["quota"])
+        spec = daemon.jobs[0]
+        assert daemon.run_job(spec, "manual") == "failed"
+        assert daemon.run_job(spec, "manual") == "success"
+        daemon.http.close()
+
+    assert [r["status"] for r in runs(conn)] == ["failed", "success"]
+    assert all(state == (900, True) for state in key_states(conn).values())

@@ -1,0 +1,82 @@
+"""railway_entrypoint.sh: SERVICE_TYPE picks the service, and Python replaces the shell."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from worker import db
+
+ENTRYPOINT = ROOT / "railway_entrypoint.sh"
+
+
+def run_entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # `python` on PATH is this environment's, as it is the image's venv in the container.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
+    clean.pop("SERVICE_TYPE", None)
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args],
+        env={**clean, "PATH": path, "LOG_FORMAT": "json", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("service_type", ["", "quota_updater", "worker; rm -rf /"])
+def test_unknown_or_missing_service_type_exits_64(service_type: str) -> None:
+    done = run_entrypoint(env={"SERVICE_TYPE": service_type} if service_type else {})
+    assert done.returncode == 64
+    assert "SERVICE_TYPE" in done.stderr
+    assert "quota (alias tavily_quota_updater), cleanup, replenish, all, migrate" in done.stderr
+
+
+def test_migrate_service(db_url: str) -> None:
+    done = run_entrypoint(env={"SERVICE_TYPE": "migrate", "DATABASE_URL": db_url})
+    assert done.returncode == 0, done.stderr
+    assert '"migrate_completed"' in done.stdout
+
+
+def test_alias_runs_quota_in_the_same_process(db_url: str, conn: db.Conn) -> None:
+    conn.execute("INSERT INTO tavily_api_keys (api_key, plan_limit) VALUES ('tvly-k', 5)")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {
+        **os.environ,
+        "PATH": path,
+        "SERVICE_TYPE": "tavily_quota_updater",
+        "DATABASE_URL": db_url,
+        "TAVILY_USAGE_URL": "http://127.0.0.1:9/usage",
+        "RETRY_BASE_DELAY_SECONDS": "0",
+        "LOG_FORMAT": "json",
+    }
+    shell = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "--once"], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    stdout, _ = shell.communicate(timeout=60)
+    assert shell.returncode == 1  # the only key's API is unreachable: the run failed
+    assert '"tavily_quota_updater_starting"' in stdout
+    [run] = conn.execute("SELECT job, pid FROM worker_job_runs").fetchall()
+    # The run row's pid is the shell's: `exec` replaced the shell with Python, so the
+    # platform's SIGTERM goes straight to the worker.
+    assert (run["job"], run["pid"]) == ("quota", shell.pid)
+
+
+def test_status_accepts_the_service_type_alias(db_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--service", "tavily_quota_updater", "--json"],
+        env={**os.environ, "DATABASE_URL": db_url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1  # never run: unhealthy, but not a usage error
+    assert '"job": "quota"' in done.stdout
