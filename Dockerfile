@@ -29,7 +29,7 @@ ENV PATH="/app/.venv/bin:$PATH"
 USER worker
 
 # Exit 0 healthy, 1 a job of this service is stale or failing, 2 database unreachable.
-HEALTHCHECK --interval=60s --timeout=15s --start-period=120s --retries=3 \
+HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
     CMD ["sh", "-c", "exec worker status --service \"${SERVICE_TYPE:-all}\""]
 
 # Exec form: the entrypoint script is PID 1 and execs Python, so Python itself is PID 1 and
