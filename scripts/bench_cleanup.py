@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import benchlib
@@ -32,14 +33,30 @@ from psycopg import sql
 if TYPE_CHECKING:
     from worker.jobs.cleanup import RuleOutcome
 
-TABLE_A = "bench_tokens_a"
-TABLE_B = "bench_tokens_b"
 ROWS = 1_100_000
 LIVE_EVERY = 11  # every 11th row is live: 100,000 of 1,100,000
 LIVE = ROWS // LIVE_EVERY
 EXPIRED = ROWS - LIVE
 MAX_VS_SINGLE = 2.5
 MAX_BATCH_S = 0.25
+
+
+@dataclass(frozen=True)
+class Round:
+    """One side-by-side measurement: the rule on `rule_table`, one DELETE on `delete_table`."""
+
+    rule_table: str
+    delete_table: str
+    rule_first: bool
+
+
+# Two rounds in opposite orders, so neither design gains from going second (warmer caches,
+# a quieter machine) or first (no checkpoint debt): the ratio is of the two rounds' sums.
+ROUNDS = (
+    Round("bench_tokens_a1", "bench_tokens_b1", rule_first=False),
+    Round("bench_tokens_a2", "bench_tokens_b2", rule_first=True),
+)
+TABLES = [table for r in ROUNDS for table in (r.rule_table, r.delete_table)]
 
 CREATE_TABLE = """
 CREATE TABLE {table} (
@@ -76,35 +93,96 @@ def main() -> int:
     report = Report(f"bench_cleanup: {EXPIRED:,} expired among {ROWS:,} rows, default batches")
     with benchlib.embedded_server() as server_url:
         url = benchlib.create_database(server_url, "bench_cleanup")
-        log(f"loading {TABLE_A} and {TABLE_B} ({ROWS:,} rows each)")
+        log(f"loading {len(TABLES)} identical tables of {ROWS:,} rows")
         load_tables(url)
-        before = live_rows(url, TABLE_A)
-        same_data = before == live_rows(url, TABLE_B)
-        warm_up(url)
-        log(f"(b) one DELETE on {TABLE_B}")
-        single_s, single_deleted = time_single_delete(url)
-        log(f"(a) the cleanup rule on {TABLE_A}")
-        batch_size, outcome = run_rule(url)
-        after = live_rows(url, TABLE_A)
-        expired_left = count_expired(url, TABLE_A)
-    batched_s = outcome.elapsed_seconds
-    report.figure("(b) one DELETE, one transaction", rate(single_s, single_deleted))
-    report.figure(f"(a) cleanup rule, batches of {batch_size}", rate(batched_s, outcome.deleted))
-    report.at_most("(a) / (b)", batched_s / single_s, MAX_VS_SINGLE)
-    report.figure("batches (transactions that deleted rows)", str(outcome.batches))
-    report.at_most("longest batch transaction", outcome.longest_batch_seconds, MAX_BATCH_S, "s", 3)
-    report.expect("rows the rule deleted", outcome.deleted, EXPIRED)
-    report.expect("rows the single DELETE deleted", single_deleted, EXPIRED)
-    report.expect("expired rows left in A (checked in the table)", expired_left, 0)
-    report.expect("live rows left in A (checked in the table)", after[0], LIVE)
-    report.expect("live rows' checksum in A unchanged", after[1] == before[1], True)
-    report.expect("A and B identical before the runs (live checksum)", same_data, True)
+        before = {table: live_rows(url, table) for table in TABLES}
+        results = [measure_round(url, r) for r in ROUNDS]
+        after = {r.rule_table: live_rows(url, r.rule_table) for r in ROUNDS}
+        expired_left = sum(count_expired(url, r.rule_table) for r in ROUNDS)
+    report_results(report, results)
+    rule_tables = [r.rule_table for r in ROUNDS]
+    report.expect(
+        "tables identical before the runs (live rows' checksum)", len(set(before.values())), 1
+    )
+    report.expect("expired rows left after the rule (checked in the table)", expired_left, 0)
+    report.expect(
+        "live rows left after the rule, each round (checked in the table)",
+        [after[t][0] for t in rule_tables],
+        [LIVE] * len(ROUNDS),
+    )
+    report.expect(
+        "live rows' checksum unchanged by the rule, each round",
+        [after[t][1] == before[t][1] for t in rule_tables],
+        [True] * len(ROUNDS),
+    )
     report.note(
-        "order: (b) first, then (a); both tables VACUUM ANALYZEd and read once (a count(*) "
-        "and a count over the expires_at index) before either timing, a CHECKPOINT before "
-        "each; autovacuum off on both tables, so no vacuum of B runs during (a)."
+        "order: round 1 ran the single DELETE first, round 2 the rule first; each round on its "
+        "own pair of identical tables. Before each round both of its tables were read once "
+        "(count(*) and a count over the expires_at index); a CHECKPOINT preceded each timing; "
+        "autovacuum was off on all tables, so no vacuum of a finished table ran during a timing."
     )
     return report.finish()
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: Round
+    single_s: float
+    single_deleted: int
+    batch_size: int
+    outcome: RuleOutcome
+
+
+def measure_round(url: str, r: Round) -> RoundResult:
+    warm_up(url, r.rule_table, r.delete_table)
+    first = "the rule" if r.rule_first else "the single DELETE"
+    log(f"round on {r.rule_table} / {r.delete_table}, {first} first")
+    if r.rule_first:
+        batch_size, outcome = run_rule(url, r.rule_table)
+        single_s, single_deleted = time_single_delete(url, r.delete_table)
+    else:
+        single_s, single_deleted = time_single_delete(url, r.delete_table)
+        batch_size, outcome = run_rule(url, r.rule_table)
+    return RoundResult(r, single_s, single_deleted, batch_size, outcome)
+
+
+def report_results(report: Report, results: list[RoundResult]) -> None:
+    for i, res in enumerate(results, 1):
+        order = "rule first" if res.round.rule_first else "DELETE first"
+        batched_s = res.outcome.elapsed_seconds
+        report.figure(
+            f"round {i} ({order}): (b) one DELETE, one transaction",
+            rate(res.single_s, res.single_deleted),
+        )
+        report.figure(
+            f"round {i} ({order}): (a) cleanup rule, batches of {res.batch_size}",
+            rate(batched_s, res.outcome.deleted),
+        )
+        report.figure(f"round {i}: (a) / (b)", f"{batched_s / res.single_s:.2f}")
+    single_s = sum(res.single_s for res in results)
+    batched_s = sum(res.outcome.elapsed_seconds for res in results)
+    report.at_most("(a) / (b), both rounds summed", batched_s / single_s, MAX_VS_SINGLE)
+    report.figure(
+        "batches (transactions that deleted rows), each round",
+        ", ".join(str(res.outcome.batches) for res in results),
+    )
+    report.at_most(
+        "longest batch transaction, both rounds",
+        max(res.outcome.longest_batch_seconds for res in results),
+        MAX_BATCH_S,
+        "s",
+        3,
+    )
+    report.expect(
+        "rows the rule deleted, each round",
+        [res.outcome.deleted for res in results],
+        [EXPIRED] * len(results),
+    )
+    report.expect(
+        "rows the single DELETE deleted, each round",
+        [res.single_deleted for res in results],
+        [EXPIRED] * len(results),
+    )
 
 
 def rate(seconds: float, rows: int) -> str:
@@ -116,16 +194,23 @@ def statement(template: str, table: str) -> sql.Composed:
 
 
 def load_tables(url: str) -> None:
+    """The first table from generate_series, the others copied from it row for row."""
+    source, *copies = TABLES
     with benchlib.connect(url) as conn:
-        for table in (TABLE_A, TABLE_B):
+        for table in TABLES:
             conn.execute(statement("DROP TABLE IF EXISTS {table}", table))
             conn.execute(statement(CREATE_TABLE, table))
-            conn.execute(statement(LOAD_ROWS, table), {"live_every": LIVE_EVERY, "rows": ROWS})
+        conn.execute(statement(LOAD_ROWS, source), {"live_every": LIVE_EVERY, "rows": ROWS})
+        for table in copies:
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM {} ORDER BY id").format(
+                    sql.Identifier(table), sql.Identifier(source)
+                )
+            )
+        for table in TABLES:
             conn.execute(statement("CREATE INDEX ON {table} (expires_at)", table))
         conn.execute(
-            sql.SQL("VACUUM ANALYZE {}, {}").format(
-                sql.Identifier(TABLE_A), sql.Identifier(TABLE_B)
-            )
+            sql.SQL("VACUUM ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, TABLES)))
         )
 
 
@@ -144,10 +229,10 @@ def count_expired(url: str, table: str) -> int:
     return int(row["n"])
 
 
-def warm_up(url: str) -> None:
-    """Read both tables and their expiry indexes the same way, so both start equally warm."""
+def warm_up(url: str, *tables: str) -> None:
+    """Read the tables and their expiry indexes the same way, so they start equally warm."""
     with benchlib.connect(url) as conn:
-        for table in (TABLE_A, TABLE_B):
+        for table in tables:
             conn.execute(statement("SELECT count(*) FROM {table}", table))
             conn.execute(statement(COUNT_EXPIRED, table))
 
@@ -157,17 +242,17 @@ def checkpoint(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def time_single_delete(url: str) -> tuple[float, int]:
+def time_single_delete(url: str, table: str) -> tuple[float, int]:
     """The naive design: every expired row in one DELETE, one transaction."""
     checkpoint(url)
     with benchlib.connect(url) as conn:
         started = time.monotonic()
         with conn.transaction():
-            deleted = conn.execute(statement(SINGLE_DELETE, TABLE_B)).rowcount
+            deleted = conn.execute(statement(SINGLE_DELETE, table)).rowcount
         return time.monotonic() - started, deleted
 
 
-def run_rule(url: str) -> tuple[int, RuleOutcome]:
+def run_rule(url: str, table: str) -> tuple[int, RuleOutcome]:
     """The worker's rule as `cleanup_tokens` runs it (default batch size, JSON log to /dev/null)."""
     from worker import db, logs
     from worker.jobs import cleanup
@@ -179,7 +264,7 @@ def run_rule(url: str) -> tuple[int, RuleOutcome]:
         logs.configure("INFO", "json", stream=devnull)
         outcome = cleanup.delete_in_batches(
             conn,
-            cleanup.Rule(TABLE_A, "expires_at", 0),
+            cleanup.Rule(table, "expires_at", 0),
             settings.cleanup_batch_size,
             lambda: False,
             logs.get_logger(job=cleanup.TOKENS),

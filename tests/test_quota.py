@@ -298,7 +298,7 @@ def test_logs_carry_the_seed_events_and_never_a_whole_key(conn: db.Conn) -> None
         ({"account": {"plan_limit": 10.5, "plan_usage": 1}}, "whole"),
         ({"account": {"plan_limit": True, "plan_usage": 1}}, "not a number"),
         ({"account": {"plan_limit": 10}}, "plan_usage"),
-        ([1, 2, 3], "no account"),
+        ([1, 2, 3], "not a JSON object"),
     ],
 )
 def test_bad_answers_are_rejected(conn: db.Conn, body: Any, detail: str) -> None:
@@ -307,3 +307,14 @@ def test_bad_answers_are_rejected(conn: db.Conn, body: Any, detail: str) -> None
         result = run_pass(conn, server)
     assert result.failures[0]["reason"] == "bad_response"
     assert detail in result.failures[0]["detail"]
+
+
+def test_a_bad_answer_after_a_retry_reports_both_attempts(conn: db.Conn) -> None:
+    add_key(conn, "tvly-retry-then-bad-00")
+    script = by_bearer(Reply(200, usage_body(1000, 0)))
+    script.on("tvly-retry-then-bad-00", Reply(502), Reply(200, "<html>"))
+    with serving(script) as server:
+        result = run_pass(conn, server)
+        assert len(server.requests) == 2
+    [failure] = result.failures
+    assert (failure["reason"], failure["attempts"]) == ("bad_response", 2)

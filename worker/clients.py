@@ -7,10 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import tenacity
+
+T = TypeVar("T")
 
 RETRY_MAX_DELAY_S = 10.0  # cap of the exponential backoff
 RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this
@@ -123,8 +125,12 @@ class RetryPolicy:
     def fixed(cls, attempts: int, delay_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
         return cls(attempts, tenacity.wait_fixed(delay_s), sleep)
 
-    def call(self, fn: Callable[[], httpx.Response]) -> httpx.Response:
-        """Call `fn`, retrying transient CallFailed; the final failure carries `attempts`."""
+    def call(self, fn: Callable[[], T]) -> T:
+        """Call `fn`, retrying transient CallFailed; a final CallFailed carries `attempts`.
+
+        Parse the answer inside `fn`: a bad answer is a permanent CallFailed, not retried,
+        and it too reports how many attempts it took to get there.
+        """
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self.wait,
@@ -164,25 +170,32 @@ class TavilyClient:
 
     def usage(self, api_key: str) -> Usage:
         headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-        response = self.retry.call(
-            lambda: send(self.http, "GET", self.url, headers=headers, should_stop=self.should_stop)
+        return self.retry.call(
+            lambda: parse_usage(
+                send(self.http, "GET", self.url, headers=headers, should_stop=self.should_stop)
+            )
         )
-        return parse_usage(response)
 
 
 def parse_usage(response: httpx.Response) -> Usage:
     """Validate the answer: account.plan_limit and account.plan_usage, whole and not negative."""
-    try:
-        body = response.json()
-    except ValueError:
-        raise CallFailed("bad_response", "body is not JSON") from None
-    account = body.get("account") if isinstance(body, dict) else None
+    account = _json_object(response).get("account")
     if not isinstance(account, dict):
         raise CallFailed("bad_response", "no account object")
     return Usage(
         plan_limit=_count(account, "plan_limit"),
         plan_usage=_count(account, "plan_usage"),
     )
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise CallFailed("bad_response", "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise CallFailed("bad_response", "body is not a JSON object")
+    return body
 
 
 def _count(obj: dict[str, Any], field: str) -> int:
@@ -255,35 +268,24 @@ class ProducerClient:
             "user_id": order.user_id,
             "quantity": order.quantity,
         }
-        attempts = 0
-
-        def attempt() -> httpx.Response:
-            nonlocal attempts
-            attempts += 1
-            return send(
-                self.http,
-                "POST",
-                self.url,
-                json=body,
-                headers=headers,
-                should_stop=self.should_stop,
+        return self.retry.call(
+            lambda: parse_items(
+                send(
+                    self.http,
+                    "POST",
+                    self.url,
+                    json=body,
+                    headers=headers,
+                    should_stop=self.should_stop,
+                ),
+                order.quantity,
             )
-
-        response = self.retry.call(attempt)
-        try:
-            return parse_items(response, order.quantity)
-        except CallFailed as exc:
-            exc.attempts = attempts
-            raise
+        )
 
 
 def parse_items(response: httpx.Response, quantity: int) -> list[str]:
     """Validate the answer `{"items": [...]}`: a list of at most `quantity` strings."""
-    try:
-        body = response.json()
-    except ValueError:
-        raise CallFailed("bad_response", "body is not JSON") from None
-    items = body.get("items") if isinstance(body, dict) else None
+    items = _json_object(response).get("items")
     if not isinstance(items, list):
         raise CallFailed("bad_response", "no items list")
     if not all(isinstance(item, str) for item in items):
