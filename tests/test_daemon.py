@@ -239,3 +239,26 @@ def test_losing_the_database_mid_run_fails_the_run_and_the_next_run_reconnects(
 
     assert [r["status"] for r in runs(conn)] == ["failed", "success"]
     assert all(state == (900, True) for state in key_states(conn).values())
+
+
+def test_a_role_that_may_not_create_tables_exits_1_with_the_reason(
+    server_url: str, spawn: Spawn
+) -> None:
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS worker_readonly WITH (FORCE)")
+        admin.execute("DROP ROLE IF EXISTS worker_readonly")
+        admin.execute("CREATE ROLE worker_readonly LOGIN")
+        admin.execute("CREATE DATABASE worker_readonly")  # owned by the admin, not the role
+    try:
+        url = make_conninfo(server_url, dbname="worker_readonly", user="worker_readonly")
+        worker = spawn("quota", "--once", env={"DATABASE_URL": url})
+        assert worker.wait(30) == 1
+        [failed] = worker.events("migrate_failed")
+        assert "permission denied" in failed["error"]
+        assert not worker.events("job_started")
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute("DROP DATABASE worker_readonly WITH (FORCE)")
+            admin.execute("DROP ROLE worker_readonly")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -149,8 +150,8 @@ class Daemon:
         if conn is None:
             return 0  # stopped while waiting for the database
         with conn:
-            applied = [] if self.dry_run else db.migrate(conn)
             try:
+                applied = [] if self.dry_run else db.migrate(conn)
                 for spec in self.jobs:
                     if spec.check is not None:
                         spec.check(conn, self.settings)
@@ -158,6 +159,10 @@ class Daemon:
                 self.log.error("configuration_rejected", error=str(exc))
                 print(f"worker: error: {exc}", file=sys.stderr)
                 return 2
+            except psycopg.Error as exc:
+                # e.g. a role that may not create the worker's tables: say so and stop.
+                self.log.error("migrate_failed", error=db.describe_error(exc))
+                return 1
         self.log.info("database_ready", migrations_applied=applied)
         return None
 
@@ -202,7 +207,8 @@ class Daemon:
             self.log.error("job_start_failed", job=spec.name, error=db.describe_error(exc))
             return "failed"
         finally:
-            if not conn.broken:
+            # Closing the connection releases the lock too; unlocking is just tidier.
+            with contextlib.suppress(psycopg.Error):
                 db.unlock(conn, spec.name)
 
     def _execute(
