@@ -365,3 +365,24 @@ class Report:
 def log(message: str) -> None:
     """Progress on stderr, so stdout holds only the figures."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- added for bench_cleanup / bench_replenish -------------------------------------------
+
+
+@contextmanager
+def fake_process(kind: str, *options: str) -> Iterator[str]:
+    """`scripts/fakes.py <kind> <options>` in its own process; yields its URL, ended on leaving."""
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKES), kind, "--port=0", *options],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "fake <kind> API listening on http://127.0.0.1:PORT"
+        if "http://" not in line:
+            raise RuntimeError(f"the fake {kind} API did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        stop_process(proc)
