@@ -139,8 +139,9 @@ def main() -> int:
         "autovacuum was off on all tables, so no vacuum of a finished table ran during a timing."
     )
     report.note(
-        "synchronize_seqscans off shows the rule where every batch's seq scan starts at block "
-        "0 (a server whose shared_buffers exceed 4x the table): informational, no target."
+        "synchronize_seqscans off is how a server whose shared_buffers exceed 4x the table "
+        "scans: batches walk the table by id range, so the rule must not depend on "
+        "synchronized scans (informational, no target)."
     )
     return report.finish()
 

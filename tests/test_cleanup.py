@@ -435,3 +435,62 @@ def test_cleanup_once_deletes_old_rows_and_prints_per_rule_counts(
     assert [(r["job"], r["status"]) for r in statuses] == [
         (job, "success") for job in SERVICES["cleanup"].jobs
     ]
+
+
+def test_batches_walk_uuid_keys_too(conn: db.Conn) -> None:
+    conn.execute(
+        "CREATE TABLE cleanup_test_uuid (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+        " seen_at timestamptz NOT NULL)"
+    )
+    try:
+        conn.execute(
+            "INSERT INTO cleanup_test_uuid (seen_at) SELECT now() - interval '10 days'"
+            " FROM generate_series(1, 23)"
+        )
+        conn.execute(
+            "INSERT INTO cleanup_test_uuid (seen_at) SELECT now() FROM generate_series(1, 4)"
+        )
+        rule = cleanup.Rule("cleanup_test_uuid", "seen_at", 7)
+        outcome = cleanup.delete_in_batches(conn, rule, 5, lambda: False, get_logger())
+        left = conn.execute("SELECT count(*) AS n FROM cleanup_test_uuid").fetchone()
+    finally:
+        conn.execute("DROP TABLE cleanup_test_uuid")
+    assert (outcome.status, outcome.deleted, outcome.batches) == ("completed", 23, 5)
+    assert left is not None and left["n"] == 4
+
+
+def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
+    db_url: str, conn: db.Conn
+) -> None:
+    import threading
+    import time
+
+    expired = add_tokens(conn, "refresh_tokens", "-1 hour", count=3)
+    extended = expired[1]
+    with psycopg.connect(db_url) as app:
+        # The app is extending a token that is still expired in every other session's view.
+        app.execute(
+            "UPDATE refresh_tokens SET expires_at = now() + interval '30 days' WHERE id = %s",
+            (extended,),
+        )
+        outcomes: list[cleanup.RuleOutcome] = []
+        rule = cleanup.Rule("refresh_tokens", "expires_at", 0)
+
+        def clean() -> None:
+            with psycopg.connect(db_url, autocommit=True, row_factory=psycopg.rows.dict_row) as own:
+                outcomes.append(
+                    cleanup.delete_in_batches(own, rule, 100, lambda: False, get_logger())
+                )
+
+        worker = threading.Thread(target=clean)
+        worker.start()
+        deadline = time.monotonic() + 5
+        while not conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the batch never waited on the app's row"
+            time.sleep(0.01)
+        app.commit()  # the batch now re-checks the extended row and leaves it
+        worker.join(10)
+    assert [(o.status, o.deleted) for o in outcomes] == [("completed", 2)]
+    assert ids(conn, "refresh_tokens") == {extended}

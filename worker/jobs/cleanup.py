@@ -164,12 +164,11 @@ def delete_in_batches(
     outcome = RuleOutcome(rule.name, rule.relation)
     if not _table_exists(conn, rule):
         return _table_missing(log, outcome)
-    statement = _rule_statement("cleanup_delete_batch", rule)
-    params = {"days": rule.days, "limit": batch_size}
+    params: dict[str, Any] = {"days": rule.days, "offset": batch_size - 1}
     started = time.monotonic()
     while True:
         try:
-            deleted, seconds = _delete_batch(conn, statement, params, lock_timeout_ms)
+            deleted, last_id, seconds = _delete_batch(conn, rule, params, lock_timeout_ms)
         except psycopg.Error as exc:
             if conn.broken:
                 raise
@@ -178,8 +177,9 @@ def delete_in_batches(
         outcome.deleted += deleted
         outcome.batches += 1 if deleted else 0
         outcome.longest_batch_seconds = max(outcome.longest_batch_seconds, seconds)
-        if deleted < batch_size:
+        if last_id is None:  # that was the final batch
             break
+        params["after_id"] = last_id  # in the id column's own type (int, uuid...)
         if should_stop():
             outcome.status = INTERRUPTED
             break
@@ -248,22 +248,34 @@ def _preview(ctx: JobContext, rule: Rule) -> dict[str, Any]:
 
 
 def _delete_batch(
-    conn: Conn, statement: sql.Composed, params: dict[str, Any], lock_timeout_ms: int
-) -> tuple[int, float]:
+    conn: Conn, rule: Rule, params: dict[str, Any], lock_timeout_ms: int
+) -> tuple[int, Any, float]:
+    """One batch in its own transaction: (rows deleted, its last id or None if final, seconds)."""
     started = time.monotonic()
+    after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
     with conn.transaction():
         conn.execute(db.query("cleanup_set_lock_timeout"), {"lock_timeout": f"{lock_timeout_ms}ms"})
-        deleted = conn.execute(statement, params).rowcount
-    return max(deleted, 0), time.monotonic() - started
+        bound = conn.execute(
+            _rule_statement("cleanup_batch_bound", rule, after=after), params
+        ).fetchone()
+        last_id = bound["id"] if bound else None
+        upto = sql.SQL(db.query("cleanup_upto_id") if bound else "")
+        deleted = conn.execute(
+            _rule_statement("cleanup_delete_range", rule, after=after, upto=upto),
+            {**params, "upto_id": last_id},
+        ).rowcount
+    return max(deleted, 0), last_id, time.monotonic() - started
 
 
-def _rule_statement(query_name: str, rule: Rule) -> sql.Composed:
+def _rule_statement(query_name: str, rule: Rule, **parts: sql.Composable) -> sql.Composed:
     predicate: sql.Composable = sql.SQL(db.query("cleanup_older_than")).format(
         column=sql.Identifier(rule.column)
     )
     if rule.only is not None:
         predicate = sql.SQL("{} AND {}").format(predicate, rule.only)
-    return sql.SQL(db.query(query_name)).format(table=rule.identifier(), predicate=predicate)
+    return sql.SQL(db.query(query_name)).format(
+        table=rule.identifier(), predicate=predicate, **parts
+    )
 
 
 def _table_exists(conn: Conn, rule: Rule) -> bool:

@@ -18,11 +18,32 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true);
 -- row the next run marks `abandoned`): it is never retention's to delete.
 status <> 'running'
 
--- name: cleanup_delete_batch
--- `id = ANY(ARRAY(...))` lets the planner use the primary key; `id IN (SELECT ...)` measured
--- 10x slower on 1M rows.
+-- name: cleanup_batch_bound
+-- A batch is a range of ids: from just after the previous batch's last id (`{after}`; the
+-- first batch has no lower bound) up to the id of the n-th row the rule matches (OFFSET is
+-- n - 1). No row means fewer than n are left: the final batch then has no upper bound.
+-- Walking the table in id order makes each batch start where the last one ended, instead of
+-- re-reading the dead rows earlier batches left behind: the `id = ANY(ARRAY(SELECT id ...
+-- LIMIT n))` form did that, and was 3x slower on a 1M-row table once PostgreSQL's
+-- synchronized scans did not happen to hide it (they only apply to tables larger than a
+-- quarter of shared_buffers).
+SELECT id FROM {table}
+ WHERE {predicate} {after}
+ ORDER BY id
+OFFSET %(offset)s
+ LIMIT 1;
+
+-- name: cleanup_delete_range
+-- The predicate is checked again on every row: a token the app extended since the bound was
+-- read is not deleted.
 DELETE FROM {table}
- WHERE id = ANY(ARRAY(SELECT id FROM {table} WHERE {predicate} LIMIT %(limit)s));
+ WHERE {predicate} {after} {upto};
+
+-- name: cleanup_after_id
+AND id > %(after_id)s
+
+-- name: cleanup_upto_id
+AND id <= %(upto_id)s
 
 -- name: cleanup_count_rows
 SELECT count(*) AS n FROM {table} WHERE {predicate};
