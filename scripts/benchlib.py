@@ -162,27 +162,13 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 5.0) -> None:
 @contextmanager
 def fake_usage_process(latency_ms: float) -> Iterator[str]:
     """`scripts/fakes.py usage` in its own process (its GIL apart from ours); yields its URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(FAKES),
-            "usage",
-            "--port=0",
-            f"--latency-ms={latency_ms}",
-            f"--plan-limit={FAKE_PLAN_LIMIT}",
-            f"--plan-usage={FAKE_PLAN_USAGE}",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # "fake usage API listening on http://127.0.0.1:PORT"
-        if "http://" not in line:
-            raise RuntimeError(f"the fake usage API did not start: {line!r}")
-        yield line.split()[-1]
-    finally:
-        stop_process(proc)
+    with fake_process(
+        "usage",
+        f"--latency-ms={latency_ms}",
+        f"--plan-limit={FAKE_PLAN_LIMIT}",
+        f"--plan-usage={FAKE_PLAN_USAGE}",
+    ) as url:
+        yield url
 
 
 def worker_env(**overrides: str) -> dict[str, str]:
@@ -365,9 +351,6 @@ class Report:
 def log(message: str) -> None:
     """Progress on stderr, so stdout holds only the figures."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- added for bench_cleanup / bench_replenish -------------------------------------------
 
 
 @contextmanager
