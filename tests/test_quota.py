@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 
 from scripts.fakes import FakeServer, Reply, Script, serving, usage_body
@@ -318,3 +319,19 @@ def test_a_bad_answer_after_a_retry_reports_both_attempts(conn: db.Conn) -> None
         assert len(server.requests) == 2
     [failure] = result.failures
     assert (failure["reason"], failure["attempts"]) == ("bad_response", 2)
+
+
+def test_a_key_row_the_app_keeps_locked_fails_only_that_key(db_url: str, conn: db.Conn) -> None:
+    add_key(conn, "tvly-locked-000000000")
+    add_key(conn, "tvly-free-00000000000")
+    with psycopg.connect(db_url) as app:
+        app.execute(
+            "SELECT 1 FROM tavily_api_keys WHERE api_key = 'tvly-locked-000000000' FOR UPDATE"
+        )
+        with serving(lambda r: Reply(200, usage_body(1000, 1))) as server:
+            result = run_pass(conn, server)
+        app.rollback()
+    assert (result.succeeded, result.failed) == (1, 1)
+    assert result.failures[0]["item"] == "tvly-locke..."
+    assert "lock timeout" in result.failures[0]["error"]
+    assert key_row(conn, "tvly-free-00000000000")["fresh"] is True

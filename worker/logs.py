@@ -8,8 +8,6 @@ from typing import Any, TextIO
 
 import structlog
 
-Logger = structlog.stdlib.BoundLogger | Any
-
 
 def configure(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the process: contextvars, ISO UTC time, JSON or console output."""

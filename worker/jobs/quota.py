@@ -87,6 +87,7 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
         return
     try:
         with ctx.conn.transaction():
+            ctx.conn.execute(db.query("limit_key_lock_wait"))
             ctx.conn.execute(
                 db.query("update_key_quota"),
                 {
