@@ -262,3 +262,36 @@ def test_a_role_that_may_not_create_tables_exits_1_with_the_reason(
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute("DROP DATABASE worker_readonly WITH (FORCE)")
             admin.execute("DROP ROLE worker_readonly")
+
+
+def test_a_second_signal_exits_at_once_while_a_write_is_blocked(
+    db_url: str, conn: db.Conn, spawn: Spawn
+) -> None:
+    [key] = add_keys(conn, 1)
+    with (
+        psycopg.connect(db_url) as app,
+        serving(lambda r: Reply(200, usage_body(1000, 1))) as server,
+    ):
+        app.execute("SELECT 1 FROM tavily_api_keys WHERE api_key = %s FOR UPDATE", (key,))
+        worker = spawn("quota", env=quota_env(db_url, server, SHUTDOWN_GRACE_SECONDS="30"))
+        # The worker's UPDATE now waits on the app's row lock (for up to 2 s).
+        wait_until(
+            lambda: bool(
+                conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker:quota'"
+                    " AND wait_event_type = 'Lock'"
+                ).fetchone()
+            )
+        )
+        worker.signal(signal.SIGTERM)
+        worker.wait_for("received_shutdown_signal")
+        second = worker.signal(signal.SIGTERM)
+        code = worker.wait()
+        exit_s = time.monotonic() - second
+        app.rollback()
+
+    assert code == 1  # forced, not graceful
+    assert exit_s < 0.5, f"the second signal took {exit_s:.2f}s"
+    assert not worker.events("tavily_quota_updater_stopped")
+    assert [r["status"] for r in runs(conn)] == ["running"]  # the next start abandons it
+    assert key_states(conn) == {key: (0, False)}
