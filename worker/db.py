@@ -127,6 +127,15 @@ def unlock(conn: Conn, name: str) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, name))
 
 
+def limit_lock_wait(conn: Conn, timeout_ms: int) -> None:
+    """Inside a transaction: any lock wait longer than `timeout_ms` fails the statement.
+
+    Transaction-local, so it ends with the transaction. Jobs use it so that a row the app
+    keeps locked fails one item instead of stalling the whole pass behind it.
+    """
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
+
+
 def migrate(conn: Conn, *, app_tables: bool = False) -> list[str]:
     """Apply the worker's missing migrations (and the reference app tables when asked).
 

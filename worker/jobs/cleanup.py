@@ -254,7 +254,7 @@ def _delete_batch(
     started = time.monotonic()
     after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
     with conn.transaction():
-        conn.execute(db.query("cleanup_set_lock_timeout"), {"lock_timeout": f"{lock_timeout_ms}ms"})
+        db.limit_lock_wait(conn, lock_timeout_ms)
         bound = conn.execute(
             _rule_statement("cleanup_batch_bound", rule, after=after), params
         ).fetchone()

@@ -15,6 +15,7 @@ from .base import JobContext, JobResult
 
 NAME = "quota"
 PAGE_SIZE = 500
+KEY_LOCK_TIMEOUT_MS = 2000  # a single-row UPDATE by id has no reason to wait longer
 
 
 def run_once(ctx: JobContext) -> JobResult:
@@ -87,7 +88,7 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
         return
     try:
         with ctx.conn.transaction():
-            ctx.conn.execute(db.query("limit_key_lock_wait"))
+            db.limit_lock_wait(ctx.conn, KEY_LOCK_TIMEOUT_MS)
             ctx.conn.execute(
                 db.query("update_key_quota"),
                 {

@@ -17,6 +17,9 @@ NAME = "replenish"
 ALERT_TYPE = "STOCK_REPLENISH_FAILED"
 ALERT_LISTED = 10  # campaigns named in the alert message (the metadata holds every one)
 ALERT_ERROR_ABOVE = 10  # more failed campaigns than this make the alert an ERROR
+# A campaign row the app keeps locked longer fails that campaign (nothing written, the same
+# Idempotency-Key next run) rather than making the pass queue behind the app.
+CAMPAIGN_LOCK_TIMEOUT_MS = 5000
 
 Campaign = dict[str, Any]
 
@@ -142,7 +145,7 @@ def _write(ctx: JobContext, campaign: Campaign, items: list[str]) -> str | None:
     """Insert the items in the campaign's own transaction, unless its stock changed since
     the pass looked (then return why, writing nothing)."""
     with ctx.conn.transaction():
-        ctx.conn.execute(db.query("limit_lock_wait"))
+        db.limit_lock_wait(ctx.conn, CAMPAIGN_LOCK_TIMEOUT_MS)
         changed = _stock_changed(ctx, campaign)
         if changed is None:
             ctx.conn.execute(

@@ -5,10 +5,6 @@
 -- name: cleanup_relation_exists
 SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
 
--- name: cleanup_set_lock_timeout
--- Transaction-local (is_local = true): it ends with the batch's transaction.
-SELECT set_config('lock_timeout', %(lock_timeout)s, true);
-
 -- name: cleanup_older_than
 -- The cutoff is computed by PostgreSQL, never by the process clock.
 {column} < now() - make_interval(days => %(days)s)

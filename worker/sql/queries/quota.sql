@@ -11,11 +11,6 @@ SELECT id, api_key, remaining_quota, plan_limit
  ORDER BY id
  LIMIT %(limit)s;
 
--- name: limit_key_lock_wait
--- Inside a key's transaction: a key row the app keeps locked fails that key after 2 s instead
--- of stalling the whole pass behind it.
-SET LOCAL lock_timeout = '2s';
-
 -- name: update_key_quota
 UPDATE tavily_api_keys
    SET remaining_quota = %(remaining_quota)s, plan_limit = %(plan_limit)s, updated_at = now()

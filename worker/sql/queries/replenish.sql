@@ -25,11 +25,6 @@ SELECT c.id, c.user_id, c.name, c.low_watermark, c.target_stock,
    AND coalesce(s.available, 0) < c.target_stock
  ORDER BY coalesce(s.available, 0)::numeric / nullif(c.target_stock, 0), c.id;
 
--- name: limit_lock_wait
--- A campaign row the app keeps locked must not stall the pass: give up on that campaign
--- (nothing written, the same Idempotency-Key next run) rather than queue behind the app.
-SET LOCAL lock_timeout = '5s';
-
 -- name: lock_active_campaign
 -- Held until the campaign's write commits: two replicas (or a replica and the app adding
 -- stock, whose foreign key check needs this row) take turns on one campaign.
