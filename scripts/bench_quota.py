@@ -133,7 +133,8 @@ def time_worker_pass(url: str, api: str) -> tuple[float, int]:
         )
         with ctx.http:
             started = time.monotonic()
-            result = quota.run_once(ctx)
+            quota.run_once(ctx)
+            result = ctx.result
             elapsed_s = time.monotonic() - started
     return elapsed_s, result.succeeded
 

@@ -133,6 +133,12 @@ def make_context(
     )
 
 
+def run_job_pass(job: Callable[[JobContext], None], ctx: JobContext) -> JobResult:
+    """Run one pass of `job` and return what it recorded."""
+    job(ctx)
+    return ctx.result
+
+
 class WorkerProcess:
     """`python -m worker ...` as users run it, with its JSON log lines collected."""
 

@@ -14,8 +14,9 @@ from scripts.fakes import Reply, serving
 from tests.conftest import make_settings
 from worker import alerts, clients, db
 from worker.daemon import Daemon
-from worker.jobs.base import JobContext, JobResult
-from worker.schedules import SERVICES, Cadence, JobSpec
+from worker.jobs.base import JobContext
+from worker.registry import SERVICES, JobSpec
+from worker.schedules import Interval
 
 HOOK_SECRET = "T0KEN-hook-c0ffee"  # chat webhooks carry their credential in the URL path
 PING_SECRET = "5f1e-ping-uuid"
@@ -25,12 +26,11 @@ def make_job(*passes: Callable[[JobContext], None], name: str = "flaky") -> JobS
     """A job whose n-th run plays `passes[n]` (the last one repeats)."""
     runs: list[int] = []
 
-    def run(ctx: JobContext) -> JobResult:
+    def run(ctx: JobContext) -> None:
         runs.append(1)
         passes[min(len(runs), len(passes)) - 1](ctx)
-        return ctx.result
 
-    return JobSpec(name, "all", run, lambda s: Cadence(every_s=3600))
+    return JobSpec(name, "all", run, lambda s: Interval(3600))
 
 
 def all_fail(ctx: JobContext) -> None:
@@ -86,9 +86,9 @@ def test_three_failing_runs_raise_one_alert_per_rule_then_one_recovery(
     with serving() as hook:
         env = {"ALERT_WEBHOOK_URL": f"{hook.url}/hook/{HOOK_SECRET}"}
         # A fresh daemon per run: the streak lives in worker_alerts, not in process memory.
-        statuses = [daemon_for(**env).run_job(job, "schedule") for _ in range(3)]
+        statuses = [daemon_for(**env).run_job(job) for _ in range(3)]
         fired = alert_rows(conn)
-        statuses += [daemon_for(**env).run_job(job, "schedule") for _ in range(2)]
+        statuses += [daemon_for(**env).run_job(job) for _ in range(2)]
         posted = [r.json()["type"] for r in hook.received("POST", f"/hook/{HOOK_SECRET}")]
 
     assert statuses == ["failed"] * 3 + ["success"] * 2
@@ -122,15 +122,15 @@ def test_interrupted_runs_neither_fire_nor_clear(
         stopping.stop("SIGTERM")
 
     job = make_job(crash, interrupted, crash, interrupted, all_good)
-    assert daemon_for().run_job(job, "schedule") == "failed"
+    assert daemon_for().run_job(job) == "failed"
     stopping = daemon_for()
-    assert stopping.run_job(job, "schedule") == "interrupted"
+    assert stopping.run_job(job) == "interrupted"
     assert [a["type"] for a in alert_rows(conn)] == ["JOB_FAILED"]  # a crash has no rate
 
-    assert daemon_for().run_job(job, "schedule") == "failed"  # the streak goes on
+    assert daemon_for().run_job(job) == "failed"  # the streak goes on
     stopping = daemon_for()
-    assert stopping.run_job(job, "schedule") == "interrupted"
-    assert daemon_for().run_job(job, "schedule") == "success"
+    assert stopping.run_job(job) == "interrupted"
+    assert daemon_for().run_job(job) == "success"
     assert [a["type"] for a in alert_rows(conn)] == ["JOB_FAILED", "JOB_RECOVERED"]
 
 
@@ -262,7 +262,7 @@ def test_a_dead_webhook_receiver_never_affects_the_job(
 ) -> None:
     with serving() as ping, structlog.testing.capture_logs() as logs:
         daemon = daemon_for(ALERT_WEBHOOK_URL=closed_url(), HEARTBEAT_URL=f"{ping.url}/p")
-        status = daemon.run_job(make_job(all_fail), "schedule")
+        status = daemon.run_job(make_job(all_fail))
         pings = [r.path for r in ping.received("GET")]
 
     assert status == "failed"
@@ -282,7 +282,7 @@ def test_a_slow_webhook_receiver_times_out_and_the_job_goes_on(
     with serving(lambda r: Reply(hang=True)) as hook, structlog.testing.capture_logs() as logs:
         daemon = daemon_for(ALERT_WEBHOOK_URL=f"{hook.url}/hook/{HOOK_SECRET}")
         started = time.monotonic()
-        status = daemon.run_job(make_job(crash), "schedule")
+        status = daemon.run_job(make_job(crash))
         elapsed_s = time.monotonic() - started
         attempts = len(hook.received("POST"))
 
@@ -306,7 +306,7 @@ def test_heartbeat_pings_after_success_and_partial_fail_after_failed(
     job = make_job(all_good, partial, crash)
     with serving() as receiver:
         daemon = daemon_for(HEARTBEAT_URL=receiver.url)  # the bare URL: path "/"
-        statuses = [daemon.run_job(job, "schedule") for _ in range(3)]
+        statuses = [daemon.run_job(job) for _ in range(3)]
         seen = [(r.method, r.path) for r in receiver.received()]
 
     assert statuses == ["success", "partial", "failed"]
@@ -322,9 +322,9 @@ def test_heartbeat_keeps_the_check_path_and_skips_interrupted_runs(
 
     with serving() as receiver:
         url = f"{receiver.url}/ping/{PING_SECRET}"
-        assert daemon_for(HEARTBEAT_URL=url).run_job(make_job(all_fail), "schedule") == "failed"
+        assert daemon_for(HEARTBEAT_URL=url).run_job(make_job(all_fail)) == "failed"
         daemon = daemon_for(HEARTBEAT_URL=url)
-        assert daemon.run_job(make_job(interrupted), "schedule") == "interrupted"
+        assert daemon.run_job(make_job(interrupted)) == "interrupted"
         seen = [r.path for r in receiver.received("GET")]
 
     assert seen == [f"/ping/{PING_SECRET}/fail"]
@@ -335,7 +335,7 @@ def test_a_dead_heartbeat_receiver_is_logged_without_its_url(
 ) -> None:
     with structlog.testing.capture_logs() as logs:
         daemon = daemon_for(HEARTBEAT_URL=closed_url())
-        status = daemon.run_job(make_job(all_good), "schedule")
+        status = daemon.run_job(make_job(all_good))
 
     assert status == "success"
     (failure,) = [e for e in logs if e["event"] == "heartbeat_failed"]
@@ -352,7 +352,7 @@ def test_alert_rule_errors_never_fail_the_run(
     try:
         with serving() as ping, structlog.testing.capture_logs() as logs:
             daemon = daemon_for(HEARTBEAT_URL=ping.url)
-            status = daemon.run_job(make_job(all_fail), "schedule")
+            status = daemon.run_job(make_job(all_fail))
             pings = [r.path for r in ping.received("GET")]
     finally:
         conn.execute("ALTER TABLE worker_alerts_away RENAME TO worker_alerts")

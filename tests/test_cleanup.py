@@ -14,13 +14,13 @@ import pytz
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from tests.conftest import WorkerProcess, make_context, make_settings
+from tests.conftest import WorkerProcess, make_context, make_settings, run_job_pass
 from worker import db
 from worker.daemon import Daemon
 from worker.jobs import cleanup
 from worker.jobs.base import JobResult
 from worker.logs import get_logger
-from worker.schedules import JOBS, SERVICES, next_due
+from worker.registry import JOBS, SERVICES
 
 GUARDED = "cleanup_test_guarded"  # a throwaway table whose deletes a trigger refuses
 EXTRA = "cleanup_test_extra"  # a throwaway table for operator-configured rules
@@ -73,7 +73,7 @@ def run_job(
     conn: db.Conn, job: Callable[..., JobResult], *, dry_run: bool = False, **env: str
 ) -> JobResult:
     settings = make_settings(conn.info.dsn, **env)
-    return job(make_context(conn, settings, job="cleanup_test", dry_run=dry_run))
+    return run_job_pass(job, make_context(conn, settings, job="cleanup_test", dry_run=dry_run))
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -315,7 +315,9 @@ def test_valid_extra_rules_are_applied(conn: db.Conn) -> None:
             conn.info.dsn, CLEANUP_EXTRA_RULES=f" public.{EXTRA}.created_at:7 , "
         )
         cleanup.check_extra_rules(conn, settings)  # accepted at start
-        result = cleanup.clean_history(make_context(conn, settings, job=cleanup.HISTORY))
+        result = run_job_pass(
+            cleanup.clean_history, make_context(conn, settings, job=cleanup.HISTORY)
+        )
         remaining = ids(conn, EXTRA)
 
     assert remaining == set(recent)
@@ -352,20 +354,18 @@ def test_hostile_or_unusable_extra_rules_are_refused_at_start(
 
 def test_clock_jobs_are_due_at_their_time_in_schedule_timezone() -> None:
     settings = make_settings("postgresql://localhost/unused", SCHEDULE_TIMEZONE="Asia/Shanghai")
-    shanghai = pytz.timezone("Asia/Shanghai")
-    now = datetime.now(UTC)
+    thursday = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)  # 20:00 in Shanghai
 
-    sessions_due = next_due(JOBS["cleanup_sessions"], settings, None)
-    content_due = next_due(JOBS["cleanup_content"], settings, None)
+    sessions = JOBS["cleanup_sessions"].schedule(settings)
+    content = JOBS["cleanup_content"].schedule(settings)
+    tokens = JOBS["cleanup_tokens"].schedule(settings)
 
-    assert sessions_due is not None and content_due is not None
-    local = sessions_due.astimezone(shanghai)
-    assert (local.hour, local.minute) == (2, 0)
-    assert timedelta(0) < sessions_due - now <= timedelta(hours=24)
-    local = content_due.astimezone(shanghai)
-    assert (local.weekday(), local.hour, local.minute) == (6, 2, 30)  # Sunday 02:30
-    assert timedelta(0) < content_due - now <= timedelta(days=7)
-    assert next_due(JOBS["cleanup_tokens"], settings, now) == now + timedelta(hours=1)
+    assert sessions.text == "cron 0 2 * * * Asia/Shanghai"
+    assert sessions.first_due(thursday) == datetime(2026, 11, 26, 18, 0, tzinfo=UTC)
+    assert content.text == "cron 30 2 * * 0 Asia/Shanghai"  # Sunday 02:30
+    assert content.first_due(thursday) == datetime(2026, 11, 28, 18, 30, tzinfo=UTC)
+    assert tokens.text == "every 1h"
+    assert tokens.first_due(thursday) == thursday + timedelta(hours=1)
 
 
 def test_dry_run_reports_counts_and_deletes_nothing(conn: db.Conn) -> None:

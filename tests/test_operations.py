@@ -14,7 +14,7 @@ from scripts.fakes import FakeServer, Reply, Request, serving, usage_body
 from tests.conftest import WorkerProcess, make_settings
 from worker import db
 from worker.daemon import Daemon
-from worker.schedules import JOBS, SERVICES
+from worker.registry import JOBS, SERVICES
 
 Spawn = Callable[..., WorkerProcess]
 
@@ -63,18 +63,18 @@ def test_pause_skips_the_next_run_on_every_replica_and_resume_restores_it(
     settings = make_settings(db_url, **api_env(apis))
     replicas = [Daemon(settings, SERVICES["all"]), Daemon(settings, SERVICES["all"])]
     quota = JOBS["quota"]
-    assert replicas[0].run_job(quota, "schedule") == "success"
+    assert replicas[0].run_job(quota) == "success"
 
     code, process = cli(spawn, db_url, "pause", "quota")
     assert code == 0
     process.wait_for("job_paused_set", job="quota")
     with structlog.testing.capture_logs() as logs:
-        skipped = [replica.run_job(quota, "schedule") for replica in replicas]
-        others = {name: replicas[0].run_job(spec, "schedule") for name, spec in JOBS.items()}
-    assert skipped == ["skipped", "skipped"]
+        skipped = [replica.run_job(quota) for replica in replicas]
+        others = {name: replicas[0].run_job(spec) for name, spec in JOBS.items()}
+    assert skipped == ["paused", "paused"]
     assert [e["job"] for e in logs if e["event"] == "job_paused"] == ["quota"] * 3
-    assert others.pop("quota") == "skipped"
-    assert "skipped" not in others.values()  # the other jobs ran
+    assert others.pop("quota") == "paused"
+    assert "paused" not in others.values()  # the other jobs ran
     assert all(run_count(conn, name) == 1 for name in others)
     assert run_count(conn, "quota") == 1 and len(apis.received("GET", "/usage")) == 1
 
@@ -83,7 +83,7 @@ def test_pause_skips_the_next_run_on_every_replica_and_resume_restores_it(
 
     code, process = cli(spawn, db_url, "resume", "quota")
     assert code == 0
-    assert replicas[1].run_job(quota, "schedule") == "success"
+    assert replicas[1].run_job(quota) == "success"
     assert run_count(conn, "quota") == 2 and len(apis.received("GET", "/usage")) == 2
     paused = conn.execute("SELECT paused, paused_at FROM worker_jobs WHERE job = 'quota'")
     assert paused.fetchone() == {"paused": False, "paused_at": None}

@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from scripts.fakes import FakeServer, Reply, Script, serving, usage_body
-from tests.conftest import Sleeps, make_context, make_settings
+from tests.conftest import Sleeps, make_context, make_settings, run_job_pass
+from worker.jobs.base import JobResult
 from worker import db
 from worker.jobs import quota
 
@@ -39,10 +40,10 @@ def by_bearer(default: Reply) -> Script:
 
 def run_pass(
     conn: db.Conn, server: FakeServer, sleep: Sleeps | None = None, **env: str
-) -> quota.JobResult:
+) -> JobResult:
     settings = make_settings(conn.info.dsn, TAVILY_USAGE_URL=f"{server.url}/usage", **env)
     ctx = make_context(conn, settings, job="quota", sleep=sleep)
-    return quota.run_once(ctx)
+    return run_job_pass(quota.run_once, ctx)
 
 
 def test_pass_writes_quota_and_touches_unchanged_keys(conn: db.Conn) -> None:
@@ -177,7 +178,7 @@ def test_connection_refused_fails_every_key_without_writing(conn: db.Conn) -> No
     url = closed.url
     closed.stop()  # nothing listens on that port any more
     settings = make_settings(conn.info.dsn, TAVILY_USAGE_URL=f"{url}/usage")
-    result = quota.run_once(make_context(conn, settings))
+    result = run_job_pass(quota.run_once, make_context(conn, settings))
     assert [f["reason"] for f in result.failures] == ["connection_error"]
     assert result.failures[0]["attempts"] == 3
     assert key_row(conn, "tvly-refused-000000000")["fresh"] is False
@@ -249,7 +250,7 @@ def test_dry_run_calls_the_api_but_writes_nothing(conn: db.Conn) -> None:
     with serving(lambda r: Reply(200, usage_body(1000, 10))) as server:
         settings_env["TAVILY_USAGE_URL"] = f"{server.url}/usage"
         settings = make_settings(conn.info.dsn, **settings_env)
-        result = quota.run_once(make_context(conn, settings, dry_run=True))
+        result = run_job_pass(quota.run_once, make_context(conn, settings, dry_run=True))
         assert len(server.requests) == 1
     assert result.succeeded == 1
     assert key_row(conn, "tvly-dry-run-000000000") == {

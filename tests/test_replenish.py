@@ -15,12 +15,12 @@ import pytest
 from psycopg import sql
 
 from scripts.fakes import FakeServer, Reply, Request, serving
-from tests.conftest import Sleeps, WorkerProcess, make_context, make_settings
+from tests.conftest import Sleeps, WorkerProcess, make_context, make_settings, run_job_pass
 from worker import alerts, clients, db
 from worker.daemon import Daemon
 from worker.jobs import leases, replenish
 from worker.jobs.base import JobResult
-from worker.schedules import JOBS, SERVICES
+from worker.registry import JOBS, SERVICES
 
 TOKEN = "producer-s3cret-token"
 
@@ -137,7 +137,7 @@ def run_pass(
             http=http,
             alert=partial(alerts.raise_alert, conn, job="replenish"),
         )
-        return replenish.run_once(ctx)
+        return run_job_pass(replenish.run_once, ctx)
 
 
 def closed_port_url() -> str:
@@ -443,7 +443,7 @@ def test_lease_recovery_releases_only_expired_unconsumed_leases(
     add_stock(conn, campaign, 2, lease="unexpired")
     settings = make_settings(conn.info.dsn, CLEANUP_BATCH_SIZE="2")
     ctx = make_context(conn, settings, job="lease_recovery", dry_run=dry_run)
-    result = leases.run_once(ctx)
+    result = run_job_pass(leases.run_once, ctx)
 
     released = not dry_run
     assert lease_states(conn) == [
@@ -592,7 +592,7 @@ def test_the_alert_reaches_a_live_webhook(conn: db.Conn, db_url: str, fmt: str) 
             "ALERT_WEBHOOK_FORMAT": fmt,
         }
         with daemon(env, db_url) as worker:
-            assert worker.run_job(JOBS["replenish"], "manual") == "failed"
+            assert worker.run_job(JOBS["replenish"]) == "failed"
         deliveries = [r.json() for r in sink.received("POST", "/hook")]
     # The run-level rules (run failed...) post their own alerts too; pick ours.
     (payload,) = [p for p in deliveries if "STOCK_REPLENISH_FAILED" in json.dumps(p)]

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 
 from tests.conftest import WorkerProcess, make_settings
 from worker import db, status
-from worker.schedules import JOBS, SERVICES
+from worker.registry import JOBS, SERVICES
 
 Spawn = Callable[..., WorkerProcess]
 

@@ -9,12 +9,14 @@ from dataclasses import replace
 
 import psycopg
 
-from . import db, embedded, logs, runs, settings, status
+from . import db, embedded, ledger, logs, service, settings, status
 from .daemon import Daemon
-from .schedules import JOBS, SERVICE_ALIASES, SERVICES
+from .jobs.base import RunStatus
+from .ledger import Refusal
+from .registry import JOBS, SERVICE_ALIASES, SERVICES, jobs_of
 from .settings import ConfigError, Settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SERVICES:
-        jobs = ", ".join(SERVICES[name].jobs)
-        service = sub.add_parser(name, help=f"run the {name} service as a daemon ({jobs})")
-        service.add_argument("--once", action="store_true", help="run each job once, then exit")
-        service.add_argument(
-            "--dry-run", action="store_true", help="report what would change; write nothing"
+        jobs = ", ".join(spec.name for spec in jobs_of(name))
+        daemon = sub.add_parser(name, help=f"run the {name} service as a daemon ({jobs})")
+        daemon.add_argument("--once", action="store_true", help="run each job once, then exit")
+        daemon.add_argument(
+            "--due",
+            action="store_true",
+            help="with --once: only the jobs whose next due time has come (for cron platforms)",
         )
+        _dry_run_flag(daemon)
+    run = sub.add_parser("run", help="run one job now in this process")
+    run.add_argument("job", metavar="JOB")
+    run.add_argument(
+        "--request", action="store_true", help="ask the running service to run it instead"
+    )
+    _dry_run_flag(run)
     migrate = sub.add_parser("migrate", help="create or upgrade the worker's tables")
     migrate.add_argument(
         "--app-tables", action="store_true", help="also create the reference app tables"
@@ -43,16 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run", action="store_true", help="report what would change; write nothing"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m worker` and the `worker` console script."""
     args = build_parser().parse_args(argv)
-    service = args.command if args.command in SERVICES else None
+    service_name = args.command if args.command in SERVICES else None
     try:
         config = settings.from_env(
-            settings.load_environment(), service=service, stdout_is_tty=sys.stdout.isatty()
+            settings.load_environment(), service=service_name, stdout_is_tty=sys.stdout.isatty()
         )
         _check_job_argument(args)
         _check_service_argument(args)
+        if getattr(args, "due", False) and not args.once:
+            raise ConfigError("--due: only with --once")
     except ConfigError as exc:
         return _usage_error(str(exc))
     # `status` owns stdout (its table or JSON); its log lines go to stderr.
@@ -62,8 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _with_database(config)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    if service is not None:
-        return Daemon(config, SERVICES[service], dry_run=args.dry_run).run(once=args.once)
+    if service_name is not None:
+        daemon = Daemon(config, SERVICES[service_name], dry_run=args.dry_run)
+        return daemon.run(once=args.once, due_only=args.due)
+    if args.command == "run":
+        return _run_job(config, args.job, request=args.request, dry_run=args.dry_run)
     if args.command == "migrate":
         return _migrate(config, app_tables=args.app_tables)
     if args.command == "status":
@@ -112,12 +134,40 @@ def _migrate(config: Settings, *, app_tables: bool) -> int:
     return EXIT_OK
 
 
+def _run_job(config: Settings, job: str, *, request: bool, dry_run: bool) -> int:
+    """`worker run JOB`: exit 0 success/partial, 1 failed, 3 claimed elsewhere."""
+    spec = JOBS[job]
+    if request:
+        return _request_run(config, job)
+    outcome = Daemon(config, SERVICES["all"], dry_run=dry_run, jobs=[spec]).run_now(spec)
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{job}: {outcome.value}", file=sys.stderr)
+    if outcome is Refusal.CLAIMED_ELSEWHERE:
+        return EXIT_CLAIMED_ELSEWHERE
+    return EXIT_FAILURE if outcome in (RunStatus.FAILED, Refusal.UNKNOWN) else EXIT_OK
+
+
+def _request_run(config: Settings, job: str) -> int:
+    log = logs.get_logger()
+    try:
+        with db.connect(config.database) as conn:
+            db.migrate(conn)
+            service.register(conn, config, [JOBS[job]], log)
+            ledger.request_run(conn, job)
+    except psycopg.Error as exc:
+        log.error("request_failed", job=job, error=db.describe_error(exc))
+        return EXIT_FAILURE
+    log.info("run_requested", job=job)
+    return EXIT_OK
+
+
 def _set_paused(config: Settings, job: str, *, paused: bool) -> int:
     log = logs.get_logger()
     try:
         with db.connect(config.database) as conn:
             db.migrate(conn)
-            runs.set_paused(conn, job, paused)
+            ledger.set_paused(conn, job, paused)
     except psycopg.Error as exc:
         log.error(
             "pause_failed", job=job, error=db.describe_error(exc), db_host=config.database.host

@@ -1,4 +1,4 @@
-"""PostgreSQL access: connections, named SQL, advisory locks and migrations."""
+"""PostgreSQL access: connections, named SQL and migrations."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .settings import Database
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-# Advisory locks taken by the worker live in their own key space: (namespace, hashtext(name)).
+# The migration's transaction-level advisory lock lives in its own key space.
 LOCK_NAMESPACE = 0x574B5231  # "WKR1"
 _MIGRATION_LOCK = "worker:migrate"
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
@@ -31,11 +31,16 @@ class DatabaseUnavailable(Exception):
 def connect(
     database: Database, *, application_name: str = "worker", connect_timeout_s: int = 10
 ) -> Conn:
-    """An autocommit connection returning dict rows; one short transaction per unit of work."""
+    """An autocommit connection returning dict rows; one short transaction per unit of work.
+
+    Nothing is prepared server-side (`prepare_threshold=None`): behind a transaction-pooling
+    PgBouncer the next statement may land on another server connection.
+    """
     return psycopg.connect(
         database.conninfo,
         autocommit=True,
         row_factory=dict_row,
+        prepare_threshold=None,
         connect_timeout=connect_timeout_s,
         application_name=application_name,
     )
@@ -112,19 +117,6 @@ def query(name: str) -> str:
         return _queries()[name]
     except KeyError:
         raise KeyError(f"no SQL query named {name!r}") from None
-
-
-def try_lock(conn: Conn, name: str) -> bool:
-    """Take the session advisory lock for `name` if no other session holds it."""
-    row = conn.execute(
-        "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS granted", (LOCK_NAMESPACE, name)
-    ).fetchone()
-    return bool(row and row["granted"])
-
-
-def unlock(conn: Conn, name: str) -> None:
-    """Release the session advisory lock for `name`."""
-    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, name))
 
 
 def limit_lock_wait(conn: Conn, timeout_ms: int) -> None:

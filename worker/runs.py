@@ -1,65 +1,261 @@
-"""Run history and per-job flags in worker_job_runs and worker_jobs."""
+"""The life of a run: claim, lease, history, alerts and heartbeat, the same for every job.
+
+`Runner.run(spec, mode)` is the whole interface the loop and the CLI use; the steps are
+described in ARCHITECTURE.md, "The life of a run".
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from functools import partial
 from typing import Any
 
-from psycopg.types.json import Jsonb
+import httpx
+import psycopg
+import structlog
 
-from . import db
-from .db import Conn
-from .jobs.base import JobResult
+from . import alerts, clients, db, ledger
+from .jobs.base import JobContext, JobResult, RunStatus
+from .ledger import Claim, Mode, Refusal, Run
+from .registry import JobSpec
+from .settings import Settings
 
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    started_at: datetime
-
-
-def abandon_running(conn: Conn, job: str) -> list[dict[str, Any]]:
-    """Mark `running` rows of `job` abandoned. Call only while holding the job's lock:
-    then no live process can own them."""
-    return conn.execute(db.query("abandon_running_runs"), {"job": job}).fetchall()
+Outcome = RunStatus | Refusal
+# Refusals logged at info level for these modes (a person asked); debug for wake-ups.
+_ASKED = (Mode.ONCE, Mode.MANUAL, Mode.DUE)
 
 
-def start(conn: Conn, job: str, trigger: str) -> Run:
-    host, pid = db.process_identity()
-    row = conn.execute(
-        db.query("insert_run"), {"job": job, "trigger": trigger, "host": host, "pid": pid}
-    ).fetchone()
-    assert row is not None
-    return Run(row["id"], row["started_at"])
+@dataclass
+class Runner:
+    """Runs jobs through the lifecycle on behalf of one process."""
+
+    settings: Settings
+    http: httpx.Client
+    stop: threading.Event
+    log: Any
+    dry_run: bool = False
+
+    def run(self, spec: JobSpec, mode: Mode) -> Outcome:
+        """Claim `spec` as `mode` asks and, if granted, run it; never raises.
+
+        A job that breaks is recorded as failed and stays scheduled.
+        """
+        if self.stop.is_set():
+            return Refusal.NOT_DUE
+        with structlog.contextvars.bound_contextvars(job=spec.name):
+            try:
+                conn = self._connect(spec.name)
+            except psycopg.OperationalError as exc:
+                self.log.error("database_unavailable", error=db.describe_error(exc))
+                return RunStatus.FAILED
+            with conn:
+                if self.dry_run:
+                    return self._execute(conn, spec, None, None)
+                return self._claim_and_run(conn, spec, mode)
+
+    def _claim_and_run(self, conn: db.Conn, spec: JobSpec, mode: Mode) -> Outcome:
+        try:
+            claimed = ledger.claim(conn, spec.name, mode, self.settings.lease_s)
+            if isinstance(claimed, Refusal):
+                self._log_refusal(spec, claimed, mode)
+                return claimed
+            run, abandoned = ledger.start(conn, claimed)
+        except psycopg.Error as exc:
+            self.log.error("job_start_failed", error=db.describe_error(exc))
+            return RunStatus.FAILED
+        for row in abandoned:
+            self.log.warning("run_abandoned", abandoned_run_id=row["id"], pid=row["pid"])
+        with (
+            structlog.contextvars.bound_contextvars(run_id=run.id),
+            LeaseKeeper(self, claimed, run) as keeper,
+        ):
+            return self._execute(conn, spec, claimed, run, keeper.lost.is_set)
+
+    def _execute(
+        self,
+        conn: db.Conn,
+        spec: JobSpec,
+        claim: Claim | None,
+        run: Run | None,
+        lease_lost: Callable[[], bool] = lambda: False,
+    ) -> RunStatus:
+        result = JobResult()
+        ctx = self._context(conn, spec, result, lease_lost)
+        trigger = None if claim is None else claim.trigger.value
+        scheduled_for = claim.scheduled_for if claim else None
+        self.log.info(
+            "job_started",
+            trigger=trigger,
+            scheduled_for=None if scheduled_for is None else scheduled_for.isoformat(),
+            paused=bool(claim and claim.paused),
+            dry_run=self.dry_run,
+        )
+        error: str | None = None
+        try:
+            spec.run(ctx)
+        except Exception as exc:
+            error = db.describe_error(exc)
+            self.log.exception("job_crashed", error=error)
+        status = result.status(broken=error is not None, interrupted=ctx.should_stop())
+        duration_ms = int((time.monotonic() - ctx.started) * 1000)
+        self.log.info(
+            "job_finished",
+            status=status.value,
+            total=result.total,
+            succeeded=result.succeeded,
+            failed=result.failed,
+            duration_ms=duration_ms,
+        )
+        if claim is not None and run is not None:
+            self._record(spec, claim, run, status, result, duration_ms, error)
+        return status
+
+    def _context(
+        self, conn: db.Conn, spec: JobSpec, result: JobResult, lease_lost: Callable[[], bool]
+    ) -> JobContext:
+        return JobContext(
+            job=spec.name,
+            conn=conn,
+            settings=self.settings,
+            http=self.http,
+            log=self.log.bind(job=spec.name),
+            result=result,
+            should_stop=lambda: self.stop.is_set() or lease_lost(),
+            sleep=self._sleep,
+            alert=partial(self._alert, conn, spec.name),
+            dry_run=self.dry_run,
+        )
+
+    def _record(
+        self,
+        spec: JobSpec,
+        claim: Claim,
+        run: Run,
+        status: RunStatus,
+        result: JobResult,
+        duration_ms: int,
+        error: str | None,
+    ) -> None:
+        # The run's own connection may be why it failed: record on a fresh one.
+        try:
+            with self._connect(spec.name) as conn:
+                ledger.finish(
+                    conn,
+                    claim,
+                    run,
+                    status=status,
+                    result=result,
+                    duration_ms=duration_ms,
+                    error=error,
+                )
+                self._evaluate_alerts(conn, spec, run, status, result, duration_ms)
+        except psycopg.Error as exc:
+            # The lease runs out; the next claim marks this row abandoned.
+            self.log.error("run_record_failed", run_id=run.id, error=db.describe_error(exc))
+            return
+        self._heartbeat(status)
+
+    def _evaluate_alerts(
+        self,
+        conn: db.Conn,
+        spec: JobSpec,
+        run: Run,
+        status: RunStatus,
+        result: JobResult,
+        duration_ms: int,
+    ) -> None:
+        outcome = alerts.RunOutcome(
+            spec.name, run.id, status.value, result.total, result.failed, duration_ms
+        )
+        try:
+            alerts.evaluate_run(conn, self.settings, outcome, http=self.http, log=self.log)
+        except Exception as exc:  # alerting must never fail the run it reports on
+            self.log.error("alert_rules_failed", run_id=run.id, error=type(exc).__name__)
+
+    def _heartbeat(self, status: RunStatus) -> None:
+        url = self.settings.heartbeat_url
+        if not url or status not in (RunStatus.SUCCESS, RunStatus.PARTIAL, RunStatus.FAILED):
+            return
+        target = f"{url.rstrip('/')}/fail" if status is RunStatus.FAILED else url
+        error = clients.notify(self.http, "GET", target)
+        if error:
+            self.log.warning("heartbeat_failed", error=error, status=status.value)
+
+    def _alert(self, conn: db.Conn, job: str, **alert: Any) -> None:
+        if self.dry_run:
+            self.log.info(
+                "alert_skipped_dry_run", job=job, type=alert.get("type"), level=alert.get("level")
+            )
+            return
+        alerts.raise_alert(
+            conn,
+            job=job,
+            webhook_url=self.settings.alert_webhook_url,
+            webhook_format=self.settings.alert_webhook_format,
+            http=self.http,
+            log=self.log,
+            **alert,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(max(seconds, 0.0))
+
+    def _log_refusal(self, spec: JobSpec, refusal: Refusal, mode: Mode) -> None:
+        if refusal is Refusal.PAUSED:
+            self.log.info("job_paused", job=spec.name)
+        elif refusal is Refusal.CLAIMED_ELSEWHERE:
+            level = "info" if mode in _ASKED else "debug"
+            getattr(self.log, level)("job_claimed_elsewhere", job=spec.name)
+        elif refusal is Refusal.UNKNOWN:
+            self.log.warning("job_not_registered", job=spec.name)
+        else:
+            self.log.debug("job_not_due", job=spec.name)
+
+    def _connect(self, job: str) -> db.Conn:
+        return db.connect(self.settings.database, application_name=f"worker:{job}")
 
 
-def finish(
-    conn: Conn, run: Run, *, status: str, result: JobResult, duration_ms: int, error: str | None
-) -> None:
-    """Write the run's outcome; `details` carries the failures and the job's own details."""
-    details: dict[str, Any] = dict(result.details)
-    if result.failures:
-        details["failures"] = result.failures
-    conn.execute(
-        db.query("finish_run"),
-        {
-            "id": run.id,
-            "status": status,
-            "duration_ms": duration_ms,
-            "total": result.total,
-            "succeeded": result.succeeded,
-            "failed": result.failed,
-            "error": error,
-            "details": Jsonb(details),
-        },
-    )
+class LeaseKeeper:
+    """Renews a run's lease every LEASE_SECONDS / 3 from its own thread and connection.
 
+    A renewal that fails (the database is unreachable, or the lease expired and another
+    runner took it) sets `lost` at once and logs `lease_lost`: the run starts no more items.
+    """
 
-def is_paused(conn: Conn, job: str) -> bool:
-    row = conn.execute(db.query("is_paused"), {"job": job}).fetchone()
-    return bool(row and row["paused"])
+    def __init__(self, runner: Runner, claim: Claim, run: Run) -> None:
+        self.runner, self.claim, self.run = runner, claim, run
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
 
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
 
-def set_paused(conn: Conn, job: str, paused: bool) -> None:
-    conn.execute(db.query("set_paused"), {"job": job, "paused": paused})
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        lease_s = self.runner.settings.lease_s
+        conn: db.Conn | None = None
+        try:
+            while not self._done.wait(lease_s / 3):
+                try:
+                    conn = conn or self.runner._connect(f"{self.claim.job}:lease")
+                    renewed = ledger.renew(conn, self.claim, self.run, lease_s)
+                    error = None if renewed else "the lease expired and was taken over"
+                except psycopg.Error as exc:
+                    error = db.describe_error(exc)
+                if error is not None:
+                    self.runner.log.error(
+                        "lease_lost", job=self.claim.job, run_id=self.run.id, error=error
+                    )
+                    self.lost.set()
+                    return
+        finally:
+            if conn is not None:
+                conn.close()

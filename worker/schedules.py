@@ -1,166 +1,183 @@
-"""Which jobs each service runs, and when: the one source of truth for cadences."""
+"""Schedules as data: a cron expression in a time zone, or a fixed interval, each a pure function.
+
+`next_due(previous_due, now)` is the one answer to "when is it due next" that the ledger,
+`status` and `jobs-check` share (ARCHITECTURE.md, "The schedule ledger").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice, pairwise
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import schedule
+from cronsim import CronSim, CronSimError
 
-from .db import Conn
-from .jobs import cleanup, leases, quota, replenish
-from .jobs.base import JobContext, JobResult
-from .settings import Settings
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_INTERVAL = re.compile(r"^every\s+([1-9][0-9]{0,6})\s*([smhd])$")
+_MACROS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+}
+# How many upcoming occurrences a cron schedule's period is judged from: enough to see
+# the longest gap of any weekly or monthly expression.
+_PERIOD_SAMPLE = 6
 
-HOUR_S = 3600
-DAY_S = 24 * HOUR_S
-WEEK_S = 7 * DAY_S
+
+class ScheduleError(ValueError):
+    """A schedule or time zone that cannot be parsed; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
-class Cadence:
-    """Every `every_s` seconds, or daily at `at`, or weekly on `weekday` at `at`."""
+class Interval:
+    """Every `every_s` seconds, keeping the phase of the first due time."""
 
-    every_s: int | None = None
-    at: str | None = None
-    weekday: str | None = None
+    every_s: int
+
+    @property
+    def text(self) -> str:
+        """The canonical text, as stored in `worker_jobs.schedule`."""
+        return f"every {duration_text(self.every_s)}"
 
     @property
     def period_s(self) -> int:
-        if self.at is None:
-            assert self.every_s is not None
-            return self.every_s
-        return WEEK_S if self.weekday else DAY_S
+        return self.every_s
 
-    def register(self, scheduler: schedule.Scheduler, timezone: str) -> schedule.Job:
-        """An unconfigured `schedule` job (call `.do(fn)` on it) with this cadence."""
-        if self.at is None:
-            assert self.every_s is not None
-            job: schedule.Job = scheduler.every(self.every_s).seconds
-            return job
-        start = scheduler.every()
-        start = getattr(start, self.weekday) if self.weekday else start.day
-        job = start.at(self.at, timezone)
-        return job
+    def first_due(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.every_s)
 
-    def describe(self, timezone: str) -> str:
-        if self.at is None:
-            assert self.every_s is not None
-            return f"every {_duration(self.every_s)}"
-        when = f"{self.weekday}s" if self.weekday else "daily"
-        return f"{when} at {self.at} {timezone}"
+    def next_due(self, previous_due: datetime, now: datetime) -> datetime:
+        """`previous_due` plus whole intervals: the first such time after `now`."""
+        if previous_due > now:
+            return previous_due
+        missed = (now - previous_due) // timedelta(seconds=self.every_s)
+        return previous_due + (missed + 1) * timedelta(seconds=self.every_s)
+
+    def describe(self) -> str:
+        return f"every {duration_words(self.every_s)}"
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """A job: its name, its service, its pass, and its cadence under given settings.
+class Cron:
+    """A five-field cron expression in a time zone, with Debian cron's DST rules.
 
-    `check`, when set, validates configuration that only the database can judge (e.g. that
-    a configured column exists); it runs once at start and raises ConfigError (exit 2).
+    A wall-clock time that a spring-forward skips fires once right after the gap; a time
+    that a fall-back repeats fires once (cronsim implements both).
     """
 
-    name: str
-    service: str
-    run: Callable[[JobContext], JobResult]
-    cadence: Callable[[Settings], Cadence]
-    check: Callable[[Conn, Settings], None] | None = None
+    expression: str
+    timezone: str
+
+    @property
+    def text(self) -> str:
+        return f"cron {self.expression} {self.timezone}"
+
+    @property
+    def period_s(self) -> int:
+        """The longest gap between upcoming occurrences: a daily job's period is a day."""
+        times = self.upcoming(datetime.now(UTC), _PERIOD_SAMPLE)
+        gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
+        return int(max(gaps))
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first occurrence strictly after `moment` (an aware datetime), in UTC."""
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        return next(CronSim(self.expression, local)).astimezone(UTC)
+
+    def first_due(self, now: datetime) -> datetime:
+        return self.next_after(now)
+
+    def next_due(self, previous_due: datetime, now: datetime) -> datetime:
+        """`previous_due` while it is still ahead, else the first occurrence after `now`."""
+        return previous_due if previous_due > now else self.next_after(now)
+
+    def upcoming(self, after: datetime, count: int) -> list[datetime]:
+        local = after.astimezone(ZoneInfo(self.timezone))
+        return [t.astimezone(UTC) for t in islice(CronSim(self.expression, local), count)]
+
+    def describe(self) -> str:
+        return f"{_explain(self.expression)} ({self.timezone})"
 
 
-@dataclass(frozen=True)
-class Service:
-    """A deployable service: the jobs it runs and the names of its start and stop events."""
-
-    name: str
-    jobs: tuple[str, ...]
-    started_event: str = "worker_starting"
-    stopped_event: str = "worker_stopped"
+Schedule = Interval | Cron
 
 
-JOBS: dict[str, JobSpec] = {
-    spec.name: spec
-    for spec in (
-        JobSpec(
-            quota.NAME,
-            "quota",
-            quota.run_once,
-            lambda s: Cadence(every_s=s.quota_update_interval_hours * HOUR_S),
-        ),
-        JobSpec(cleanup.TOKENS, "cleanup", cleanup.clean_tokens, lambda s: Cadence(every_s=HOUR_S)),
-        JobSpec(
-            cleanup.SESSIONS, "cleanup", cleanup.clean_sessions, lambda s: Cadence(at=s.cleanup_at)
-        ),
-        JobSpec(
-            cleanup.CONTENT,
-            "cleanup",
-            cleanup.clean_content,
-            lambda s: Cadence(at=s.cleanup_content_at, weekday="sunday"),
-        ),
-        JobSpec(
-            cleanup.HISTORY,
-            "cleanup",
-            cleanup.clean_history,
-            lambda s: Cadence(at=s.cleanup_at),
-            check=cleanup.check_extra_rules,
-        ),
-        JobSpec(
-            replenish.NAME,
-            "replenish",
-            replenish.run_once,
-            lambda s: Cadence(every_s=s.replenish_interval_minutes * 60),
-        ),
-        JobSpec(
-            leases.NAME,
-            "replenish",
-            leases.run_once,
-            lambda s: Cadence(every_s=s.lease_recovery_interval_minutes * 60),
-        ),
-    )
-}
+def parse(text: str, timezone: str = "UTC") -> Schedule:
+    """`every N{s,m,h,d}`, a 5-field cron expression or `@hourly|@daily|@weekly|@monthly`.
 
-SERVICES: dict[str, Service] = {
-    "quota": Service(
-        "quota",
-        ("quota",),
-        started_event="tavily_quota_updater_starting",
-        stopped_event="tavily_quota_updater_stopped",
-    ),
-    "cleanup": Service(
-        "cleanup", (cleanup.TOKENS, cleanup.SESSIONS, cleanup.CONTENT, cleanup.HISTORY)
-    ),
-    "replenish": Service("replenish", (replenish.NAME, leases.NAME)),
-    "all": Service("all", tuple(JOBS)),
-}
-
-
-# Names users already deploy with (SERVICE_TYPE), mapped to the service they mean.
-SERVICE_ALIASES = {"tavily_quota_updater": "quota"}
-
-
-def jobs_of(service: str) -> list[JobSpec]:
-    """The job specs a service runs, in registration order."""
-    return [JOBS[name] for name in SERVICES[service].jobs]
-
-
-def next_due(spec: JobSpec, settings: Settings, last_finished: datetime | None) -> datetime | None:
-    """When the daemon will next run `spec`, computed from the same cadence it registers.
-
-    Interval jobs are due one period after the last run finished (None if it never ran);
-    clock-time jobs at the next occurrence of their time in SCHEDULE_TIMEZONE.
+    A stored canonical text (`cron EXPR ZONE`) parses back to the same schedule, whatever
+    `timezone` says.
     """
-    cadence = spec.cadence(settings)
-    if cadence.at is None:
-        return (
-            None if last_finished is None else last_finished + timedelta(seconds=cadence.period_s)
-        )
-    job = cadence.register(schedule.Scheduler(), settings.schedule_timezone).do(lambda: None)
-    # `schedule` keeps naive local times; make it an aware UTC instant.
-    return job.next_run.astimezone().astimezone(UTC)  # type: ignore[no-any-return]
+    value = " ".join(text.split())
+    interval = _INTERVAL.match(value)
+    if interval:
+        return Interval(int(interval.group(1)) * UNIT_S[interval.group(2)])
+    if value.startswith("cron "):
+        *fields, zone = value.removeprefix("cron ").split(" ")
+        return _cron(" ".join(fields), zone)
+    return _cron(_MACROS.get(value, value), timezone)
 
 
-def _duration(seconds: int) -> str:
-    if seconds % HOUR_S == 0:
-        return f"{seconds // HOUR_S}h"
-    if seconds % 60 == 0:
-        return f"{seconds // 60}m"
+def upcoming(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
+    """The next `count` due times after `after` for a schedule first due then."""
+    if isinstance(schedule, Cron):
+        return schedule.upcoming(after, count)
+    step = timedelta(seconds=schedule.every_s)
+    return [after + step * (i + 1) for i in range(count)]
+
+
+def duration_seconds(text: str) -> int:
+    """`30s`, `15m`, `6h`, `1d` as seconds."""
+    match = re.fullmatch(r"([1-9][0-9]{0,6})([smhd])", text.strip())
+    if not match:
+        raise ScheduleError(f"{text!r} is not a duration such as 30s, 15m, 6h or 1d")
+    return int(match.group(1)) * UNIT_S[match.group(2)]
+
+
+def duration_text(seconds: int) -> str:
+    """The shortest whole-unit form of `seconds`: 3600 → `1h`, 90 → `90s`."""
+    for unit in ("d", "h", "m"):
+        if seconds % UNIT_S[unit] == 0:
+            return f"{seconds // UNIT_S[unit]}{unit}"
     return f"{seconds}s"
+
+
+def duration_words(seconds: int) -> str:
+    names = {"d": "day", "h": "hour", "m": "minute", "s": "second"}
+    text = duration_text(seconds)
+    count, unit = int(text[:-1]), names[text[-1]]
+    return unit if count == 1 else f"{count} {unit}s"
+
+
+def check_timezone(name: str) -> str:
+    """`name` if it is a known IANA time zone, else ScheduleError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"unknown time zone {name!r} (e.g. UTC, Asia/Shanghai)") from None
+    return name
+
+
+def _cron(expression: str, timezone: str) -> Cron:
+    check_timezone(timezone)
+    fields = expression.split(" ")
+    if len(fields) != 5:
+        raise ScheduleError(
+            f"{expression!r} is neither `every N<s|m|h|d>` nor a 5-field cron expression"
+        )
+    try:
+        CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        raise ScheduleError(f"bad cron expression {expression!r}: {exc}") from None
+    return Cron(expression, timezone)
+
+
+def _explain(expression: str) -> str:
+    try:
+        return str(CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC)).explain())
+    except Exception:  # explaining is cosmetic: an odd expression still schedules
+        return f"cron {expression}"

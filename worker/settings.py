@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import pytz
 from psycopg.conninfo import make_conninfo
+
+from .schedules import check_timezone
 
 T = TypeVar("T")
 
@@ -71,7 +72,9 @@ class Settings:
     environment: str = "development"
     log_level: str = "INFO"
     log_format: str = "json"
-    run_on_start: bool = True
+    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start")
+    lease_s: float = 30.0
+    database_pooler: str | None = None  # session | transaction; None: detected
     shutdown_grace_s: float = 5.0
     db_connect_timeout_s: float = 60.0
     schedule_timezone: str = "UTC"
@@ -138,7 +141,9 @@ def from_env(
         log_format=r.choice(
             "LOG_FORMAT", "console" if stdout_is_tty else "json", ("json", "console")
         ),
-        run_on_start=r.boolean("RUN_ON_START", True),
+        run_on_start=r.parsed("RUN_ON_START", "true", parse_run_on_start),
+        lease_s=r.number("LEASE_SECONDS", 30.0, minimum=3, maximum=24 * 3600),
+        database_pooler=r.optional_choice("DATABASE_POOLER", ("session", "transaction")),
         shutdown_grace_s=r.number("SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0),
         db_connect_timeout_s=r.number("DB_CONNECT_TIMEOUT_SECONDS", 60.0, minimum=0),
         schedule_timezone=r.timezone("SCHEDULE_TIMEZONE", "UTC"),
@@ -178,6 +183,18 @@ def from_env(
     if service in ("replenish", "all") and not settings.replenish_api_url:
         raise ConfigError(f"REPLENISH_API_URL is required by the {service} service")
     return settings
+
+
+def parse_run_on_start(value: str) -> str:
+    """`true|missed|false` (also 1/0, yes/no, on/off for true and false)."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return "true"
+    if lowered in _FALSE:
+        return "false"
+    if lowered == "missed":
+        return "missed"
+    raise ValueError(f"must be true, missed or false; got {value!r}")
 
 
 def resolve_database(env: Mapping[str, str], *, production: bool) -> Database:
@@ -334,6 +351,11 @@ class _Reader:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {raw!r}")
         return value
 
+    def optional_choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
+        if self._raw(name) is None:
+            return None
+        return self.choice(name, allowed[0], allowed)
+
     def clock(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
         if not _CLOCK.match(raw):
@@ -343,12 +365,9 @@ class _Reader:
     def timezone(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
         try:
-            pytz.timezone(raw)
-        except pytz.UnknownTimeZoneError:
-            raise ConfigError(
-                f"{name} is not a known time zone: {raw!r} (e.g. UTC, Asia/Shanghai)"
-            ) from None
-        return raw
+            return check_timezone(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
 
     def url(self, name: str, default: str) -> str:
         return self.optional_url(name) or default

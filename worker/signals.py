@@ -1,9 +1,17 @@
-"""Stop signals: the first asks for a graceful stop, the second ends the process at once."""
+"""Stop signals: the first asks for a graceful stop, the second ends the process at once.
+
+The handler itself does nothing. CPython's C-level handler writes the signal number to a
+wake-up socket (`signal.set_wakeup_fd`), and a watcher thread reading that socket makes
+the callback. So no lock is ever taken inside a handler: `threading.Event.set()` there
+could deadlock against the main thread's own `Event.wait()` holding the same lock.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,28 +23,47 @@ FORCED_EXIT_CODE = 1
 
 @contextmanager
 def on_stop(callback: Callable[[str], None]) -> Iterator[None]:
-    """Call `callback(signal_name)` on the first SIGTERM/SIGINT while the block runs.
+    """Call `callback(signal_name)` from a watcher thread on the first SIGTERM/SIGINT.
 
-    The callback runs inside the signal handler, so it must only set flags (no I/O, no
-    raising): an exception there could abort a transaction half-way. A second signal exits
-    immediately. Handlers are restored on leaving. Off the main thread this does nothing,
-    since Python delivers signals to the main thread only.
+    A second signal exits the process at once, even while the main thread is blocked.
+    Handlers and the wake-up fd are restored on leaving. Off the main thread this does
+    nothing, since Python delivers signals to the main thread only.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = 0
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        nonlocal received
-        received += 1
-        if received > 1:
-            os._exit(FORCED_EXIT_CODE)
-        callback(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    watcher = threading.Thread(
+        target=_watch, args=(reader, callback), name="signal-watcher", daemon=True
+    )
+    previous = {sig: signal.signal(sig, _ignore) for sig in STOP_SIGNALS}
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher.start()
     try:
         yield
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        with contextlib.suppress(OSError):
+            writer.shutdown(socket.SHUT_WR)  # the watcher reads end-of-file and returns
+        writer.close()
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: the wake-up fd already carries the signal."""
+
+
+def _watch(reader: socket.socket, callback: Callable[[str], None]) -> None:
+    stop_numbers = {int(sig) for sig in STOP_SIGNALS}
+    received = 0
+    with reader:
+        while data := reader.recv(64):
+            for signum in data:
+                if signum not in stop_numbers:
+                    continue
+                received += 1
+                if received > 1:
+                    os._exit(FORCED_EXIT_CODE)
+                callback(signal.Signals(signum).name)

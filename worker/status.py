@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import psycopg
 
-from . import db
-from .schedules import JOBS, SERVICES, next_due
+from . import db, schedules
 from .settings import Settings
 
 STALE_AFTER_PERIODS = 2  # DESIGN §2: no run that did its work within 2 x the job's period
 CONNECT_TIMEOUT_S = 5  # a HEALTHCHECK must answer quickly: no backoff, one short attempt
-HEALTHY = ("ok", "paused")  # a paused job is reported, never counted as unhealthy
+# A paused job is reported, never counted as unhealthy; a job waiting for its first due
+# time has not had the chance to run.
+HEALTHY = ("ok", "paused", "waiting")
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_UNREACHABLE = 0, 1, 2
 
 
@@ -26,18 +26,20 @@ class JobStatus:
     """One row of the status table.
 
     `health` is `ok`, `paused`, `failed` (its last completed run failed), `stale` (no
-    success or partial run within STALE_AFTER_PERIODS periods) or `never_run`.
+    success or partial run within STALE_AFTER_PERIODS periods), `waiting` (registered,
+    first due time not yet come) or `never_run` (due and never ran).
     """
 
     job: str
     service: str
+    schedule: str
     cadence: str
     last_started_at: datetime | None
     last_status: str | None
     duration_ms: int | None
     succeeded: int | None
     failed: int | None
-    next_due: datetime | None
+    next_due_at: datetime | None
     paused: bool
     last_success_at: datetime | None
     health: str
@@ -59,16 +61,11 @@ class Report:
         return all(job.healthy for job in self.jobs)
 
 
-def selected_jobs(service: str | None) -> list[str]:
-    """Every job in JOBS, or only those SERVICES[service] runs."""
-    return list(JOBS) if service is None else list(SERVICES[service].jobs)
-
-
 def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
-    """Print the status of the selected jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
+    """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
     try:
         with _connect(settings) as conn:
-            report = gather(conn, settings, selected_jobs(service))
+            report = gather(conn, service)
     except psycopg.Error as exc:
         # The URL may hold the password: name the host and the database, never the URL.
         print(
@@ -82,49 +79,53 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
 
 
-def gather(conn: db.Conn, settings: Settings, jobs: Sequence[str]) -> Report:
-    """Read the jobs' history and flags in one query and judge each job."""
+def gather(conn: db.Conn, service: str | None = None) -> Report:
+    """Read every registered job (of `service`, if given) and its runs in one query."""
     try:
-        rows = conn.execute(db.query("job_status"), {"jobs": list(jobs)}).fetchall()
+        rows = conn.execute(db.query("job_status"), {"service": service}).fetchall()
     except psycopg.errors.UndefinedTable:
         # The worker has never migrated this database (status must not do it silently):
-        # every job has never run, which is what the operator needs to see.
+        # no service has registered a job yet.
+        rows = []
+    if not rows:
         now = conn.execute(db.query("database_now")).fetchone()
         assert now is not None
-        rows = [{"job": job, "checked_at": now["checked_at"]} for job in jobs]
-    checked_at = rows[0]["checked_at"] if rows else datetime.now(UTC)
-    return Report(checked_at, [_judge(row, settings, checked_at) for row in rows])
+        return Report(now["checked_at"], [])
+    checked_at: datetime = rows[0]["checked_at"]
+    return Report(checked_at, [_judge(row, checked_at) for row in rows])
 
 
-def _judge(row: dict[str, Any], settings: Settings, now: datetime) -> JobStatus:
-    spec = JOBS[row["job"]]
-    cadence = spec.cadence(settings)
-    last_success_at = row.get("last_success_at")
-    stale_after = timedelta(seconds=STALE_AFTER_PERIODS * cadence.period_s)
-    if row.get("paused"):
-        health = "paused"
-    elif row.get("last_completed_status") == "failed":
-        health = "failed"
-    elif row.get("last_started_at") is None:
-        health = "never_run"
-    elif last_success_at is None or now - last_success_at > stale_after:
-        health = "stale"
-    else:
-        health = "ok"
+def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
+    schedule = schedules.parse(row["schedule"])
     return JobStatus(
-        job=spec.name,
-        service=spec.service,
-        cadence=cadence.describe(settings.schedule_timezone),
-        last_started_at=row.get("last_started_at"),
-        last_status=row.get("last_status"),
-        duration_ms=row.get("duration_ms"),
-        succeeded=row.get("succeeded"),
-        failed=row.get("failed"),
-        next_due=next_due(spec, settings, row.get("last_finished_at")),
-        paused=bool(row.get("paused")),
-        last_success_at=last_success_at,
-        health=health,
+        job=row["job"],
+        service=row["service"] or "-",
+        schedule=schedule.text,
+        cadence=schedule.describe(),
+        last_started_at=row["last_started_at"],
+        last_status=row["last_status"],
+        duration_ms=row["duration_ms"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        next_due_at=row["next_due_at"],
+        paused=bool(row["paused"]),
+        last_success_at=row["last_success_at"],
+        health=_health(row, timedelta(seconds=schedule.period_s), now),
     )
+
+
+def _health(row: dict[str, Any], period: timedelta, now: datetime) -> str:
+    last_success_at = row["last_success_at"]
+    if row["paused"]:
+        return "paused"
+    if row["last_completed_status"] == "failed":
+        return "failed"
+    if row["last_started_at"] is None:
+        due_since = now - row["next_due_at"]
+        return "never_run" if due_since > STALE_AFTER_PERIODS * period else "waiting"
+    if last_success_at is None or now - last_success_at > STALE_AFTER_PERIODS * period:
+        return "stale"
+    return "ok"
 
 
 def render_json(report: Report) -> str:
@@ -133,13 +134,14 @@ def render_json(report: Report) -> str:
         {
             "job": job.job,
             "service": job.service,
+            "schedule": job.schedule,
             "cadence": job.cadence,
             "last_started_at": _iso(job.last_started_at),
             "last_status": job.last_status,
             "duration_ms": job.duration_ms,
             "succeeded": job.succeeded,
             "failed": job.failed,
-            "next_due": _iso(job.next_due),
+            "next_due_at": _iso(job.next_due_at),
             "paused": job.paused,
             "last_success_at": _iso(job.last_success_at),
             "health": job.health,
@@ -184,7 +186,7 @@ def _table_row(job: JobStatus) -> tuple[str, ...]:
         job.last_status or "never run",
         _duration(job.duration_ms),
         counts,
-        _clock(job.next_due),
+        _clock(job.next_due_at),
         "yes" if job.paused else "no",
         _clock(job.last_success_at),
         job.health,
@@ -195,10 +197,12 @@ def _verdict(report: Report) -> list[str]:
     reasons = {
         "failed": "its last completed run failed",
         "stale": f"no success or partial run within {STALE_AFTER_PERIODS} x its period",
-        "never_run": "it has never run",
+        "never_run": f"it has never run, though due for {STALE_AFTER_PERIODS} x its period",
     }
     unhealthy = [f"  {job.job}: {reasons[job.health]}" for job in report.jobs if not job.healthy]
     lines = ["healthy" if report.healthy else "UNHEALTHY", *unhealthy]
+    if not report.jobs:
+        lines.append("no jobs registered: no service has started on this database yet")
     paused = [job.job for job in report.jobs if job.paused]
     if paused:
         lines.append(

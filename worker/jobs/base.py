@@ -1,17 +1,41 @@
-"""What every job receives (JobContext) and gives back (JobResult)."""
+"""What every job receives (JobContext), fills in (JobResult), and how a run can end (RunStatus)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import httpx
+import psycopg
 
+from .. import db
 from ..db import Conn
 from ..settings import Settings
 
 MAX_DETAILED_FAILURES = 100
+
+
+class RunStatus(StrEnum):
+    """The statuses of a `worker_job_runs` row; the table's CHECK constraint lists the same."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"
+
+
+class Trigger(StrEnum):
+    """Why a run started; the `trigger` column's CHECK constraint lists the same."""
+
+    STARTUP = "startup"
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
 
 
 @dataclass
@@ -23,10 +47,12 @@ class JobResult:
     failed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    result: Any = None
 
-    def ok(self) -> None:
-        self.total += 1
-        self.succeeded += 1
+    def ok(self, count: int = 1) -> None:
+        self.total += count
+        self.succeeded += count
 
     def fail(self, item: str, reason: str, **extra: Any) -> None:
         """Count one failed item; `item` and `extra` must not hold secrets."""
@@ -35,15 +61,26 @@ class JobResult:
         if len(self.failures) < MAX_DETAILED_FAILURES:
             self.failures.append({"item": item, "reason": reason, **extra})
 
-    def status(self, *, broken: bool, interrupted: bool) -> str:
-        """success, partial, failed or interrupted (DESIGN §3, run lifecycle step 5)."""
+    def status(self, *, broken: bool, interrupted: bool) -> RunStatus:
+        """How the run ended (ARCHITECTURE.md, "The life of a run", step 5)."""
         if broken:
-            return "failed"
+            return RunStatus.FAILED
         if interrupted:
-            return "interrupted"
+            return RunStatus.INTERRUPTED
         if self.failed and not self.succeeded:
-            return "failed"
-        return "partial" if self.failed else "success"
+            return RunStatus.FAILED
+        return RunStatus.PARTIAL if self.failed else RunStatus.SUCCESS
+
+
+@dataclass
+class ItemOutcome:
+    """Set by `JobContext.guard` and `JobContext.item`: the error that failed the block, if any."""
+
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 AlertFn = Callable[..., None]
@@ -63,3 +100,31 @@ class JobContext:
     sleep: Callable[[float], None]
     alert: AlertFn
     dry_run: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed_s(self) -> float:
+        """Seconds since the pass started, rounded for logs."""
+        return round(time.monotonic() - self.started, 3)
+
+    @contextmanager
+    def guard(self) -> Iterator[ItemOutcome]:
+        """Catch a database error of one item's block into the outcome (which says so).
+
+        A lost connection is not the item's fault: it propagates and fails the run.
+        """
+        outcome = ItemOutcome()
+        try:
+            yield outcome
+        except psycopg.Error as exc:
+            if self.conn.broken:
+                raise
+            outcome.error = db.describe_error(exc)
+
+    @contextmanager
+    def item(self, item: str, event: str, **fields: Any) -> Iterator[ItemOutcome]:
+        """`guard`, and a failure is logged as `event` and counted with reason `db_error`."""
+        with self.guard() as outcome:
+            yield outcome
+        if outcome.error is not None:
+            self.log.error(event, error=outcome.error, **fields)
+            self.result.fail(item, "db_error", error=outcome.error)

@@ -13,7 +13,7 @@ from psycopg import sql
 from .. import db
 from ..db import Conn
 from ..settings import ConfigError, RetentionRule, Settings
-from .base import JobContext, JobResult
+from .base import JobContext
 
 TOKENS = "cleanup_tokens"
 SESSIONS = "cleanup_sessions"
@@ -97,30 +97,30 @@ class RuleOutcome:
         return entry
 
 
-def clean_tokens(ctx: JobContext) -> JobResult:
+def clean_tokens(ctx: JobContext) -> None:
     """One pass of `cleanup_tokens`: refresh and password-reset tokens past `expires_at`."""
-    return _run_rules(
+    _run_rules(
         ctx,
         [Rule("refresh_tokens", "expires_at", 0), Rule("password_reset_tokens", "expires_at", 0)],
     )
 
 
-def clean_sessions(ctx: JobContext) -> JobResult:
+def clean_sessions(ctx: JobContext) -> None:
     """One pass of `cleanup_sessions`: scrape sessions older than their retention."""
     days = ctx.settings.scrape_session_retention_days
-    return _run_rules(ctx, [Rule("scrape_sessions", "created_at", days)])
+    _run_rules(ctx, [Rule("scrape_sessions", "created_at", days)])
 
 
-def clean_content(ctx: JobContext) -> JobResult:
+def clean_content(ctx: JobContext) -> None:
     """One pass of `cleanup_content`: old Reddit comments, then old posts (with their comments)."""
     days = ctx.settings.reddit_content_retention_days
     # Comments first: each post's delete then cascades to fewer rows, keeping batches short.
-    return _run_rules(
+    _run_rules(
         ctx, [Rule("reddit_comments", "created_at", days), Rule("reddit_posts", "created_at", days)]
     )
 
 
-def clean_history(ctx: JobContext) -> JobResult:
+def clean_history(ctx: JobContext) -> None:
     """One pass of `cleanup_history`: finished worker runs, old alerts, then CLEANUP_EXTRA_RULES."""
     settings = ctx.settings
     not_running = sql.SQL(db.query("cleanup_not_running"))
@@ -129,7 +129,7 @@ def clean_history(ctx: JobContext) -> JobResult:
         Rule("worker_alerts", "created_at", settings.alert_retention_days),
         *(Rule.from_setting(rule) for rule in settings.cleanup_extra_rules),
     ]
-    return _run_rules(ctx, rules)
+    _run_rules(ctx, rules)
 
 
 def check_extra_rules(conn: Conn, settings: Settings) -> None:
@@ -196,8 +196,7 @@ def count_rows(conn: Conn, rule: Rule) -> int | None:
     return int(row["n"]) if row else 0
 
 
-def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> JobResult:
-    started = time.monotonic()
+def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
     summaries: dict[str, dict[str, Any]] = {}
     for rule in rules:
         if ctx.should_stop():
@@ -213,10 +212,9 @@ def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> JobResult:
         rules=len(summaries),
         failed_rules=ctx.result.failed,
         dry_run=ctx.dry_run,
-        elapsed_seconds=round(time.monotonic() - started, 3),
+        elapsed_seconds=ctx.elapsed_s(),
         **totals,
     )
-    return ctx.result
 
 
 def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
@@ -231,14 +229,11 @@ def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
 
 
 def _preview(ctx: JobContext, rule: Rule) -> dict[str, Any]:
-    try:
+    count: int | None = None
+    with ctx.item(rule.name, "cleanup_count_failed", rule=rule.name) as counting:
         count = count_rows(ctx.conn, rule)
-    except psycopg.Error as exc:
-        if ctx.conn.broken:
-            raise
-        ctx.log.error("cleanup_count_failed", rule=rule.name, error=db.describe_error(exc))
-        ctx.result.fail(rule.name, "count_failed", error=db.describe_error(exc))
-        return {"status": FAILED, "error": db.describe_error(exc)}
+    if counting.error is not None:
+        return {"status": FAILED, "error": counting.error}
     ctx.result.ok()
     if count is None:
         _table_missing(ctx.log, RuleOutcome(rule.name, rule.relation))

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
-import psycopg
-
 from .. import db
-from .base import JobContext, JobResult
+from .base import JobContext
 
 NAME = "lease_recovery"
 
 
-def run_once(ctx: JobContext) -> JobResult:
+def run_once(ctx: JobContext) -> None:
     """One pass: expired, unconsumed leases released in batches of CLEANUP_BATCH_SIZE rows,
     one transaction per batch, the stop flag checked between batches."""
-    started = time.monotonic()
     if ctx.dry_run:
         row = ctx.conn.execute(db.query("count_expired_leases")).fetchone()
         ctx.log.info("lease_recovery_would_release", expired=row["n"] if row else 0)
-        return ctx.result
+        return
     recovered = batches = 0
     while not ctx.should_stop():
         released = _release_batch(ctx)
@@ -34,27 +29,18 @@ def run_once(ctx: JobContext) -> JobResult:
         "lease_recovery_completed",
         recovered=recovered,
         batches=batches,
-        elapsed_seconds=round(time.monotonic() - started, 3),
+        elapsed_seconds=ctx.elapsed_s(),
     )
-    return ctx.result
 
 
 def _release_batch(ctx: JobContext) -> int | None:
     """Release up to one batch; the number released, or None if the batch failed."""
-    try:
-        with ctx.conn.transaction():
-            cursor = ctx.conn.execute(
-                db.query("release_expired_leases"), {"limit": ctx.settings.cleanup_batch_size}
-            )
-    except psycopg.Error as exc:
-        if ctx.conn.broken:
-            raise  # the database went away: the run itself is broken
-        error = db.describe_error(exc)
-        ctx.log.error("lease_recovery_batch_failed", error=error)
-        ctx.result.fail("lease batch", "db_error", error=error)
+    with ctx.item("lease batch", "lease_recovery_batch_failed") as batch, ctx.conn.transaction():
+        cursor = ctx.conn.execute(
+            db.query("release_expired_leases"), {"limit": ctx.settings.cleanup_batch_size}
+        )
+    if batch.failed:
         return None
     released = max(cursor.rowcount, 0)
-    # Each released lease is one item of the run: total/succeeded count leases.
-    ctx.result.total += released
-    ctx.result.succeeded += released
+    ctx.result.ok(released)  # each released lease is one item of the run
     return released

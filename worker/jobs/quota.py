@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
-
-import psycopg
 
 from .. import db
 from ..clients import CallFailed, RetryPolicy, TavilyClient, Usage
 from ..inflight import map_unordered
-from .base import JobContext, JobResult
+from .base import JobContext
 
 NAME = "quota"
 PAGE_SIZE = 500
 KEY_LOCK_TIMEOUT_MS = 2000  # a single-row UPDATE by id has no reason to wait longer
 
 
-def run_once(ctx: JobContext) -> JobResult:
+def run_once(ctx: JobContext) -> None:
     """One pass: every key with `remaining_quota <= plan_limit`, each at most once."""
-    started = time.monotonic()
     settings = ctx.settings
     client = TavilyClient(
         ctx.http,
@@ -47,9 +43,8 @@ def run_once(ctx: JobContext) -> JobResult:
         total_keys=result.total,
         success_count=result.succeeded,
         failed_count=result.failed,
-        elapsed_seconds=round(time.monotonic() - started, 3),
+        elapsed_seconds=ctx.elapsed_s(),
     )
-    return result
 
 
 def key_prefix(api_key: str) -> str:
@@ -86,22 +81,16 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
         ctx.log.info("tavily_quota_would_update", **change)
         ctx.result.ok()
         return
-    try:
-        with ctx.conn.transaction():
-            db.limit_lock_wait(ctx.conn, KEY_LOCK_TIMEOUT_MS)
-            ctx.conn.execute(
-                db.query("update_key_quota"),
-                {
-                    "id": key["id"],
-                    "remaining_quota": usage.remaining,
-                    "plan_limit": usage.plan_limit,
-                },
-            )
-    except psycopg.Error as exc:
-        if ctx.conn.broken:
-            raise  # the database went away: the run itself is broken
-        ctx.log.error("tavily_quota_write_failed", key_prefix=prefix, error=db.describe_error(exc))
-        ctx.result.fail(prefix, "db_error", error=db.describe_error(exc))
+    with (
+        ctx.item(prefix, "tavily_quota_write_failed", key_prefix=prefix) as write,
+        ctx.conn.transaction(),
+    ):
+        db.limit_lock_wait(ctx.conn, KEY_LOCK_TIMEOUT_MS)
+        ctx.conn.execute(
+            db.query("update_key_quota"),
+            {"id": key["id"], "remaining_quota": usage.remaining, "plan_limit": usage.plan_limit},
+        )
+    if write.failed:
         return
     if usage.remaining == old_quota:
         ctx.log.debug("tavily_quota_unchanged", **change)

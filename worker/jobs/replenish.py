@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-import psycopg
 
 from .. import db
 from ..clients import CallFailed, ProducerClient, RetryPolicy, StockOrder
 from ..inflight import map_unordered
 from ..settings import ConfigError
-from .base import JobContext, JobResult
+from .base import JobContext
 
 NAME = "replenish"
 ALERT_TYPE = "STOCK_REPLENISH_FAILED"
@@ -24,10 +21,9 @@ CAMPAIGN_LOCK_TIMEOUT_MS = 5000
 Campaign = dict[str, Any]
 
 
-def run_once(ctx: JobContext) -> JobResult:
+def run_once(ctx: JobContext) -> None:
     """One pass: each low campaign asked once for its missing items, written in its own
     transaction; one alert at the end if some could not be replenished."""
-    started = time.monotonic()
     campaigns = ctx.conn.execute(db.query("fetch_low_stock")).fetchall()
     ctx.log.info("replenish_campaigns_fetched", count=len(campaigns))
     ctx.result.details.update(items_received=0, skipped=0)
@@ -44,9 +40,8 @@ def run_once(ctx: JobContext) -> JobResult:
         skipped=result.details["skipped"],
         items_received=result.details["items_received"],
         dry_run=ctx.dry_run,
-        elapsed_seconds=round(time.monotonic() - started, 3),
+        elapsed_seconds=ctx.elapsed_s(),
     )
-    return result
 
 
 def idempotency_key(campaign: Campaign) -> str:
@@ -112,12 +107,11 @@ def _store(
     ctx: JobContext, campaign: Campaign, items: list[str], failures: list[dict[str, Any]]
 ) -> None:
     campaign_id = campaign["id"]
-    try:
+    changed: str | None = None
+    with ctx.guard() as write:
         changed = _write(ctx, campaign, items)
-    except psycopg.Error as exc:
-        if ctx.conn.broken:
-            raise  # the database went away: the run itself is broken
-        error = f"db_error: {db.describe_error(exc)}"
+    if write.error is not None:
+        error = f"db_error: {write.error}"
         _fail(ctx, campaign, failures, reason="db_error", error=error, attempts=1)
         return
     if changed is not None:

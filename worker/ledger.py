@@ -1,0 +1,250 @@
+"""The schedule ledger: one method per named query on `worker_jobs` and `worker_job_runs`.
+
+Nothing else touches those tables' SQL for the run lifecycle; the rules it keeps are in
+ARCHITECTURE.md, "The schedule ledger".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from . import db, schedules
+from .db import Conn
+from .jobs.base import JobResult, RunStatus, Trigger
+from .schedules import Schedule
+
+# A start request is dropped when a start-up run of the job began this recently: replicas
+# started together (or a crash loop) make one run, not one each.
+STARTUP_REQUEST_WINDOW_S = 30
+
+
+class Mode(StrEnum):
+    """What a claim asks for."""
+
+    SCHEDULED = "scheduled"  # the daemon's wake-up: a due occurrence or a waiting request
+    DUE = "due"  # `--once --due`: a due occurrence only
+    ONCE = "once"  # `--once`: a run now, honouring the pause
+    MANUAL = "manual"  # `worker run JOB`: a run now, even of a paused job
+
+
+class Refusal(StrEnum):
+    """Why a claim gave no run."""
+
+    NOT_DUE = "not_due"
+    PAUSED = "paused"  # the occurrence or request was consumed without a run
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"
+    UNKNOWN = "unknown"  # no service has registered the job
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A granted claim: this process holds the job's lease until it finishes the run."""
+
+    job: str
+    owner: str
+    trigger: Trigger
+    scheduled_for: datetime | None
+    next_due_at: datetime
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    started_at: datetime
+
+
+def owner() -> str:
+    """The lease owner this process writes: `host:pid`."""
+    host, pid = db.process_identity()
+    return f"{host}:{pid}"
+
+
+def register(conn: Conn, job: str, service: str, schedule: Schedule) -> dict[str, Any]:
+    """Upsert the job's row; a changed schedule recomputes `next_due_at`."""
+    now = _now(conn)
+    row = conn.execute(
+        db.query("register_job"),
+        {
+            "job": job,
+            "service": service,
+            "schedule": schedule.text,
+            "first_due": schedule.first_due(now),
+        },
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def claim(conn: Conn, job: str, mode: Mode, lease_s: float) -> Claim | Refusal:
+    """Claim the job's due occurrence or waiting request in one conditional UPDATE.
+
+    `next_due_at` moves to the first occurrence after now (missed ones coalesce into this
+    run) and the lease is taken; a paused job's occurrence is consumed without a lease.
+    The schedule is the one the ledger holds, so every replica computes the same next time.
+    """
+    row = conn.execute(db.query("peek_job"), {"job": job}).fetchone()
+    if row is None or row["next_due_at"] is None:
+        return Refusal.UNKNOWN
+    due = row["next_due_at"] <= row["now"]
+    requested = row["run_requested_at"] is not None and mode is not Mode.DUE
+    if not (due or requested or mode in (Mode.ONCE, Mode.MANUAL)):
+        return Refusal.NOT_DUE
+    if row["leased"]:
+        return Refusal.CLAIMED_ELSEWHERE
+    trigger = _trigger(mode, row, due=due, requested=requested)
+    runs = not row["paused"] or (trigger is Trigger.MANUAL and mode is not Mode.ONCE)
+    if not runs and not due and mode is Mode.ONCE:
+        return Refusal.PAUSED  # nothing of the ledger's to consume
+    next_due_at = schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"])
+    granted = conn.execute(
+        db.query("claim_job"),
+        {
+            "job": job,
+            "next_due_at": next_due_at,
+            "lease": runs,
+            "owner": owner(),
+            "lease_s": lease_s,
+            "seen_due": row["next_due_at"],
+            "seen_paused": row["paused"],
+            "forced": mode in (Mode.ONCE, Mode.MANUAL),
+        },
+    ).fetchone()
+    if granted is None:
+        return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it between our two reads
+    if not runs:
+        return Refusal.PAUSED
+    scheduled_for = row["next_due_at"] if due else None
+    return Claim(job, owner(), trigger, scheduled_for, next_due_at, row["paused"])
+
+
+def _trigger(mode: Mode, row: dict[str, Any], *, due: bool, requested: bool) -> Trigger:
+    if mode in (Mode.ONCE, Mode.MANUAL):
+        return Trigger.MANUAL
+    if requested:
+        return Trigger(row["run_requested_by"] or Trigger.MANUAL)
+    return Trigger.SCHEDULE
+
+
+def skip_missed(conn: Conn, job: str) -> datetime | None:
+    """Move a past `next_due_at` to the next future occurrence without a run.
+
+    Returns the skipped due time, or None when nothing was missed.
+    """
+    row = conn.execute(db.query("peek_job"), {"job": job}).fetchone()
+    if row is None or row["next_due_at"] is None or row["next_due_at"] > row["now"]:
+        return None
+    next_due_at = schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"])
+    cursor = conn.execute(
+        db.query("skip_missed"),
+        {"job": job, "next_due_at": next_due_at, "seen_due": row["next_due_at"]},
+    )
+    return row["next_due_at"] if cursor.rowcount == 1 else None
+
+
+def request_startup_runs(conn: Conn, jobs: list[str]) -> list[str]:
+    """RUN_ON_START=true: ask for a run of each job; returns the jobs a request was set for."""
+    rows = conn.execute(
+        db.query("request_startup_runs"), {"jobs": jobs, "window_s": STARTUP_REQUEST_WINDOW_S}
+    ).fetchall()
+    return [row["job"] for row in rows]
+
+
+def request_run(conn: Conn, job: str) -> bool:
+    """Ask a running service to run `job` now (runs a paused job too); False if unknown."""
+    return conn.execute(db.query("request_run"), {"job": job}).fetchone() is not None
+
+
+def peek_jobs(conn: Conn, jobs: list[str]) -> list[dict[str, Any]]:
+    """Each registered job's next due time, pause flag, waiting request and lease, with now."""
+    return conn.execute(db.query("peek_jobs"), {"jobs": jobs}).fetchall()
+
+
+def start(conn: Conn, claim: Claim) -> tuple[Run, list[dict[str, Any]]]:
+    """Mark a dead runner's runs abandoned and insert this run's row, in one transaction.
+
+    Returns the new run and the abandoned rows.
+    """
+    host, pid = db.process_identity()
+    with conn.transaction():
+        abandoned = conn.execute(db.query("abandon_running_runs"), {"job": claim.job}).fetchall()
+        row = conn.execute(
+            db.query("insert_run"),
+            {
+                "job": claim.job,
+                "trigger": claim.trigger.value,
+                "host": host,
+                "pid": pid,
+                "scheduled_for": claim.scheduled_for,
+            },
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            db.query("attach_run"), {"job": claim.job, "owner": claim.owner, "run_id": row["id"]}
+        )
+    return Run(row["id"], row["started_at"]), abandoned
+
+
+def renew(conn: Conn, claim: Claim, run: Run, lease_s: float) -> bool:
+    """Extend the lease; False when it was lost (expired and taken over, or released)."""
+    row = conn.execute(
+        db.query("renew_lease"),
+        {"job": claim.job, "owner": claim.owner, "run_id": run.id, "lease_s": lease_s},
+    ).fetchone()
+    return row is not None
+
+
+def finish(
+    conn: Conn,
+    claim: Claim,
+    run: Run,
+    *,
+    status: RunStatus,
+    result: JobResult,
+    duration_ms: int,
+    error: str | None,
+) -> None:
+    """Write the run's outcome and release the lease, in one transaction."""
+    details: dict[str, Any] = dict(result.details)
+    if result.failures:
+        details["failures"] = result.failures
+    with conn.transaction():
+        conn.execute(
+            db.query("finish_run"),
+            {
+                "id": run.id,
+                "status": status.value,
+                "duration_ms": duration_ms,
+                "total": result.total,
+                "succeeded": result.succeeded,
+                "failed": result.failed,
+                "error": error,
+                "details": Jsonb(details),
+                "output": result.output,
+                "result": None if result.result is None else Jsonb(result.result),
+            },
+        )
+        release(conn, claim, run)
+
+
+def release(conn: Conn, claim: Claim, run: Run | None = None) -> None:
+    """Give the lease back (only if this run still holds it)."""
+    conn.execute(
+        db.query("release_lease"),
+        {"job": claim.job, "owner": claim.owner, "run_id": None if run is None else run.id},
+    )
+
+
+def set_paused(conn: Conn, job: str, paused: bool) -> None:
+    conn.execute(db.query("set_paused"), {"job": job, "paused": paused})
+
+
+def _now(conn: Conn) -> datetime:
+    row = conn.execute(db.query("ledger_now")).fetchone()
+    assert row is not None
+    return row["now"]  # type: ignore[no-any-return]

@@ -1,0 +1,113 @@
+"""A service's start: the database reached and migrated, its jobs checked and in the ledger."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from . import db, ledger
+from .registry import JobSpec
+from .settings import ConfigError, Settings
+
+
+def prepare(
+    settings: Settings,
+    jobs: Sequence[JobSpec],
+    *,
+    stop: threading.Event,
+    log: Any,
+    application_name: str,
+    migrate: bool = True,
+) -> int | None:
+    """Connect (with backoff), migrate, run the jobs' checks and register them in the ledger.
+
+    Returns an exit code when the process should end instead of running: 0 when stopped
+    while waiting, 1 when the database stays unreachable or refuses, 2 for configuration.
+    """
+    conn = _connect(settings, stop, log, application_name)
+    if isinstance(conn, int):
+        return conn
+    with conn:
+        try:
+            applied = db.migrate(conn) if migrate else []
+            for spec in jobs:
+                if spec.check is not None:
+                    spec.check(conn, settings)
+            if migrate:
+                register(conn, settings, jobs, log)
+        except ConfigError as exc:
+            log.error("configuration_rejected", error=str(exc))
+            print(f"worker: error: {exc}", file=sys.stderr)
+            return 2
+        except psycopg.Error as exc:
+            # e.g. a role that may not create the worker's tables: say so and stop.
+            log.error("migrate_failed", error=db.describe_error(exc))
+            return 1
+    log.info("database_ready", migrations_applied=applied)
+    return None
+
+
+def register(conn: db.Conn, settings: Settings, jobs: Sequence[JobSpec], log: Any) -> None:
+    """Upsert each job's ledger row; log its schedule and next due time."""
+    for spec in jobs:
+        schedule = spec.schedule(settings)
+        row = ledger.register(conn, spec.name, spec.service, schedule)
+        log.info(
+            "job_scheduled",
+            job=spec.name,
+            schedule=schedule.text,
+            cadence=schedule.describe(),
+            next_due_at=row["next_due_at"].isoformat(),
+        )
+
+
+def apply_on_start(settings: Settings, jobs: Sequence[JobSpec], log: Any) -> None:
+    """RUN_ON_START: request a run of each job (true), leave missed ones due (missed), or
+    move missed occurrences past now without a run (false). Never raises: the loop retries
+    anything the database did not take."""
+    names = [spec.name for spec in jobs]
+    try:
+        with db.connect(settings.database, application_name="worker:start") as conn:
+            if settings.run_on_start == "true":
+                requested = ledger.request_startup_runs(conn, names)
+                log.info("running_initial_update", requested=requested)
+            elif settings.run_on_start == "false":
+                for name in names:
+                    skipped = ledger.skip_missed(conn, name)
+                    if skipped is not None:
+                        log.info("occurrences_skipped", job=name, missed_due_at=skipped.isoformat())
+    except psycopg.Error as exc:
+        log.error("start_requests_failed", error=db.describe_error(exc))
+
+
+def _connect(
+    settings: Settings, stop: threading.Event, log: Any, application_name: str
+) -> db.Conn | int:
+    def on_failure(attempt: int, error: str) -> None:
+        log.warning(
+            "database_unavailable",
+            attempt=attempt,
+            error=error,
+            db_host=settings.database.host,
+            db_name=settings.database.name,
+        )
+
+    try:
+        conn = db.connect_with_backoff(
+            settings.database,
+            timeout_s=settings.db_connect_timeout_s,
+            should_stop=stop.is_set,
+            wait=stop.wait,
+            on_failure=on_failure,
+            application_name=application_name,
+        )
+    except db.DatabaseUnavailable as exc:
+        log.error(
+            "database_unreachable", error=str(exc), timeout_seconds=settings.db_connect_timeout_s
+        )
+        return 1
+    return 0 if conn is None else conn

@@ -1,0 +1,131 @@
+-- The schedule ledger: one row per job in worker_jobs (ARCHITECTURE.md, "The schedule
+-- ledger"). Every statement here is a single statement or a short transaction: nothing is
+-- session-scoped, so all of it works through a transaction-pooling PgBouncer.
+
+-- name: ledger_now
+SELECT now() AS now;
+
+-- name: register_job
+-- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
+INSERT INTO worker_jobs (job, service, schedule, next_due_at, updated_at)
+VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, now())
+ON CONFLICT (job) DO UPDATE
+   SET service = excluded.service,
+       schedule = excluded.schedule,
+       next_due_at = CASE
+           WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule
+             OR worker_jobs.next_due_at IS NULL THEN excluded.next_due_at
+           ELSE worker_jobs.next_due_at END,
+       updated_at = CASE
+           WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule THEN now()
+           ELSE worker_jobs.updated_at END
+RETURNING job, schedule, next_due_at, (xmax = 0) AS inserted;
+
+-- name: peek_job
+SELECT job, schedule, next_due_at, paused, run_requested_at, run_requested_by,
+       lease_owner, lease_until, coalesce(lease_until > now(), false) AS leased,
+       now() AS now
+  FROM worker_jobs
+ WHERE job = %(job)s;
+
+-- name: peek_jobs
+SELECT job, next_due_at, paused, run_requested_at IS NOT NULL AS requested,
+       coalesce(lease_until > now(), false) AS leased, now() AS now
+  FROM worker_jobs
+ WHERE job = ANY(%(jobs)s);
+
+-- name: claim_job
+-- The claim: granted only while no unexpired lease exists and the row is as the claimer
+-- saw it (next_due_at, paused): a concurrent claim changes next_due_at, so exactly one of
+-- two racing claimers gets a row back. `lease` false consumes the occurrence without a
+-- run (a paused job).
+UPDATE worker_jobs
+   SET next_due_at = %(next_due_at)s,
+       run_requested_at = NULL,
+       run_requested_by = NULL,
+       lease_owner = CASE WHEN %(lease)s THEN %(owner)s END,
+       lease_until = CASE WHEN %(lease)s THEN now() + make_interval(secs => %(lease_s)s) END,
+       current_run_id = NULL,
+       updated_at = now()
+ WHERE job = %(job)s
+   AND next_due_at = %(seen_due)s
+   AND paused = %(seen_paused)s
+   AND (lease_until IS NULL OR lease_until <= now())
+   AND (next_due_at <= now() OR run_requested_at IS NOT NULL OR %(forced)s)
+RETURNING job, lease_until;
+
+-- name: skip_missed
+UPDATE worker_jobs
+   SET next_due_at = %(next_due_at)s, updated_at = now()
+ WHERE job = %(job)s AND next_due_at = %(seen_due)s AND next_due_at <= now();
+
+-- name: request_startup_runs
+-- RUN_ON_START=true. Replicas starting together make one run per job: no request while
+-- one is waiting, a run holds the lease, or a run of the job started moments ago.
+UPDATE worker_jobs j
+   SET run_requested_at = now(), run_requested_by = 'startup', updated_at = now()
+ WHERE j.job = ANY(%(jobs)s)
+   AND NOT j.paused
+   AND j.run_requested_at IS NULL
+   AND (j.lease_until IS NULL OR j.lease_until <= now())
+   AND NOT EXISTS (
+        SELECT 1 FROM worker_job_runs r
+         WHERE r.job = j.job AND r.trigger = 'startup'
+           AND r.started_at > now() - make_interval(secs => %(window_s)s))
+RETURNING j.job;
+
+-- name: request_run
+-- "Run now" from the CLI or the dashboard: runs even a paused job.
+UPDATE worker_jobs
+   SET run_requested_at = coalesce(run_requested_at, now()), run_requested_by = 'manual',
+       updated_at = now()
+ WHERE job = %(job)s
+RETURNING job, run_requested_at;
+
+-- name: abandon_running_runs
+-- Called by the lease holder: any other `running` row of the job belongs to a dead runner.
+UPDATE worker_job_runs
+   SET status = 'abandoned', finished_at = now(),
+       duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
+       error = 'the process running it stopped before finishing'
+ WHERE job = %(job)s AND status = 'running'
+RETURNING id, host, pid;
+
+-- name: insert_run
+INSERT INTO worker_job_runs (job, trigger, status, host, pid, scheduled_for)
+VALUES (%(job)s, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s)
+RETURNING id, started_at;
+
+-- name: attach_run
+UPDATE worker_jobs SET current_run_id = %(run_id)s
+ WHERE job = %(job)s AND lease_owner = %(owner)s AND lease_until > now()
+RETURNING job;
+
+-- name: renew_lease
+UPDATE worker_jobs
+   SET lease_until = now() + make_interval(secs => %(lease_s)s)
+ WHERE job = %(job)s AND current_run_id = %(run_id)s AND lease_owner = %(owner)s
+   AND lease_until > now()
+RETURNING lease_until;
+
+-- name: finish_run
+UPDATE worker_job_runs
+   SET status = %(status)s, finished_at = now(),
+       duration_ms = %(duration_ms)s, total = %(total)s, succeeded = %(succeeded)s,
+       failed = %(failed)s, error = %(error)s, details = %(details)s,
+       output = %(output)s, result = %(result)s
+ WHERE id = %(id)s AND status = 'running';
+
+-- name: release_lease
+UPDATE worker_jobs
+   SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now()
+ WHERE job = %(job)s AND lease_owner = %(owner)s
+   AND (current_run_id = %(run_id)s OR current_run_id IS NULL);
+
+-- name: set_paused
+INSERT INTO worker_jobs (job, paused, paused_at, updated_at)
+VALUES (%(job)s, %(paused)s, CASE WHEN %(paused)s THEN now() END, now())
+ON CONFLICT (job) DO UPDATE
+   SET paused = excluded.paused,
+       paused_at = CASE WHEN excluded.paused THEN coalesce(worker_jobs.paused_at, now()) END,
+       updated_at = now();
