@@ -72,9 +72,14 @@ def hang_after(answered: int) -> Callable[[Request], Reply]:
     return respond
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+def lease_expired(conn: db.Conn) -> bool:
+    row = conn.execute("SELECT lease_until < now() AS expired FROM worker_jobs").fetchone()
+    return bool(row and row["expired"])
+
+
+def wait_until(predicate: Callable[..., bool], timeout_s: float = 10.0, **args: Any) -> None:
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while not predicate(**args):
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
 
@@ -130,14 +135,21 @@ def test_sigterm_while_the_api_hangs_interrupts_within_a_second(
     assert all(state in {(900, True), (0, False)} for state in states.values())
 
 
-def test_sigkill_mid_run_is_marked_abandoned_by_the_next_start(conn: db.Conn, spawn: Spawn) -> None:
+def test_sigkill_mid_run_holds_the_job_until_the_lease_expires_then_it_is_abandoned(
+    conn: db.Conn, spawn: Spawn
+) -> None:
     add_keys(conn, 2)
     with serving(lambda r: Reply(hang=True)) as server:
-        first = spawn("quota", env=quota_env(conn.info.dsn, server))
+        first = spawn("quota", env=quota_env(conn.info.dsn, server, LEASE_SECONDS="4"))
         wait_until(lambda: len(server.requests) >= 1)
         first.signal(signal.SIGKILL)
         first.wait()
         assert [r["status"] for r in runs(conn)] == ["running"]
+        refused = spawn("run", "quota", env=quota_env(conn.info.dsn, server))
+        assert refused.wait(30) == 3  # the dead runner's lease still lives
+        refused.wait_for("job_claimed_elsewhere", job="quota")
+        assert [r["status"] for r in runs(conn)] == ["running"]
+        wait_until(lease_expired, timeout_s=10, conn=conn)
         second = spawn("quota", "--once", env=quota_env(conn.info.dsn, server, HTTP_TIMEOUT="0.2"))
         second.wait(30)
 
@@ -156,8 +168,9 @@ def test_two_daemons_never_run_the_job_at_the_same_time(conn: db.Conn, spawn: Sp
         first = spawn("quota", env=env)
         wait_until(lambda: len(server.requests) >= 1)  # first holds the job's lock
         second = spawn("quota", env=env)
-        second.wait_for("job_locked_elsewhere", job="quota")
         second.wait_for("scheduler_loop_started")
+        # No start request while another runner's run holds the lease: one run, not two.
+        assert second.wait_for("running_initial_update")["requested"] == []
         requests_while_locked = [r.bearer for r in server.requests]
         server.release.set()  # let the first daemon finish its pass
         first.wait_for("tavily_quota_update_completed")

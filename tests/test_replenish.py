@@ -539,14 +539,14 @@ def test_two_daemons_request_each_campaign_once(
         assert row is not None
         (holder,) = [w for w in workers if w.proc.pid == row["pid"]]
         (other,) = [w for w in workers if w is not holder]
-        other.wait_for("job_locked_elsewhere", job="replenish")
+        other.wait_for("job_claimed_elsewhere", job="replenish")
         assert other.wait() == 0
         server.release.set()
         assert holder.wait() == 0
         seen = requests_by_campaign(server)
     assert {c: len(r) for c, r in seen.items()} == {c: 1 for c in ids}
     assert [available(conn, c) for c in ids] == [3, 3, 3]
-    assert holder.events("job_locked_elsewhere") == []
+    assert holder.events("job_claimed_elsewhere") == []
 
 
 def test_webhook_receiver_down_does_not_fail_the_run(

@@ -42,10 +42,12 @@ def test_defaults_match_the_contract() -> None:
         ("QUOTA_CONCURRENCY", "0", "QUOTA_CONCURRENCY must be at least 1"),
         ("HTTP_TIMEOUT", "nan", "HTTP_TIMEOUT must be a finite number"),
         ("MAX_RETRIES", "-1", "MAX_RETRIES must be at least 1"),
-        ("RUN_ON_START", "maybe", "RUN_ON_START must be true or false"),
+        ("RUN_ON_START", "maybe", "RUN_ON_START: must be true, missed or false"),
+        ("LEASE_SECONDS", "2", "LEASE_SECONDS must be at least 3"),
+        ("DATABASE_POOLER", "statement", "DATABASE_POOLER must be one of session, transaction"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of json, console"),
         ("CLEANUP_AT", "25:00", "CLEANUP_AT must be a time of day"),
-        ("SCHEDULE_TIMEZONE", "Mars/Olympus", "SCHEDULE_TIMEZONE is not a known time zone"),
+        ("SCHEDULE_TIMEZONE", "Mars/Olympus", "SCHEDULE_TIMEZONE: unknown time zone 'Mars/Olympus'"),
         ("ALERT_WEBHOOK_FORMAT", "teams", "ALERT_WEBHOOK_FORMAT must be one of"),
         ("ALERT_FAILURE_RATE", "1.5", "ALERT_FAILURE_RATE must be at most 1"),
         ("CLEANUP_EXTRA_RULES", "users; drop table x", "CLEANUP_EXTRA_RULES"),
@@ -193,9 +195,11 @@ def test_concurrent_migrations_on_a_fresh_database_apply_once(server_url: str) -
     applied = [out for out, _ in outputs if '"0001_worker_tables"' in out]
     assert len(applied) == 1  # exactly one process applied the migration
     with psycopg.connect(url) as conn:
-        versions = conn.execute("SELECT version FROM worker_schema_migrations").fetchall()
+        versions = conn.execute(
+            "SELECT version FROM worker_schema_migrations ORDER BY version"
+        ).fetchall()
         tables = conn.execute("SELECT to_regclass('campaign_stock') IS NOT NULL").fetchone()
-    assert versions == [("0001_worker_tables",)]
+    assert versions == [("0001_worker_tables",), ("0002_schedule_ledger",)]
     assert tables == (True,)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute("DROP DATABASE worker_migrate_race WITH (FORCE)")

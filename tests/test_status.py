@@ -1,11 +1,15 @@
-"""`worker status`: the table, the JSON, the health verdict and its exit codes, as users run it."""
+"""`worker status`: the registered jobs of the ledger, their health and the exit code.
+
+Expected schedules and periods are the contract's (DESIGN.md §3), written out here as
+literals: never derived from the code under test.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -14,14 +18,78 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.conftest import WorkerProcess, make_settings
-from worker import db, status
-from worker.registry import JOBS, SERVICES
+from worker import db, service
+from worker.logs import get_logger
+from worker.registry import JOBS
 
 Spawn = Callable[..., WorkerProcess]
 
+MINUTE, HOUR, DAY = 60, 3600, 86400
 
-def period_s(job: str, db_url: str) -> int:
-    return JOBS[job].cadence(make_settings(db_url)).period_s
+# The contract's schedules with default settings, and each job's service.
+SCHEDULES = {
+    "quota": "every 1h",
+    "cleanup_tokens": "every 1h",
+    "cleanup_sessions": "cron 0 2 * * * UTC",
+    "cleanup_content": "cron 30 2 * * 0 UTC",
+    "cleanup_history": "cron 0 2 * * * UTC",
+    "replenish": "every 10m",
+    "lease_recovery": "every 5m",
+}
+SERVICE_OF = {
+    "quota": "quota",
+    "cleanup_tokens": "cleanup",
+    "cleanup_sessions": "cleanup",
+    "cleanup_content": "cleanup",
+    "cleanup_history": "cleanup",
+    "replenish": "replenish",
+    "lease_recovery": "replenish",
+}
+CLEANUP_JOBS = ["cleanup_content", "cleanup_history", "cleanup_sessions", "cleanup_tokens"]
+
+# One job of each kind of schedule, with the period the contract gives it.
+PERIODS = [
+    pytest.param("quota", HOUR, id="quota-hourly"),
+    pytest.param("lease_recovery", 5 * MINUTE, id="lease_recovery-5min"),
+    pytest.param("cleanup_sessions", DAY, id="cleanup_sessions-daily"),
+    pytest.param("cleanup_content", 7 * DAY, id="cleanup_content-weekly"),
+]
+
+
+# --- setting up the ledger -------------------------------------------------------------
+
+
+def register(conn: db.Conn, db_url: str, *jobs: str, **env: str) -> None:
+    """Register `jobs` in the ledger the way a starting service does."""
+    settings = make_settings(db_url, **env)
+    service.register(conn, settings, [JOBS[job] for job in jobs], get_logger())
+
+
+def add_job(
+    conn: db.Conn,
+    job: str,
+    schedule: str,
+    *,
+    service_name: str | None = None,
+    due_in_s: float = 10 * MINUTE,
+    paused: bool = False,
+) -> dict[str, Any]:
+    """A ledger row written directly; `due_in_s` < 0 puts next_due_at in the past."""
+    row = conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, paused, paused_at)"
+        " VALUES (%(job)s, %(service)s, %(schedule)s, now() + make_interval(secs => %(due)s),"
+        " %(paused)s, CASE WHEN %(paused)s THEN now() END)"
+        " RETURNING job, next_due_at",
+        {
+            "job": job,
+            "service": service_name or SERVICE_OF[job],
+            "schedule": schedule,
+            "due": due_in_s,
+            "paused": paused,
+        },
+    ).fetchone()
+    assert row is not None
+    return row
 
 
 def add_run(
@@ -56,15 +124,29 @@ def add_run(
     return row
 
 
-def add_recent_runs(conn: db.Conn) -> None:
-    for job in JOBS:
-        add_run(conn, job, age_s=120)
+def register_all_with_recent_runs(conn: db.Conn, db_url: str) -> None:
+    register(conn, db_url, *SCHEDULES)
+    for job in SCHEDULES:
+        add_run(conn, job, age_s=2 * MINUTE)
+
+
+# --- running it ------------------------------------------------------------------------
 
 
 def run_status(spawn: Spawn, db_url: str, *args: str) -> tuple[int, str, str]:
     process = spawn("status", *args, env={"DATABASE_URL": db_url})
     code = process.wait()
     return code, "".join(process.raw), process.stderr()
+
+
+def status_json(spawn: Spawn, db_url: str, *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = run_status(spawn, db_url, "--json", *args)
+    assert code in (0, 1), err
+    return code, json.loads(out)
+
+
+def health_of(body: dict[str, Any]) -> dict[str, str]:
+    return {job["job"]: job["health"] for job in body["jobs"]}
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
@@ -80,137 +162,90 @@ def table_rows(output: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_recent_successful_runs_are_healthy(spawn: Spawn, conn: db.Conn, db_url: str) -> None:
-    add_recent_runs(conn)
+def verdict(output: str) -> list[str]:
+    """The lines after the table's blank line."""
+    return output.split("\n\n", 1)[1].splitlines()
+
+
+def clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- which jobs are reported -----------------------------------------------------------
+
+
+def test_registered_jobs_carry_the_contract_schedules_and_wait_healthy(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    register(conn, db_url, *SCHEDULES)
+    ledger = {
+        r["job"]: r["next_due_at"]
+        for r in conn.execute("SELECT job, next_due_at FROM worker_jobs").fetchall()
+    }
+
+    code, body = status_json(spawn, db_url)
+
+    assert code == 0
+    assert body["healthy"] is True
+    jobs = {job["job"]: job for job in body["jobs"]}
+    assert {name: job["schedule"] for name, job in jobs.items()} == SCHEDULES
+    assert {name: job["service"] for name, job in jobs.items()} == SERVICE_OF
+    for name, job in jobs.items():
+        assert datetime.fromisoformat(job["next_due_at"]) == ledger[name]
+        assert (job["last_status"], job["health"], job["healthy"]) == (None, "waiting", True)
+
+
+def test_schedule_settings_show_in_the_registered_schedule(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    register(
+        conn,
+        db_url,
+        "quota",
+        "cleanup_sessions",
+        SCHEDULE_TIMEZONE="Asia/Shanghai",
+        QUOTA_UPDATE_INTERVAL_HOURS="6",
+    )
+
+    _, body = status_json(spawn, db_url)
+
+    jobs = {job["job"]: job for job in body["jobs"]}
+    assert jobs["quota"]["schedule"] == "every 6h"
+    assert jobs["cleanup_sessions"]["schedule"] == "cron 0 2 * * * Asia/Shanghai"
+    # 02:00 in Shanghai (UTC+8, no DST) is 18:00 UTC.
+    due = datetime.fromisoformat(jobs["cleanup_sessions"]["next_due_at"]).astimezone(UTC)
+    assert (due.hour, due.minute) == (18, 0)
+
+
+def test_only_registered_jobs_appear_quota_alone_is_healthy(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    # The quickstart: only the quota service ever started, and ran once at start. A pause
+    # set for a job no service registered leaves a ledger row without a schedule.
+    register(conn, db_url, "quota")
+    add_run(conn, "quota", age_s=30)
+    conn.execute("INSERT INTO worker_jobs (job, paused, paused_at) VALUES ('replenish', true, now())")
 
     code, out, err = run_status(spawn, db_url)
 
     assert code == 0, err
-    rows = table_rows(out)
-    assert set(rows) == set(JOBS)
-    for job, cells in rows.items():
-        assert cells[1] == JOBS[job].service
-        assert cells[3] == "success"
-        assert cells[5] == "3/0"
-        assert cells[-1] == "ok"
-    assert "\nhealthy\n" in out
+    assert list(table_rows(out)) == ["quota"]
+    assert table_rows(out)["quota"][-1] == "ok"
+    assert verdict(out) == ["healthy"]
 
 
-def test_a_stale_job_exits_1_and_is_named(spawn: Spawn, conn: db.Conn, db_url: str) -> None:
-    add_recent_runs(conn)
-    conn.execute("DELETE FROM worker_job_runs WHERE job = 'quota'")
-    add_run(conn, "quota", age_s=3 * period_s("quota", db_url))
-
+def test_no_registered_jobs_is_healthy_and_says_so(spawn: Spawn, db_url: str) -> None:
     code, out, _ = run_status(spawn, db_url)
-
-    assert code == 1
-    assert table_rows(out)["quota"][-1] == "stale"
-    assert "UNHEALTHY" in out
-    assert "  quota: no success or partial run within 2 x its period" in out
-    others = [cells[-1] for job, cells in table_rows(out).items() if job != "quota"]
-    assert others == ["ok"] * (len(JOBS) - 1)
-
-
-def test_just_inside_twice_the_period_is_still_healthy(conn: db.Conn, db_url: str) -> None:
-    add_run(conn, "quota", age_s=2 * period_s("quota", db_url) - 60)
-    report = status.gather(conn, make_settings(db_url), ["quota"])
-    assert report.jobs[0].health == "ok"
-    assert report.healthy
-
-
-def test_database_down_exits_2_without_the_password(spawn: Spawn) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"postgresql://worker:sekret-password@127.0.0.1:{port}/app"
-
-    code, out, err = run_status(spawn, url)
-
-    assert code == 2
-    assert out == ""
-    assert "db_host=127.0.0.1" in err
-    assert "sekret-password" not in err
-    assert len(err.strip().splitlines()) == 1
-
-
-def test_json_matches_the_table(spawn: Spawn, conn: db.Conn, db_url: str) -> None:
-    add_recent_runs(conn)
-    add_run(conn, "quota", "partial", age_s=30, duration_ms=75_000, succeeded=7, failed=2)
-
-    code, out, _ = run_status(spawn, db_url)
-    json_code, json_out, _ = run_status(spawn, db_url, "--json")
-
-    body = json.loads(json_out)
-    assert (code, json_code) == (0, 0)
-    assert body["healthy"] is True
-    rows = table_rows(out)
-    assert [job["job"] for job in body["jobs"]] == list(rows)
-    for job in body["jobs"]:
-        cells = rows[job["job"]]
-        assert cells[1] == job["service"]
-        assert cells[2] == _clock(job["last_started_at"])
-        assert cells[3] == job["last_status"]
-        assert cells[5] == f"{job['succeeded']}/{job['failed']}"
-        assert cells[6] == _clock(job["next_due"])
-        assert cells[7] == ("yes" if job["paused"] else "no")
-        assert cells[8] == _clock(job["last_success_at"])
-        assert cells[9] == job["health"]
-    quota = next(job for job in body["jobs"] if job["job"] == "quota")
-    assert (quota["last_status"], quota["succeeded"], quota["failed"]) == ("partial", 7, 2)
-    assert quota["duration_ms"] == 75_000 and rows["quota"][4] == "1m15s"
-    assert quota["health"] == "ok"  # a partial run did run: it is not stale
-
-
-def test_interval_jobs_are_due_one_period_after_the_last_finish(conn: db.Conn, db_url: str) -> None:
-    older = add_run(conn, "quota", age_s=600)
-    add_run(conn, "quota", "running", age_s=5)  # still running: next due counts from `older`
-    conn.execute("UPDATE worker_job_runs SET finished_at = NULL WHERE status = 'running'")
-
-    report = status.gather(conn, make_settings(db_url), ["quota"])
-
-    quota = report.jobs[0]
-    assert quota.last_status == "running"
-    assert quota.next_due == older["finished_at"] + timedelta(seconds=period_s("quota", db_url))
-
-
-def test_a_failed_last_run_is_unhealthy_until_a_good_one(conn: db.Conn, db_url: str) -> None:
-    settings = make_settings(db_url)
-    add_run(conn, "quota", age_s=300)
-    add_run(conn, "quota", "failed", age_s=200, succeeded=0, failed=4)
-    assert status.gather(conn, settings, ["quota"]).jobs[0].health == "failed"
-
-    # An interrupted run (a deploy) says nothing about whether the job works.
-    add_run(conn, "quota", "interrupted", age_s=100)
-    assert status.gather(conn, settings, ["quota"]).jobs[0].health == "failed"
-
-    add_run(conn, "quota", "partial", age_s=50, succeeded=3, failed=1)
-    report = status.gather(conn, settings, ["quota"])
-    assert report.jobs[0].health == "ok" and report.healthy
-
-
-def test_paused_jobs_are_reported_but_not_unhealthy(
-    spawn: Spawn, conn: db.Conn, db_url: str
-) -> None:
-    add_recent_runs(conn)
-    conn.execute("DELETE FROM worker_job_runs WHERE job = 'quota'")
-    add_run(conn, "quota", "failed", age_s=10 * period_s("quota", db_url), failed=3)
-    conn.execute("INSERT INTO worker_jobs (job, paused, paused_at) VALUES ('quota', true, now())")
-
-    code, out, _ = run_status(spawn, db_url)
+    json_code, body = status_json(spawn, db_url)
 
     assert code == 0
-    assert table_rows(out)["quota"][7:] == ["yes", "-", "paused"]
-    assert "paused (skipped by every replica; not counted as unhealthy): quota" in out
-
-
-def test_jobs_that_never_ran_are_unhealthy(spawn: Spawn, conn: db.Conn, db_url: str) -> None:
-    code, out, _ = run_status(spawn, db_url, "--json")
-
-    body = json.loads(out)
-    assert code == 1
-    assert body["healthy"] is False
-    assert {job["job"]: job["health"] for job in body["jobs"]} == dict.fromkeys(JOBS, "never_run")
-    assert all(job["last_status"] is None for job in body["jobs"])
+    assert table_rows(out) == {}
+    assert verdict(out) == [
+        "healthy",
+        "no jobs registered: no service has started on this database yet",
+    ]
+    assert json_code == 0
+    assert (body["healthy"], body["jobs"]) == (True, [])
 
 
 @pytest.fixture
@@ -225,25 +260,206 @@ def unmigrated_url(server_url: str) -> Iterator[str]:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_missing_worker_tables_report_never_run_without_migrating(
+def test_an_unmigrated_database_reports_no_jobs_without_migrating(
     spawn: Spawn, unmigrated_url: str
 ) -> None:
     code, out, err = run_status(spawn, unmigrated_url)
 
-    assert code == 1, err
-    assert {cells[-1] for cells in table_rows(out).values()} == {"never_run"}
+    assert code == 0, err
+    assert table_rows(out) == {}
+    assert "no jobs registered: no service has started on this database yet" in verdict(out)
     with psycopg.connect(unmigrated_url, row_factory=dict_row) as conn:
-        left = conn.execute("SELECT to_regclass('worker_job_runs') AS t").fetchone()
-    assert left == {"t": None}  # status read, it did not create anything
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog',"
+            " 'information_schema')"
+        ).fetchall()
+    assert tables == []  # status read; it created nothing
 
 
-def test_service_scopes_the_rows_and_the_verdict(spawn: Spawn, conn: db.Conn, db_url: str) -> None:
-    add_run(conn, "quota", age_s=60)  # every other job has never run
+# --- health ----------------------------------------------------------------------------
 
-    code, out, _ = run_status(spawn, db_url, "--json", "--service", "quota")
+
+def test_recent_successful_runs_are_healthy(spawn: Spawn, conn: db.Conn, db_url: str) -> None:
+    register_all_with_recent_runs(conn, db_url)
+
+    code, out, err = run_status(spawn, db_url)
+
+    assert code == 0, err
+    rows = table_rows(out)
+    assert set(rows) == set(SCHEDULES)
+    for job, cells in rows.items():
+        assert cells[1] == SERVICE_OF[job]
+        assert (cells[3], cells[5], cells[-1]) == ("success", "3/0", "ok")
+    assert verdict(out) == ["healthy"]
+
+
+@pytest.mark.parametrize(("stale_job", "period_s"), PERIODS)
+def test_a_stale_job_exits_1_and_is_named(
+    spawn: Spawn, conn: db.Conn, db_url: str, stale_job: str, period_s: int
+) -> None:
+    register_all_with_recent_runs(conn, db_url)
+    conn.execute("DELETE FROM worker_job_runs WHERE job = %s", (stale_job,))
+    add_run(conn, stale_job, age_s=2 * period_s + MINUTE)
+
+    code, out, _ = run_status(spawn, db_url)
+
+    assert code == 1
+    rows = table_rows(out)
+    assert rows[stale_job][-1] == "stale"
+    assert {job: cells[-1] for job, cells in rows.items() if job != stale_job} == dict.fromkeys(
+        set(SCHEDULES) - {stale_job}, "ok"
+    )
+    assert verdict(out) == [
+        "UNHEALTHY",
+        f"  {stale_job}: no success or partial run within 2 x its period",
+    ]
+
+
+@pytest.mark.parametrize(("job", "period_s"), PERIODS)
+def test_just_inside_twice_the_period_is_still_healthy(
+    spawn: Spawn, conn: db.Conn, db_url: str, job: str, period_s: int
+) -> None:
+    register(conn, db_url, job)
+    add_run(conn, job, age_s=2 * period_s - MINUTE)
+
+    code, body = status_json(spawn, db_url)
 
     assert code == 0
-    assert [job["job"] for job in json.loads(out)["jobs"]] == list(SERVICES["quota"].jobs)
+    assert health_of(body) == {job: "ok"}
+
+
+def test_a_failed_last_run_is_unhealthy_until_a_good_one(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    register(conn, db_url, "quota")
+    add_run(conn, "quota", age_s=300)
+    add_run(conn, "quota", "failed", age_s=200, succeeded=0, failed=4)
+
+    code, out, _ = run_status(spawn, db_url)
+    assert code == 1
+    assert table_rows(out)["quota"][-1] == "failed"
+    assert verdict(out) == ["UNHEALTHY", "  quota: its last completed run failed"]
+
+    # An interrupted run (a deploy) says nothing about whether the job works.
+    add_run(conn, "quota", "interrupted", age_s=100)
+    code, body = status_json(spawn, db_url)
+    assert code == 1
+    assert health_of(body) == {"quota": "failed"}
+
+    add_run(conn, "quota", "partial", age_s=50, succeeded=3, failed=1)
+    code, body = status_json(spawn, db_url)
+    assert code == 0
+    assert health_of(body) == {"quota": "ok"}
+
+
+def test_paused_jobs_are_reported_but_not_unhealthy(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    register_all_with_recent_runs(conn, db_url)
+    conn.execute("DELETE FROM worker_job_runs WHERE job = 'quota'")
+    add_run(conn, "quota", "failed", age_s=10 * HOUR, succeeded=0, failed=3)
+    conn.execute("UPDATE worker_jobs SET paused = true, paused_at = now() WHERE job = 'quota'")
+
+    code, out, _ = run_status(spawn, db_url)
+
+    assert code == 0
+    assert table_rows(out)["quota"][7:] == ["yes", "-", "paused"]
+    assert verdict(out) == [
+        "healthy",
+        "paused (skipped by every replica; not counted as unhealthy): quota",
+    ]
+
+
+def test_jobs_not_yet_due_for_two_periods_are_waiting_and_healthy(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    add_job(conn, "quota", "every 1h", due_in_s=10 * MINUTE)  # not due yet
+    add_job(conn, "cleanup_tokens", "every 1h", due_in_s=-(2 * HOUR - MINUTE))
+    add_job(conn, "cleanup_sessions", "cron 0 2 * * * UTC", due_in_s=-(2 * DAY - MINUTE))
+    add_job(conn, "cleanup_content", "cron 30 2 * * 0 UTC", due_in_s=-(14 * DAY - MINUTE))
+
+    code, out, _ = run_status(spawn, db_url)
+
+    assert code == 0
+    rows = table_rows(out)
+    assert {job: cells[-1] for job, cells in rows.items()} == {
+        "quota": "waiting",
+        "cleanup_tokens": "waiting",
+        "cleanup_sessions": "waiting",
+        "cleanup_content": "waiting",
+    }
+    assert {cells[3] for cells in rows.values()} == {"never run"}
+    assert verdict(out) == ["healthy"]
+
+
+@pytest.mark.parametrize(
+    ("job", "schedule", "period_s"),
+    [
+        pytest.param("replenish", "every 10m", 10 * MINUTE, id="interval"),
+        pytest.param("cleanup_content", "cron 30 2 * * 0 UTC", 7 * DAY, id="weekly"),
+    ],
+)
+def test_a_job_due_for_over_two_periods_without_a_run_is_never_run(
+    spawn: Spawn, conn: db.Conn, db_url: str, job: str, schedule: str, period_s: int
+) -> None:
+    add_job(conn, "quota", "every 1h", due_in_s=10 * MINUTE)
+    add_job(conn, job, schedule, due_in_s=-(2 * period_s + MINUTE))
+
+    code, out, _ = run_status(spawn, db_url)
+
+    assert code == 1
+    assert {name: cells[-1] for name, cells in table_rows(out).items()} == {
+        "quota": "waiting",
+        job: "never_run",
+    }
+    assert verdict(out) == [
+        "UNHEALTHY",
+        f"  {job}: it has never run, though due for 2 x its period",
+    ]
+
+
+# --- --service -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "jobs", "code"),
+    [
+        pytest.param(["--service", "quota"], ["quota"], 0, id="quota"),
+        pytest.param(["--service", "replenish"], ["lease_recovery", "replenish"], 0, id="replenish"),
+        pytest.param(["--service", "cleanup"], CLEANUP_JOBS, 1, id="cleanup"),
+        pytest.param(["--service", "all"], sorted(SCHEDULES), 1, id="all"),
+        pytest.param([], sorted(SCHEDULES), 1, id="no-flag"),
+    ],
+)
+def test_service_scopes_the_rows_and_the_verdict(
+    spawn: Spawn, conn: db.Conn, db_url: str, args: list[str], jobs: list[str], code: int
+) -> None:
+    register_all_with_recent_runs(conn, db_url)
+    conn.execute("DELETE FROM worker_job_runs WHERE job = 'cleanup_tokens'")
+    add_run(conn, "cleanup_tokens", age_s=3 * HOUR)  # hourly: stale
+
+    got_code, body = status_json(spawn, db_url, *args)
+
+    assert got_code == code
+    assert body["healthy"] is (code == 0)
+    assert sorted(job["job"] for job in body["jobs"]) == jobs
+    stale = [job["job"] for job in body["jobs"] if job["health"] == "stale"]
+    assert stale == (["cleanup_tokens"] if "cleanup_tokens" in jobs else [])
+
+
+def test_service_filters_on_the_registering_service(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    # The ledger's `service` column decides, not the job's name.
+    add_job(conn, "quota", "every 1h", service_name="replenish", due_in_s=-3 * HOUR)
+    add_job(conn, "replenish", "every 10m")
+
+    code, body = status_json(spawn, db_url, "--service", "quota")
+    assert (code, body["jobs"]) == (0, [])
+
+    code, body = status_json(spawn, db_url, "--service", "replenish")
+    assert code == 1
+    assert health_of(body) == {"quota": "never_run", "replenish": "waiting"}
 
 
 def test_unknown_service_exits_2_listing_the_known_ones(spawn: Spawn, db_url: str) -> None:
@@ -252,11 +468,97 @@ def test_unknown_service_exits_2_listing_the_known_ones(spawn: Spawn, db_url: st
     assert code == 2
     assert out == ""
     assert "--service: unknown service 'nope'" in err
-    for name in SERVICES:
+    for name in ("quota", "cleanup", "replenish", "all"):
         assert name in err
 
 
-def _clock(iso: str | None) -> str:
-    if iso is None:
-        return "-"
-    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+# --- output ----------------------------------------------------------------------------
+
+
+def test_the_table_shows_the_ledger_and_the_latest_run(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    ledger = add_job(conn, "quota", "every 1h", due_in_s=20 * MINUTE)
+    add_run(conn, "quota", age_s=10 * MINUTE)
+    latest = add_run(conn, "quota", "partial", age_s=2 * MINUTE, duration_ms=75_000)
+    conn.execute(
+        "UPDATE worker_job_runs SET succeeded = 7, failed = 2, total = 9 WHERE id = %s",
+        (latest["id"],),
+    )
+
+    code, out, _ = run_status(spawn, db_url)
+
+    assert code == 0
+    assert table_rows(out)["quota"] == [
+        "quota",
+        "quota",
+        clock(latest["started_at"]),
+        "partial",
+        "1m15s",
+        "7/2",
+        clock(ledger["next_due_at"]),
+        "no",
+        clock(latest["finished_at"]),  # a partial run did run: it is the last success
+        "ok",
+    ]
+
+
+def test_json_reports_schedule_next_due_cadence_and_health(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at) VALUES"
+        " ('cleanup_sessions', 'cleanup', 'cron 0 2 * * * Asia/Shanghai',"
+        "  '2030-01-01 18:00:00+00'),"
+        " ('replenish', 'replenish', 'every 10m', '2030-01-01 09:30:00+00')"
+    )
+    sessions = add_run(conn, "cleanup_sessions", age_s=HOUR, duration_ms=4200, succeeded=12)
+    add_run(conn, "replenish", "failed", age_s=MINUTE, succeeded=0, failed=5)
+
+    code, body = status_json(spawn, db_url)
+
+    assert code == 1
+    assert body["healthy"] is False
+    assert datetime.fromisoformat(body["checked_at"]).tzinfo is not None
+    sessions_json, replenish_json = body["jobs"]
+    cadence = sessions_json.pop("cadence")  # words, checked below
+    assert sessions_json == {
+        "job": "cleanup_sessions",
+        "service": "cleanup",
+        "schedule": "cron 0 2 * * * Asia/Shanghai",
+        "last_started_at": sessions["started_at"].astimezone(UTC).isoformat(),
+        "last_status": "success",
+        "duration_ms": 4200,
+        "succeeded": 12,
+        "failed": 0,
+        "next_due_at": "2030-01-01T18:00:00+00:00",
+        "paused": False,
+        "last_success_at": sessions["finished_at"].astimezone(UTC).isoformat(),
+        "health": "ok",
+        "healthy": True,
+    }
+    assert "02:00" in cadence and "Asia/Shanghai" in cadence
+    assert cadence != "cron 0 2 * * * Asia/Shanghai"
+    assert replenish_json["schedule"] == "every 10m"
+    assert replenish_json["cadence"] == "every 10 minutes"
+    assert replenish_json["next_due_at"] == "2030-01-01T09:30:00+00:00"
+    assert (replenish_json["last_status"], replenish_json["last_success_at"]) == ("failed", None)
+    assert (replenish_json["health"], replenish_json["healthy"]) == ("failed", False)
+
+
+# --- the database ----------------------------------------------------------------------
+
+
+def test_database_down_exits_2_without_the_password(spawn: Spawn) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://worker:sekret-password@127.0.0.1:{port}/app"
+
+    code, out, err = run_status(spawn, url)
+
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "db_host=127.0.0.1" in err
+    assert "sekret-password" not in err
