@@ -224,7 +224,7 @@ def test_only_registered_jobs_appear_quota_alone_is_healthy(
     # set for a job no service registered leaves a ledger row without a schedule.
     register(conn, db_url, "quota")
     add_run(conn, "quota", age_s=30)
-    conn.execute("INSERT INTO worker_jobs (job, paused, paused_at) VALUES ('replenish', true, now())")
+    conn.execute("INSERT INTO worker_jobs (job, paused) VALUES ('replenish', true)")
 
     code, out, err = run_status(spawn, db_url)
 
@@ -425,7 +425,7 @@ def test_a_job_due_for_over_two_periods_without_a_run_is_never_run(
     ("args", "jobs", "code"),
     [
         pytest.param(["--service", "quota"], ["quota"], 0, id="quota"),
-        pytest.param(["--service", "replenish"], ["lease_recovery", "replenish"], 0, id="replenish"),
+        pytest.param(["--service", "replenish"], ["lease_recovery", "replenish"], 0, id="repl"),
         pytest.param(["--service", "cleanup"], CLEANUP_JOBS, 1, id="cleanup"),
         pytest.param(["--service", "all"], sorted(SCHEDULES), 1, id="all"),
         pytest.param([], sorted(SCHEDULES), 1, id="no-flag"),

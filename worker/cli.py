@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import psycopg
 
-from . import db, embedded, ledger, logs, service, settings, status
+from . import db, embedded, ledger, logs, registry, service, settings, status
 from .daemon import Daemon
 from .jobs.base import RunStatus
 from .ledger import Refusal
-from .registry import JOBS, SERVICE_ALIASES, SERVICES, jobs_of
+from .registry import JOBS, SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = settings.from_env(
             settings.load_environment(), service=service_name, stdout_is_tty=sys.stdout.isatty()
         )
+        jobs = registry.resolve(config)
         _check_job_argument(args)
         _check_service_argument(args)
         if getattr(args, "due", False) and not args.once:
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon = Daemon(config, SERVICES[service_name], dry_run=args.dry_run)
         return daemon.run(once=args.once, due_only=args.due)
     if args.command == "run":
-        return _run_job(config, args.job, request=args.request, dry_run=args.dry_run)
+        return _run_job(config, jobs[args.job], request=args.request, dry_run=args.dry_run)
     if args.command == "migrate":
         return _migrate(config, app_tables=args.app_tables)
     if args.command == "status":
@@ -134,31 +135,30 @@ def _migrate(config: Settings, *, app_tables: bool) -> int:
     return EXIT_OK
 
 
-def _run_job(config: Settings, job: str, *, request: bool, dry_run: bool) -> int:
+def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -> int:
     """`worker run JOB`: exit 0 success/partial, 1 failed, 3 claimed elsewhere."""
-    spec = JOBS[job]
     if request:
-        return _request_run(config, job)
+        return _request_run(config, spec)
     outcome = Daemon(config, SERVICES["all"], dry_run=dry_run, jobs=[spec]).run_now(spec)
     if isinstance(outcome, int):
         return outcome
-    print(f"{job}: {outcome.value}", file=sys.stderr)
+    print(f"{spec.name}: {outcome.value}", file=sys.stderr)
     if outcome is Refusal.CLAIMED_ELSEWHERE:
         return EXIT_CLAIMED_ELSEWHERE
     return EXIT_FAILURE if outcome in (RunStatus.FAILED, Refusal.UNKNOWN) else EXIT_OK
 
 
-def _request_run(config: Settings, job: str) -> int:
+def _request_run(config: Settings, spec: JobSpec) -> int:
     log = logs.get_logger()
     try:
         with db.connect(config.database) as conn:
             db.migrate(conn)
-            service.register(conn, config, [JOBS[job]], log)
-            ledger.request_run(conn, job)
+            service.register(conn, config, [spec], log)
+            ledger.request_run(conn, spec.name)
     except psycopg.Error as exc:
-        log.error("request_failed", job=job, error=db.describe_error(exc))
+        log.error("request_failed", job=spec.name, error=db.describe_error(exc))
         return EXIT_FAILURE
-    log.info("run_requested", job=job)
+    log.info("run_requested", job=spec.name)
     return EXIT_OK
 
 

@@ -41,7 +41,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.service = service
-        self.jobs: Sequence[JobSpec] = jobs_of(service.name) if jobs is None else jobs
+        self.jobs: Sequence[JobSpec] = jobs_of(service.name, settings) if jobs is None else jobs
         self.dry_run = dry_run
         self.http = http or clients.build_http(settings.http_timeout_s)
         self.scheduler = schedule.Scheduler()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from . import schedules
+from . import jobfile, schedules
 from .db import Conn
 from .jobs import cleanup, leases, quota, replenish
 from .jobs.base import JobContext
 from .schedules import Schedule
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class JobSpec:
     run: Callable[[JobContext], None]
     schedule: Callable[[Settings], Schedule]
     check: Callable[[Conn, Settings], None] | None = None
+    on_start: str | None = None  # true | missed | false; None: RUN_ON_START
+
+    def starts(self, settings: Settings) -> str:
+        """What this job does when its service starts (ARCHITECTURE.md, "At start")."""
+        return self.on_start or settings.run_on_start
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,47 @@ SERVICES: dict[str, Service] = {
 SERVICE_ALIASES = {"tavily_quota_updater": "quota"}
 
 
-def jobs_of(service: str) -> list[JobSpec]:
-    """The jobs a service runs, in registration order (`all`: every job)."""
-    return [spec for spec in JOBS.values() if service in (ALL, spec.service)]
+def jobs_of(service: str, settings: Settings | None = None) -> list[JobSpec]:
+    """The jobs a service runs, in registration order (`all`: every job).
+
+    With `settings`, the jobs file's overrides apply; it must have been loaded by
+    `resolve` first (which raises ConfigError for a bad file).
+    """
+    jobs = JOBS if settings is None else resolve(settings)
+    return [spec for spec in jobs.values() if service in (ALL, spec.service)]
+
+
+def resolve(settings: Settings) -> dict[str, JobSpec]:
+    """Every job as configured: the built-ins with the jobs file's overrides applied."""
+    if settings.jobs_file is None:
+        return dict(JOBS)
+    try:
+        overrides = jobfile.load(settings.jobs_file, tuple(JOBS))
+    except jobfile.JobsFileError as exc:
+        raise ConfigError(f"WORKER_JOBS_FILE: {exc}") from None
+    jobs = dict(JOBS)
+    for override in overrides:
+        jobs[override.job] = _overridden(jobs[override.job], override)
+    return jobs
+
+
+def _overridden(spec: JobSpec, override: jobfile.Override) -> JobSpec:
+    schedule = spec.schedule
+    if override.schedule is not None:
+        text, zone = override.schedule, override.timezone
+        schedule = lambda s: schedules.parse(text, zone or s.schedule_timezone)  # noqa: E731
+    elif override.timezone is not None:
+        zone = override.timezone
+        schedule = lambda s: _in_zone(spec.schedule(s), zone)  # noqa: E731
+    return replace(
+        spec,
+        schedule=schedule,
+        service=override.service or spec.service,
+        on_start=override.on_start or spec.on_start,
+    )
+
+
+def _in_zone(schedule: Schedule, zone: str) -> Schedule:
+    if isinstance(schedule, schedules.Cron):
+        return schedules.Cron(schedule.expression, zone)
+    return schedule

@@ -69,17 +69,17 @@ def apply_on_start(settings: Settings, jobs: Sequence[JobSpec], log: Any) -> Non
     """RUN_ON_START: request a run of each job (true), leave missed ones due (missed), or
     move missed occurrences past now without a run (false). Never raises: the loop retries
     anything the database did not take."""
-    names = [spec.name for spec in jobs]
+    requesting = [spec.name for spec in jobs if spec.starts(settings) == "true"]
+    skipping = [spec.name for spec in jobs if spec.starts(settings) == "false"]
     try:
         with db.connect(settings.database, application_name="worker:start") as conn:
-            if settings.run_on_start == "true":
-                requested = ledger.request_startup_runs(conn, names)
+            if requesting:
+                requested = ledger.request_startup_runs(conn, requesting)
                 log.info("running_initial_update", requested=requested)
-            elif settings.run_on_start == "false":
-                for name in names:
-                    skipped = ledger.skip_missed(conn, name)
-                    if skipped is not None:
-                        log.info("occurrences_skipped", job=name, missed_due_at=skipped.isoformat())
+            for name in skipping:
+                skipped = ledger.skip_missed(conn, name)
+                if skipped is not None:
+                    log.info("occurrences_skipped", job=name, missed_due_at=skipped.isoformat())
     except psycopg.Error as exc:
         log.error("start_requests_failed", error=db.describe_error(exc))
 

@@ -108,6 +108,7 @@ class Settings:
     alert_failure_rate: float = 0.2
     alert_slow_run_s: float = 600.0
     heartbeat_url: str | None = field(default=None, repr=False)
+    jobs_file: Path | None = None
 
     @property
     def production(self) -> bool:
@@ -179,6 +180,7 @@ def from_env(
         alert_failure_rate=r.number("ALERT_FAILURE_RATE", 0.2, minimum=0, maximum=1),
         alert_slow_run_s=r.number("ALERT_SLOW_RUN_SECONDS", 600.0, minimum=0),
         heartbeat_url=r.optional_url("HEARTBEAT_URL"),
+        jobs_file=r.jobs_file("WORKER_JOBS_FILE", Path("worker.toml")),
     )
     if service in ("replenish", "all") and not settings.replenish_api_url:
         raise ConfigError(f"REPLENISH_API_URL is required by the {service} service")
@@ -355,6 +357,15 @@ class _Reader:
         if self._raw(name) is None:
             return None
         return self.choice(name, allowed[0], allowed)
+
+    def jobs_file(self, name: str, default: Path) -> Path | None:
+        """The named file, which must exist; else `default` when it exists; else None."""
+        raw = self._raw(name)
+        if raw is None:
+            return default if default.is_file() else None
+        if not Path(raw).is_file():
+            raise ConfigError(f"{name}: no such file: {raw}")
+        return Path(raw)
 
     def clock(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
