@@ -91,7 +91,7 @@ Verdict = tuple[bool, str, dict[str, Any]]
 
 @dataclass(frozen=True)
 class Rule:
-    """A run-level rule (DESIGN §3 step 6) and the alert it raises while breached."""
+    """A run-level rule (ARCHITECTURE.md, "The life of a run", step 5) and its alert."""
 
     name: str
     alert_type: str

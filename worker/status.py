@@ -13,7 +13,7 @@ import psycopg
 from . import db, schedules
 from .settings import Settings
 
-STALE_AFTER_PERIODS = 2  # DESIGN §2: no run that did its work within 2 x the job's period
+STALE_AFTER_PERIODS = 2  # stale: no run that did its work within 2 x the job's period
 CONNECT_TIMEOUT_S = 5  # a HEALTHCHECK must answer quickly: no backoff, one short attempt
 # A paused job is reported, never counted as unhealthy; a job waiting for its first due
 # time has not had the chance to run.
