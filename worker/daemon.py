@@ -172,9 +172,10 @@ class Daemon:
             next_due: datetime | None = row["next_due_at"]
             if next_due is None:
                 continue
-            # `schedule` counts whole seconds: wake at the due second or just after it.
-            delay_s = max(math.ceil((next_due - row["now"]).total_seconds()), 1)
-            if delay_s < MAX_IDLE_WAIT_S:
+            # `schedule` counts whole seconds: wake at the due second or just after it. A job
+            # still due after a tick failed to start; the poll retries it.
+            delay_s = math.ceil((next_due - row["now"]).total_seconds())
+            if 0 < delay_s < MAX_IDLE_WAIT_S:
                 self.scheduler.every(delay_s).seconds.do(self._wake).tag(WAKE_TAG)
 
     def _peek(self) -> list[dict[str, Any]] | None:
