@@ -72,7 +72,7 @@ class Settings:
     environment: str = "development"
     log_level: str = "INFO"
     log_format: str = "json"
-    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start")
+    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start and between runs")
     lease_s: float = 30.0
     database_pooler: str | None = None  # session | transaction; None: detected
     shutdown_grace_s: float = 5.0
