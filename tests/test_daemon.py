@@ -138,7 +138,9 @@ def test_sigkill_mid_run_is_marked_abandoned_by_the_next_start(conn: db.Conn, sp
         first.signal(signal.SIGKILL)
         first.wait()
         assert [r["status"] for r in runs(conn)] == ["running"]
-        second = spawn("quota", "--once", env=quota_env(conn.info.dsn, server, HTTP_TIMEOUT="0.2"))
+        second = spawn(
+            "quota", "--once", env=quota_env(conn.info.dsn, server, HTTP_TIMEOUT_SECONDS="0.2")
+        )
         second.wait(30)
 
     abandoned = second.wait_for("run_abandoned")

@@ -106,7 +106,7 @@ def test_fault_matrix_fails_only_the_faulty_keys(conn: db.Conn) -> None:
     sleeps = Sleeps()
     with serving(script) as server:
         result = run_pass(
-            conn, server, sleep=sleeps, HTTP_TIMEOUT="0.3", RETRY_BASE_DELAY_SECONDS="2"
+            conn, server, sleep=sleeps, HTTP_TIMEOUT_SECONDS="0.3", RETRY_BASE_DELAY_SECONDS="2"
         )
         calls = {key: len([r for r in server.requests if r.bearer == key]) for key in FAULTS}
 

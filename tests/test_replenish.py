@@ -219,7 +219,7 @@ def test_failing_campaigns_spare_the_others_and_raise_one_alert(conn: db.Conn) -
     sleeps = Sleeps()
     with serving(producer) as server:
         result = run_pass(
-            conn, server, sleep=sleeps, HTTP_TIMEOUT="0.3", REPLENISH_RETRY_DELAY_MS="250"
+            conn, server, sleep=sleeps, HTTP_TIMEOUT_SECONDS="0.3", REPLENISH_RETRY_DELAY_MS="250"
         )
         seen = requests_by_campaign(server)
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from .. import db
-from ..clients import CallFailed, ProducerClient, RetryPolicy, StockOrder
+from ..clients import Bounds, CallFailed, ProducerClient, RetryPolicy, StockOrder
 from ..inflight import map_unordered
 from ..settings import ConfigError
 from .base import JobContext, JobResult
@@ -96,6 +96,7 @@ def _producer(ctx: JobContext) -> ProducerClient:
         settings.replenish_api_token,
         retry,
         ctx.should_stop,
+        Bounds(settings.http_timeout_s, settings.http_max_body_bytes),
     )
 
 
