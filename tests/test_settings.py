@@ -233,3 +233,15 @@ def test_concurrent_migrations_on_a_fresh_database_apply_once(server_url: str) -
     assert tables == (True,)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute("DROP DATABASE worker_migrate_race WITH (FORCE)")
+
+
+def test_the_old_timeout_name_is_warned_about_once_at_start(
+    db_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # BASE_ENV sets HTTP_TIMEOUT_SECONDS too: the new name wins and the old one is named.
+    worker = spawn("quota", "--once", env={"DATABASE_URL": db_url, "HTTP_TIMEOUT": "2.5"})
+    assert worker.wait() == 0
+    [warning] = worker.events("setting_deprecated")
+    assert (warning["variable"], warning["replacement"]) == ("HTTP_TIMEOUT", "HTTP_TIMEOUT_SECONDS")
+    assert "HTTP_TIMEOUT " in warning["message"] and "HTTP_TIMEOUT_SECONDS" in warning["message"]
+    assert warning["level"] == "warning"
