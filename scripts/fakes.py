@@ -51,6 +51,13 @@ class Reply:
     delay_s: float = 0.0
     hang: bool = False
     drop: bool = False  # close the connection without answering
+    # A body written as it is produced, never held whole: `framing` is "length" (declaring
+    # `length` bytes), "chunked", "close" (delimited by closing the connection) or "raw"
+    # (the stream is the whole answer, status line and headers included).
+    stream: Callable[[], Iterator[bytes]] | None = None
+    framing: str = "length"
+    length: int | None = None
+    interval_s: float = 0.0  # pause before each streamed chunk: a drip
 
     def encoded(self) -> tuple[bytes, dict[str, str]]:
         headers = dict(self.headers)
@@ -74,6 +81,7 @@ class FakeServer:
         self.requests: list[Request] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._active = 0
         self.max_active = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
@@ -118,6 +126,12 @@ class FakeServer:
     def _done(self) -> None:
         with self._lock:
             self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is being answered (a client that hung up ends its answer)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout_s)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -153,6 +167,9 @@ class FakeServer:
                 if reply.drop:
                     self.close_connection = True
                     return
+                if reply.stream is not None:
+                    _write_stream(self, reply, reply.stream, fake.release)
+                    return
                 body, headers = reply.encoded()
                 self.send_response(reply.status)
                 for name, value in headers.items():
@@ -167,6 +184,37 @@ class FakeServer:
                 pass
 
         return Handler
+
+
+def _write_stream(
+    handler: BaseHTTPRequestHandler,
+    reply: Reply,
+    stream: Callable[[], Iterator[bytes]],
+    release: threading.Event,
+) -> None:
+    handler.close_connection = reply.framing != "length"
+    if reply.framing != "raw":
+        _write_stream_headers(handler, reply)
+    chunked = reply.framing == "chunked"
+    for chunk in stream():
+        if reply.interval_s and release.wait(reply.interval_s):
+            return  # the server is stopping: a drip ends at once
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        handler.wfile.write(b"0\r\n\r\n")
+
+
+def _write_stream_headers(handler: BaseHTTPRequestHandler, reply: Reply) -> None:
+    handler.send_response(reply.status)
+    for name, value in reply.headers.items():
+        handler.send_header(name, value)
+    if reply.framing == "length":
+        handler.send_header("Content-Length", str(reply.length))
+    elif reply.framing == "chunked":
+        handler.send_header("Transfer-Encoding", "chunked")
+    else:
+        handler.send_header("Connection", "close")
+    handler.end_headers()
 
 
 @contextmanager
@@ -193,6 +241,23 @@ def usage_body(
             "paygo_limit": 0,
         },
     }
+
+
+def repeated(total_bytes: int, chunk: bytes = b"x" * 65536) -> Callable[[], Iterator[bytes]]:
+    """A stream of `total_bytes` made of one chunk repeated: a huge body in little memory."""
+
+    def stream() -> Iterator[bytes]:
+        left = total_bytes
+        while left > 0:
+            yield chunk[:left]
+            left -= len(chunk)
+
+    return stream
+
+
+def dripped(data: bytes) -> Callable[[], Iterator[bytes]]:
+    """`data` one byte at a time (pace it with Reply.interval_s)."""
+    return lambda: (data[i : i + 1] for i in range(len(data)))
 
 
 class Script:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from scripts.fakes import Reply, serving
+from scripts.fakes import Reply, dripped, serving
 from tests.conftest import make_settings
 from worker import alerts, clients, db
 from worker.daemon import Daemon
@@ -382,3 +382,31 @@ def test_slack_markup_in_messages_stays_text(conn: db.Conn) -> None:
     body = request.json()
     assert body["blocks"][1]["text"]["text"] == "- &lt;!channel&gt; &amp; Co (7): http_500"
     assert "<!channel>" not in request.body.decode()
+
+
+def test_dripping_receivers_cost_their_budget_and_no_more(
+    conn: db.Conn, daemon_for: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clients, "NOTIFY_TIMEOUT_S", 0.5)
+    drip = Reply(200, stream=dripped(b"{" + b" " * 200 + b"}"), length=202, interval_s=0.2)
+    with serving(lambda r: drip) as hook, structlog.testing.capture_logs() as logs:
+        daemon = daemon_for(ALERT_WEBHOOK_URL=f"{hook.url}/hook", HEARTBEAT_URL=f"{hook.url}/p")
+        job = make_job(all_fail)
+        timings = []
+        for _ in range(2):
+            started = time.monotonic()
+            assert daemon.run_job(job) == "failed"
+            timings.append(time.monotonic() - started)
+        hooks, pings = len(hook.received("POST")), len(hook.received("GET"))
+
+    # Run 1: two alerts and a heartbeat; run 2 (the streak goes on): the heartbeat alone.
+    # Each delivery: two attempts of 0.5 s at most, however slowly the receiver drips.
+    assert (hooks, pings) == (4, 4)
+    assert timings[0] < 3 * 2 * 0.5 + 1.5 and timings[1] < 2 * 0.5 + 1.0, timings
+    errors = [(e["event"], e["error"]) for e in logs if e["event"].endswith("_failed")]
+    assert (
+        errors
+        == [("alert_webhook_failed", "ReadTimeout")] * 2 + [("heartbeat_failed", "ReadTimeout")] * 2
+    )
+    runs = conn.execute("SELECT status FROM worker_job_runs ORDER BY id").fetchall()
+    assert runs == [{"status": "failed"}] * 2

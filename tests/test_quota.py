@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from scripts.fakes import FakeServer, Reply, Script, serving, usage_body
-from tests.conftest import Sleeps, make_context, make_settings, run_job_pass
+from scripts.fakes import (
+    FakeServer,
+    Reply,
+    Request,
+    Script,
+    dripped,
+    repeated,
+    serving,
+    usage_body,
+)
+from tests.conftest import (
+    Sleeps,
+    WorkerProcess,
+    make_context,
+    make_settings,
+    run_job_pass,
+)
 from worker.jobs.base import JobResult
 from worker import db
 from worker.jobs import quota
@@ -107,7 +127,7 @@ def test_fault_matrix_fails_only_the_faulty_keys(conn: db.Conn) -> None:
     sleeps = Sleeps()
     with serving(script) as server:
         result = run_pass(
-            conn, server, sleep=sleeps, HTTP_TIMEOUT="0.3", RETRY_BASE_DELAY_SECONDS="2"
+            conn, server, sleep=sleeps, HTTP_TIMEOUT_SECONDS="0.3", RETRY_BASE_DELAY_SECONDS="2"
         )
         calls = {key: len([r for r in server.requests if r.bearer == key]) for key in FAULTS}
 
@@ -336,3 +356,146 @@ def test_a_key_row_the_app_keeps_locked_fails_only_that_key(db_url: str, conn: d
     assert result.failures[0]["item"] == "tvly-locke..."
     assert "lock timeout" in result.failures[0]["error"]
     assert key_row(conn, "tvly-free-00000000000")["fresh"] is True
+
+
+# --- a broken or hostile usage endpoint costs one key, never the process ------------------
+
+BIG_BODY = 64 * 1024 * 1024
+MB = 1024
+
+
+def vm_hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+class Gate:
+    """A key whose request waits until the test lets it through, after noting its arrival."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.go_on = threading.Event()
+
+    def reply(self) -> Reply:
+        self.arrived.set()
+        self.go_on.wait(30)
+        return Reply(200, usage_body(1000, 1))
+
+
+def test_huge_bodies_fail_their_keys_and_memory_stays_flat(
+    conn: db.Conn, db_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    start, end = Gate(), Gate()
+    big = {
+        "tvly-big-length-00000": Reply(200, stream=repeated(BIG_BODY), length=BIG_BODY),
+        "tvly-big-close-000000": Reply(200, stream=repeated(BIG_BODY), framing="close"),
+        "tvly-big-chunked-0000": Reply(200, stream=repeated(BIG_BODY), framing="chunked"),
+    }
+    # One key at a time, in id order: the start gate, the three huge bodies, then the end gate.
+    for api_key in ("tvly-gate-start-00000", *big, "tvly-gate-end-0000000"):
+        add_key(conn, api_key)
+
+    def respond(request: Request) -> Reply:
+        if request.bearer == "tvly-gate-start-00000":
+            return start.reply()
+        if request.bearer == "tvly-gate-end-0000000":
+            return end.reply()
+        return big[request.bearer or ""]
+
+    with serving(respond) as server:
+        env = {"DATABASE_URL": db_url, "TAVILY_USAGE_URL": server.url, "QUOTA_CONCURRENCY": "1"}
+        worker = spawn("quota", "--once", env=env)
+        assert start.arrived.wait(30)
+        idle_kb = vm_hwm_kb(worker.proc.pid)
+        start.go_on.set()
+        assert end.arrived.wait(30)
+        peak_kb = vm_hwm_kb(worker.proc.pid)
+        end.go_on.set()
+        assert worker.wait() == 0
+
+    assert peak_kb - idle_kb < 20 * MB, (idle_kb, peak_kb)
+    run = conn.execute("SELECT status, details FROM worker_job_runs").fetchone()
+    assert run is not None and run["status"] == "partial"
+    reasons = {f["item"]: (f["reason"], f["attempts"]) for f in run["details"]["failures"]}
+    assert reasons == {quota.key_prefix(k): ("response_too_large", 1) for k in big}
+    logged = {e["key_prefix"]: e["reason"] for e in worker.events("tavily_api_error")}
+    assert logged == {quota.key_prefix(k): "response_too_large" for k in big}
+    for api_key in big:
+        assert key_row(conn, api_key)["fresh"] is False
+    for api_key in ("tvly-gate-start-00000", "tvly-gate-end-0000000"):
+        assert key_row(conn, api_key)["remaining_quota"] == 999
+
+
+def drip_usage(first_byte: threading.Event | None = None) -> Reply:
+    """A whole usage answer, one byte every 0.5 s: it would take minutes."""
+    body = json.dumps(usage_body(1000, 1)).encode()
+
+    def stream() -> Iterator[bytes]:
+        for i, byte in enumerate(dripped(body)()):
+            yield byte
+            if i == 0 and first_byte is not None:
+                first_byte.set()
+
+    return Reply(200, stream=stream, length=len(body), interval_s=0.5)
+
+
+def test_a_dripping_key_times_out_per_attempt_and_the_pass_goes_on(
+    conn: db.Conn, db_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    for api_key in ("tvly-ok-1-000000000000", "tvly-drip-000000000000", "tvly-ok-2-000000000000"):
+        add_key(conn, api_key)
+    script = by_bearer(Reply(200, usage_body(1000, 1))).on("tvly-drip-000000000000", drip_usage())
+    with serving(script) as server:
+        env = {
+            "DATABASE_URL": db_url,
+            "TAVILY_USAGE_URL": server.url,
+            "HTTP_TIMEOUT_SECONDS": "3",
+            "MAX_RETRIES": "2",
+        }
+        worker = spawn("quota", "--once", env=env)
+        assert worker.wait(30) == 0
+        drips = [r.received_at for r in server.requests if r.bearer == "tvly-drip-000000000000"]
+
+    assert len(drips) == 2 and 2.9 < drips[1] - drips[0] < 4.5  # 3 s, then a zero backoff
+    completed = worker.wait_for("tavily_quota_update_completed")
+    assert 5.9 < completed["elapsed_seconds"] < 9  # 2 x 3 s plus the (zero) backoff
+    assert (completed["success_count"], completed["failed_count"]) == (2, 1)
+    timeout = worker.wait_for("tavily_api_timeout")
+    assert (timeout["key_prefix"], timeout["reason"], timeout["attempts"]) == (
+        "tvly-drip-...",
+        "timeout",
+        2,
+    )
+    run = conn.execute("SELECT details FROM worker_job_runs").fetchone()
+    assert run is not None
+    [failure] = run["details"]["failures"]
+    assert (failure["item"], failure["reason"], failure["attempts"]) == (
+        "tvly-drip-...",
+        "timeout",
+        2,
+    )
+    assert key_row(conn, "tvly-drip-000000000000")["fresh"] is False
+    assert key_row(conn, "tvly-ok-2-000000000000")["fresh"] is True
+
+
+def test_sigterm_during_a_drip_exits_within_a_second(
+    conn: db.Conn, db_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    add_key(conn, "tvly-drip-000000000000")
+    first_byte = threading.Event()
+    with serving(lambda r: drip_usage(first_byte)) as server:
+        env = {"DATABASE_URL": db_url, "TAVILY_USAGE_URL": server.url, "HTTP_TIMEOUT_SECONDS": "3"}
+        worker = spawn("quota", "--once", env=env)
+        assert first_byte.wait(30)
+        sent = worker.signal(signal.SIGTERM)
+        code = worker.proc.wait(5)
+        exited_s = time.monotonic() - sent
+        worker.wait()
+
+    assert code == 0 and exited_s < 1.0, exited_s
+    run = conn.execute("SELECT status FROM worker_job_runs").fetchone()
+    assert run == {"status": "interrupted"}
+    assert key_row(conn, "tvly-drip-000000000000")["fresh"] is False

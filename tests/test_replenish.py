@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from scripts.fakes import FakeServer, Reply, Request, serving
+from scripts.fakes import FakeServer, Reply, Request, repeated, serving
 from tests.conftest import Sleeps, WorkerProcess, make_context, make_settings, run_job_pass
 from worker import alerts, clients, db
 from worker.daemon import Daemon
@@ -219,7 +219,7 @@ def test_failing_campaigns_spare_the_others_and_raise_one_alert(conn: db.Conn) -
     sleeps = Sleeps()
     with serving(producer) as server:
         result = run_pass(
-            conn, server, sleep=sleeps, HTTP_TIMEOUT="0.3", REPLENISH_RETRY_DELAY_MS="250"
+            conn, server, sleep=sleeps, HTTP_TIMEOUT_SECONDS="0.3", REPLENISH_RETRY_DELAY_MS="250"
         )
         seen = requests_by_campaign(server)
 
@@ -607,3 +607,45 @@ def test_the_alert_reaches_a_live_webhook(conn: db.Conn, db_url: str, fmt: str) 
     else:
         assert payload["text"] == f"[WARNING] STOCK_REPLENISH_FAILED [replenish]\n{message}"
         assert payload["blocks"][1]["text"]["text"] == message
+
+
+# --- a broken or hostile producer costs one campaign ------------------------------------
+
+
+def test_oversized_producer_answers_fail_their_campaign_and_insert_nothing(
+    conn: db.Conn,
+) -> None:
+    many = add_campaign(conn, "many-items", low=5, target=5)
+    huge = add_campaign(conn, "huge-items", low=5, target=5)
+    fine = add_campaign(conn, "fine", low=1, target=2)
+    ten_thousand = {"items": [f"item-{i}" for i in range(10_000)]}
+    ten_mb = b"x" * (10 * 1024 * 1024)
+
+    def huge_items() -> Iterator[bytes]:
+        yield b'{"items": ["'
+        for i in range(5):
+            yield from repeated(len(ten_mb), ten_mb[: 64 * 1024])()
+            yield b'", "' if i < 4 else b'"]}'
+
+    producer = (
+        Producer()
+        .on(many, Reply(200, ten_thousand))
+        .on(huge, Reply(200, stream=huge_items, framing="chunked"))
+    )
+    with serving(producer) as server:
+        result = run_pass(conn, server)
+        assert {c: len(r) for c, r in requests_by_campaign(server).items()} == {
+            many: 1,
+            huge: 1,
+            fine: 1,
+        }
+
+    reasons = {f["campaign_id"]: (f["reason"], f["error"]) for f in result.failures}
+    assert reasons == {
+        many: ("bad_response", "bad_response: 10000 items for a quantity of 5"),
+        huge: ("response_too_large", "response_too_large: body is over 1048576 bytes"),
+    }
+    assert new_payloads(conn, many) == new_payloads(conn, huge) == []
+    assert new_payloads(conn, fine) == [f"item-{fine}:0-0", f"item-{fine}:0-1"]
+    [alert] = alert_rows(conn)
+    assert f"- huge-items ({huge}): response_too_large" in alert["message"]

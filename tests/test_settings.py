@@ -40,7 +40,11 @@ def test_defaults_match_the_contract() -> None:
     [
         ("QUOTA_CONCURRENCY", "four", "QUOTA_CONCURRENCY must be a whole number"),
         ("QUOTA_CONCURRENCY", "0", "QUOTA_CONCURRENCY must be at least 1"),
-        ("HTTP_TIMEOUT", "nan", "HTTP_TIMEOUT must be a finite number"),
+        ("HTTP_TIMEOUT_SECONDS", "nan", "HTTP_TIMEOUT_SECONDS must be a finite number"),
+        ("HTTP_TIMEOUT", "0", "HTTP_TIMEOUT must be at least"),
+        ("HTTP_MAX_BODY_BYTES", "1MB", "HTTP_MAX_BODY_BYTES must be a whole number"),
+        ("HTTP_MAX_BODY_BYTES", "100", "HTTP_MAX_BODY_BYTES must be at least 1024"),
+        ("HTTP_MAX_BODY_BYTES", str(2**30), "HTTP_MAX_BODY_BYTES must be at most"),
         ("MAX_RETRIES", "-1", "MAX_RETRIES must be at least 1"),
         ("RUN_ON_START", "maybe", "RUN_ON_START: must be true, missed or false"),
         ("LEASE_SECONDS", "2", "LEASE_SECONDS must be at least 3"),
@@ -57,6 +61,36 @@ def test_defaults_match_the_contract() -> None:
 def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         from_env({"DATABASE_URL": UNREACHABLE_DB, name: value})
+
+
+@pytest.mark.parametrize(
+    ("env", "timeout_s", "deprecated"),
+    [
+        ({}, 30.0, []),
+        ({"HTTP_TIMEOUT_SECONDS": "2.5"}, 2.5, []),
+        ({"HTTP_TIMEOUT": "2.5"}, 2.5, [("HTTP_TIMEOUT", "HTTP_TIMEOUT_SECONDS")]),
+        (
+            {"HTTP_TIMEOUT": "9", "HTTP_TIMEOUT_SECONDS": "4"},
+            4.0,
+            [("HTTP_TIMEOUT", "HTTP_TIMEOUT_SECONDS")],
+        ),
+    ],
+    ids=["default", "new-name", "old-name", "both-new-wins"],
+)
+def test_http_timeout_seconds_and_its_old_name(
+    env: dict[str, str], timeout_s: float, deprecated: list[tuple[str, str]]
+) -> None:
+    settings = from_env({"DATABASE_URL": UNREACHABLE_DB, **env})
+    assert settings.http_timeout_s == timeout_s
+    assert [(d.old, d.new) for d in settings.deprecated] == deprecated
+    for notice in settings.deprecated:
+        assert "HTTP_TIMEOUT " in f"{notice.note} " and "HTTP_TIMEOUT_SECONDS" in notice.note
+
+
+def test_http_max_body_bytes_defaults_to_one_mebibyte() -> None:
+    assert from_env({"DATABASE_URL": UNREACHABLE_DB}).http_max_body_bytes == 1048576
+    settings = from_env({"DATABASE_URL": UNREACHABLE_DB, "HTTP_MAX_BODY_BYTES": "4096"})
+    assert settings.http_max_body_bytes == 4096
 
 
 def test_secret_urls_are_not_echoed_when_malformed() -> None:
@@ -132,7 +166,7 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.Com
     ("args", "env", "named"),
     [
         (["quota"], {"QUOTA_CONCURRENCY": "abc"}, "QUOTA_CONCURRENCY"),
-        (["quota"], {"HTTP_TIMEOUT": "-1"}, "HTTP_TIMEOUT"),
+        (["quota"], {"HTTP_TIMEOUT_SECONDS": "-1"}, "HTTP_TIMEOUT_SECONDS"),
         (["replenish", "--once"], {}, "REPLENISH_API_URL"),
         (["cleanup"], {"CLEANUP_EXTRA_RULES": "t.c:0"}, "CLEANUP_EXTRA_RULES"),
         (["unknown-service"], {}, "invalid choice: 'unknown-service'"),
@@ -203,3 +237,15 @@ def test_concurrent_migrations_on_a_fresh_database_apply_once(server_url: str) -
     assert tables == (True,)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute("DROP DATABASE worker_migrate_race WITH (FORCE)")
+
+
+def test_the_old_timeout_name_is_warned_about_once_at_start(
+    db_url: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # BASE_ENV sets HTTP_TIMEOUT_SECONDS too: the new name wins and the old one is named.
+    worker = spawn("quota", "--once", env={"DATABASE_URL": db_url, "HTTP_TIMEOUT": "2.5"})
+    assert worker.wait() == 0
+    [warning] = worker.events("setting_deprecated")
+    assert (warning["variable"], warning["replacement"]) == ("HTTP_TIMEOUT", "HTTP_TIMEOUT_SECONDS")
+    assert "HTTP_TIMEOUT " in warning["message"] and "HTTP_TIMEOUT_SECONDS" in warning["message"]
+    assert warning["level"] == "warning"

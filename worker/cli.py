@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `status` owns stdout (its table or JSON); its log lines go to stderr.
     log_stream = sys.stderr if args.command == "status" else None
     logs.configure(config.log_level, config.log_format, stream=log_stream)
+    for old in config.deprecated:
+        logs.get_logger().warning(
+            "setting_deprecated", variable=old.old, replacement=old.new, message=old.note
+        )
     try:
         config = _with_database(config)
     except ConfigError as exc:

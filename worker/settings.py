@@ -20,6 +20,8 @@ T = TypeVar("T")
 SERVICES = ("quota", "cleanup", "replenish", "all")
 WEBHOOK_FORMATS = ("json", "slack", "discord", "dingtalk", "feishu", "wecom")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES_RANGE = (1024, 64 * 1024 * 1024)  # a cap near the service's memory is no cap
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _EXTRA_RULE = re.compile(rf"^(?:({_IDENT})\.)?({_IDENT})\.({_IDENT}):([0-9]{{1,6}})$")
@@ -65,6 +67,15 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Deprecated:
+    """A variable still read under an old name; logged once at start."""
+
+    old: str
+    new: str
+    note: str
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated configuration of one worker process."""
 
@@ -72,7 +83,7 @@ class Settings:
     environment: str = "development"
     log_level: str = "INFO"
     log_format: str = "json"
-    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start and between runs")
+    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start...")
     lease_s: float = 30.0
     database_pooler: str | None = None  # session | transaction; None: detected
     shutdown_grace_s: float = 5.0
@@ -81,6 +92,7 @@ class Settings:
 
     tavily_usage_url: str = "https://api.tavily.com/usage"
     http_timeout_s: float = 30.0
+    http_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_retries: int = 3
     retry_base_delay_s: float = 2.0
     quota_update_interval_hours: int = 1
@@ -109,6 +121,7 @@ class Settings:
     alert_slow_run_s: float = 600.0
     heartbeat_url: str | None = field(default=None, repr=False)
     jobs_file: Path | None = None
+    deprecated: tuple[Deprecated, ...] = ()
 
     @property
     def production(self) -> bool:
@@ -135,6 +148,7 @@ def from_env(
         "ENVIRONMENT", "development", ("development", "staging", "production", "test")
     )
     production = environment == "production" or bool(env.get("RAILWAY_ENVIRONMENT_NAME"))
+    http_timeout_s, deprecated = _http_timeout(r)
     settings = Settings(
         database=resolve_database(env, production=production),
         environment=environment,
@@ -149,7 +163,13 @@ def from_env(
         db_connect_timeout_s=r.number("DB_CONNECT_TIMEOUT_SECONDS", 60.0, minimum=0),
         schedule_timezone=r.timezone("SCHEDULE_TIMEZONE", "UTC"),
         tavily_usage_url=r.url("TAVILY_USAGE_URL", "https://api.tavily.com/usage"),
-        http_timeout_s=r.number("HTTP_TIMEOUT", 30.0, minimum=0.001),
+        http_timeout_s=http_timeout_s,
+        http_max_body_bytes=r.integer(
+            "HTTP_MAX_BODY_BYTES",
+            DEFAULT_MAX_BODY_BYTES,
+            minimum=MAX_BODY_BYTES_RANGE[0],
+            maximum=MAX_BODY_BYTES_RANGE[1],
+        ),
         max_retries=r.integer("MAX_RETRIES", 3, minimum=1, maximum=20),
         retry_base_delay_s=r.number("RETRY_BASE_DELAY_SECONDS", 2.0, minimum=0),
         quota_update_interval_hours=r.integer(
@@ -181,6 +201,7 @@ def from_env(
         alert_slow_run_s=r.number("ALERT_SLOW_RUN_SECONDS", 600.0, minimum=0),
         heartbeat_url=r.optional_url("HEARTBEAT_URL"),
         jobs_file=r.jobs_file("WORKER_JOBS_FILE", Path("worker.toml")),
+        deprecated=deprecated,
     )
     if service in ("replenish", "all") and not settings.replenish_api_url:
         raise ConfigError(f"REPLENISH_API_URL is required by the {service} service")
@@ -197,6 +218,19 @@ def parse_run_on_start(value: str) -> str:
     if lowered == "missed":
         return "missed"
     raise ValueError(f"must be true, missed or false; got {value!r}")
+
+
+def _http_timeout(r: _Reader) -> tuple[float, tuple[Deprecated, ...]]:
+    """HTTP_TIMEOUT_SECONDS, or the old HTTP_TIMEOUT (uv reads that name itself and refuses
+    a fraction, so `HTTP_TIMEOUT=2.5 uv run ...` fails before the worker starts)."""
+    new, old = "HTTP_TIMEOUT_SECONDS", "HTTP_TIMEOUT"
+    if r.optional(old) is None:
+        return r.number(new, 30.0, minimum=0.001), ()
+    if r.optional(new) is not None:
+        note = f"{old} is ignored: {new} is set and wins; unset {old}"
+        return r.number(new, 30.0, minimum=0.001), (Deprecated(old, new, note),)
+    note = f"{old} is deprecated: rename it {new} (uv reads {old} itself)"
+    return r.number(old, 30.0, minimum=0.001), (Deprecated(old, new, note),)
 
 
 def resolve_database(env: Mapping[str, str], *, production: bool) -> Database:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import db
-from ..clients import CallFailed, RetryPolicy, TavilyClient, Usage
+from ..clients import Bounds, CallFailed, RetryPolicy, TavilyClient, Usage
 from ..inflight import map_unordered
 from .base import JobContext
 
@@ -23,6 +23,7 @@ def run_once(ctx: JobContext) -> None:
         settings.tavily_usage_url,
         RetryPolicy.exponential(settings.max_retries, settings.retry_base_delay_s, ctx.sleep),
         ctx.should_stop,
+        Bounds(settings.http_timeout_s, settings.http_max_body_bytes),
     )
     count = ctx.conn.execute(db.query("count_quota_keys")).fetchone()
     ctx.log.info("tavily_keys_fetched", count=count["n"] if count else 0)
@@ -106,11 +107,12 @@ def _record_failure(ctx: JobContext, key: dict[str, Any], error: Exception) -> N
         ctx.log.error("tavily_quota_check_failed", key_prefix=prefix, error=type(error).__name__)
         ctx.result.fail(prefix, "internal_error", error=type(error).__name__)
         return
-    fields = {"key_prefix": prefix, "attempts": error.attempts}
+    # reason: http_<status>, timeout, connection_error, bad_response, response_too_large
+    fields = {"key_prefix": prefix, "reason": error.reason, "attempts": error.attempts}
     if error.reason == "timeout":
-        ctx.log.warning("tavily_api_timeout", **fields)
+        ctx.log.warning("tavily_api_timeout", detail=error.detail, **fields)
     elif error.status_code is not None:
         ctx.log.warning("tavily_api_http_error", status_code=error.status_code, **fields)
     else:
-        ctx.log.warning("tavily_api_error", reason=error.reason, detail=error.detail, **fields)
+        ctx.log.warning("tavily_api_error", detail=error.detail, **fields)
     ctx.result.fail(prefix, error.reason, detail=error.detail, attempts=error.attempts)

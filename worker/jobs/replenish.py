@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import db
-from ..clients import CallFailed, ProducerClient, RetryPolicy, StockOrder
+from ..clients import Bounds, CallFailed, ProducerClient, RetryPolicy, StockOrder
 from ..inflight import map_unordered
 from ..settings import ConfigError
 from .base import JobContext
@@ -91,6 +91,7 @@ def _producer(ctx: JobContext) -> ProducerClient:
         settings.replenish_api_token,
         retry,
         ctx.should_stop,
+        Bounds(settings.http_timeout_s, settings.http_max_body_bytes),
     )
 
 
