@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import psycopg
 
-from . import db, embedded, ledger, logs, registry, service, settings, status
+from . import db, embedded, jobscheck, ledger, logs, registry, service, settings, status
 from .daemon import Daemon
 from .jobs.base import RunStatus
 from .ledger import Refusal
-from .registry import JOBS, SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
+from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--request", action="store_true", help="ask the running service to run it instead"
     )
     _dry_run_flag(run)
+    sub.add_parser(
+        "jobs-check",
+        help="validate the jobs file; print each job, its schedule and next due times",
+    )
     migrate = sub.add_parser("migrate", help="create or upgrade the worker's tables")
     migrate.add_argument(
         "--app-tables", action="store_true", help="also create the reference app tables"
@@ -63,18 +67,21 @@ def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m worker` and the `worker` console script."""
     args = build_parser().parse_args(argv)
-    service_name = args.command if args.command in SERVICES else None
+    env = settings.load_environment()
     try:
-        config = settings.from_env(
-            settings.load_environment(), service=service_name, stdout_is_tty=sys.stdout.isatty()
-        )
-        jobs = registry.resolve(config)
-        _check_job_argument(args)
-        _check_service_argument(args)
-        if getattr(args, "due", False) and not args.once:
-            raise ConfigError("--due: only with --once")
+        config, jobs = _configure(args, env)
     except ConfigError as exc:
         return _usage_error(str(exc))
+    if args.command == "jobs-check":
+        return jobscheck.run(config, jobs, out=sys.stdout)
+    logs.SECRETS.add(
+        [
+            config.replenish_api_token,
+            config.database.password,
+            env.get("WORKER_HTTP_TOKEN"),
+            *registry.tokens(config, env),
+        ]
+    )
     # `status` owns stdout (its table or JSON); its log lines go to stderr.
     log_stream = sys.stderr if args.command == "status" else None
     logs.configure(config.log_level, config.log_format, stream=log_stream)
@@ -86,8 +93,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _with_database(config)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    if service_name is not None:
-        daemon = Daemon(config, SERVICES[service_name], dry_run=args.dry_run)
+    return _dispatch(args, config, jobs)
+
+
+def _configure(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[Settings, dict[str, JobSpec]]:
+    """Settings and jobs, every argument checked: ConfigError before anything runs."""
+    service_name = args.command if args.command in SERVICES else None
+    config = settings.from_env(
+        env,
+        service=service_name,
+        stdout_is_tty=sys.stdout.isatty(),
+        need_database=args.command != "jobs-check",
+    )
+    jobs = registry.resolve(config, env, need_tokens=args.command != "jobs-check")
+    _check_job_argument(args, jobs)
+    _check_service_argument(args)
+    if getattr(args, "due", False) and not args.once:
+        raise ConfigError("--due: only with --once")
+    if service_name is not None and not registry.select(jobs, service_name):
+        raise ConfigError(
+            f"the {service_name} service has no jobs: declare some in WORKER_JOBS_FILE"
+        )
+    return config, jobs
+
+
+def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpec]) -> int:
+    if args.command in SERVICES:
+        selected = registry.select(jobs, args.command)
+        daemon = Daemon(config, SERVICES[args.command], dry_run=args.dry_run, jobs=selected)
         return daemon.run(once=args.once, due_only=args.due)
     if args.command == "run":
         return _run_job(config, jobs[args.job], request=args.request, dry_run=args.dry_run)
@@ -98,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _set_paused(config, args.job, paused=args.command == "pause")
 
 
-def _check_job_argument(args: argparse.Namespace) -> None:
+def _check_job_argument(args: argparse.Namespace, jobs: Mapping[str, JobSpec]) -> None:
     job = getattr(args, "job", None)
-    if job is not None and job not in JOBS:
-        raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(JOBS)}")
+    if job is not None and job not in jobs:
+        raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(jobs)}")
 
 
 def _check_service_argument(args: argparse.Namespace) -> None:

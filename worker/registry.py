@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from . import jobfile, schedules
 from .db import Conn
-from .jobs import cleanup, leases, quota, replenish
+from .jobfile import HttpCall
+from .jobs import cleanup, declared, leases, quota, replenish
 from .jobs.base import JobContext
 from .schedules import Schedule
 from .settings import ConfigError, Settings
@@ -28,9 +30,11 @@ class JobSpec:
     schedule: Callable[[Settings], Schedule]
     check: Callable[[Conn, Settings], None] | None = None
     on_start: str | None = None  # true | missed | false; None: RUN_ON_START
+    heartbeat_url: str | None = None  # None: HEARTBEAT_URL
+    kind: str = "builtin"  # or a declared job's kind: http, command, python, sql
 
     def starts(self, settings: Settings) -> str:
-        """What this job does when its service starts (ARCHITECTURE.md, "At start and between runs")."""
+        """What this job does when its service starts (ARCHITECTURE.md, "At start...")."""
         return self.on_start or settings.run_on_start
 
 
@@ -105,11 +109,17 @@ SERVICES: dict[str, Service] = {
     ),
     "cleanup": Service("cleanup"),
     "replenish": Service("replenish"),
+    "jobs": Service("jobs"),
     ALL: Service(ALL),
 }
 
 # Names users already deploy with (SERVICE_TYPE), mapped to the service they mean.
 SERVICE_ALIASES = {"tavily_quota_updater": "quota"}
+
+
+def select(jobs: Mapping[str, JobSpec], service: str) -> list[JobSpec]:
+    """The jobs of `jobs` that `service` runs, in order (`all`: every one)."""
+    return [spec for spec in jobs.values() if service in (ALL, spec.service)]
 
 
 def jobs_of(service: str, settings: Settings | None = None) -> list[JobSpec]:
@@ -122,18 +132,56 @@ def jobs_of(service: str, settings: Settings | None = None) -> list[JobSpec]:
     return [spec for spec in jobs.values() if service in (ALL, spec.service)]
 
 
-def resolve(settings: Settings) -> dict[str, JobSpec]:
-    """Every job as configured: the built-ins with the jobs file's overrides applied."""
+def resolve(
+    settings: Settings, env: Mapping[str, str] | None = None, *, need_tokens: bool = True
+) -> dict[str, JobSpec]:
+    """Every job as configured: the built-ins with the jobs file's overrides applied, then
+    the declared jobs. `env` holds the variables `token_env` names (default: os.environ);
+    a variable that is not set is a ConfigError unless `need_tokens` is false.
+    """
     if settings.jobs_file is None:
         return dict(JOBS)
     try:
-        overrides = jobfile.load(settings.jobs_file, tuple(JOBS))
+        loaded = jobfile.load(settings.jobs_file, tuple(JOBS))
     except jobfile.JobsFileError as exc:
         raise ConfigError(f"WORKER_JOBS_FILE: {exc}") from None
     jobs = dict(JOBS)
-    for override in overrides:
+    for override in loaded.overrides:
         jobs[override.job] = _overridden(jobs[override.job], override)
+    for job in loaded.declared:
+        jobs[job.name] = _declared_spec(job, os.environ if env is None else env, need_tokens)
     return jobs
+
+
+def tokens(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
+    """The values of every declared job's `token_env`: secrets to mask everywhere."""
+    if settings.jobs_file is None:
+        return []
+    source = os.environ if env is None else env
+    loaded = jobfile.load(settings.jobs_file, tuple(JOBS))
+    names = [job.action.token_env for job in loaded.declared if isinstance(job.action, HttpCall)]
+    return [source[name] for name in names if name and source.get(name)]
+
+
+def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: bool) -> JobSpec:
+    token = None
+    if isinstance(job.action, HttpCall) and job.action.token_env:
+        token = env.get(job.action.token_env)
+        if not token and need_tokens:
+            raise ConfigError(
+                f"WORKER_JOBS_FILE: jobs.{job.name}.http.token_env: the variable "
+                f"{job.action.token_env} is not set"
+            )
+    text, zone = job.schedule, job.timezone
+    return JobSpec(
+        job.name,
+        job.service,
+        declared.spec_runner(job, token),
+        lambda s: schedules.parse(text, zone or s.schedule_timezone),
+        on_start=job.on_start,
+        heartbeat_url=job.heartbeat_url,
+        kind=job.kind,
+    )
 
 
 def _overridden(spec: JobSpec, override: jobfile.Override) -> JobSpec:
@@ -149,6 +197,7 @@ def _overridden(spec: JobSpec, override: jobfile.Override) -> JobSpec:
         schedule=schedule,
         service=override.service or spec.service,
         on_start=override.on_start or spec.on_start,
+        heartbeat_url=override.heartbeat_url or spec.heartbeat_url,
     )
 
 

@@ -100,6 +100,7 @@ class Runner:
             error = db.describe_error(exc)
             self.log.exception("job_crashed", error=error)
         status = result.status(broken=error is not None, interrupted=ctx.should_stop())
+        error = error or result.error
         duration_ms = int((time.monotonic() - ctx.started) * 1000)
         self.log.info(
             "job_finished",
@@ -156,7 +157,7 @@ class Runner:
             # The lease runs out; the next claim marks this row abandoned.
             self.log.error("run_record_failed", run_id=run.id, error=db.describe_error(exc))
             return
-        self._heartbeat(status)
+        self._heartbeat(spec, status)
 
     def _evaluate_alerts(
         self,
@@ -175,8 +176,8 @@ class Runner:
         except Exception as exc:  # alerting must never fail the run it reports on
             self.log.error("alert_rules_failed", run_id=run.id, error=type(exc).__name__)
 
-    def _heartbeat(self, status: RunStatus) -> None:
-        url = self.settings.heartbeat_url
+    def _heartbeat(self, spec: JobSpec, status: RunStatus) -> None:
+        url = spec.heartbeat_url or self.settings.heartbeat_url
         if not url or status not in (RunStatus.SUCCESS, RunStatus.PARTIAL, RunStatus.FAILED):
             return
         target = f"{url.rstrip('/')}/fail" if status is RunStatus.FAILED else url

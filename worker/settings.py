@@ -17,7 +17,7 @@ from .schedules import check_timezone
 
 T = TypeVar("T")
 
-SERVICES = ("quota", "cleanup", "replenish", "all")
+SERVICES = ("quota", "cleanup", "replenish", "jobs", "all")
 WEBHOOK_FORMATS = ("json", "slack", "discord", "dingtalk", "feishu", "wecom")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -64,6 +64,11 @@ class Database:
     @property
     def name(self) -> str:
         return _conninfo_part(self.conninfo, "dbname") or ""
+
+    @property
+    def password(self) -> str | None:
+        """The password in the connection string, if any: a secret to mask in output."""
+        return _conninfo_part(self.conninfo, "password")
 
 
 @dataclass(frozen=True)
@@ -140,9 +145,16 @@ def load_environment(
 
 
 def from_env(
-    env: Mapping[str, str], *, service: str | None = None, stdout_is_tty: bool = False
+    env: Mapping[str, str],
+    *,
+    service: str | None = None,
+    stdout_is_tty: bool = False,
+    need_database: bool = True,
 ) -> Settings:
-    """Parse and validate every variable; raise ConfigError naming the first bad one."""
+    """Parse and validate every variable; raise ConfigError naming the first bad one.
+
+    Without `need_database` (commands that touch no database) no database is resolved.
+    """
     r = _Reader(env)
     environment = r.choice(
         "ENVIRONMENT", "development", ("development", "staging", "production", "test")
@@ -150,7 +162,9 @@ def from_env(
     production = environment == "production" or bool(env.get("RAILWAY_ENVIRONMENT_NAME"))
     http_timeout_s, deprecated = _http_timeout(r)
     settings = Settings(
-        database=resolve_database(env, production=production),
+        database=(
+            resolve_database(env, production=production) if need_database else Database("", "none")
+        ),
         environment=environment,
         log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         log_format=r.choice(

@@ -49,6 +49,7 @@ class JobResult:
     details: dict[str, Any] = field(default_factory=dict)
     output: str | None = None
     result: Any = None
+    error: str | None = None  # why the run failed, when the job itself says so
 
     def ok(self, count: int = 1) -> None:
         self.total += count

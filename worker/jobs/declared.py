@@ -1,0 +1,299 @@
+"""The app's own jobs from the jobs file: one HTTP call, command, Python function or SQL statement.
+
+Every declared run is one item: `success` or `failed`. What the job printed goes to the
+run's `output` (the last OUTPUT_MAX_BYTES, secrets masked), what it returned to `result`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import clients
+from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
+from ..logs import SECRETS
+from .base import JobContext
+
+OUTPUT_MAX_BYTES = 64 * 1024
+HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
+RETRY_AFTER_MAX_S = clients.RETRY_AFTER_MAX_S
+KILL_AFTER_S = 5.0  # a timed-out child gets SIGTERM, then SIGKILL this much later
+POLL_S = 0.05  # how often a waiting run checks the stop flag and the child
+# A stopping daemon kills its children a little before its own grace period ends, so none
+# outlives the forced exit.
+STOP_KILL_MARGIN_S = 0.5
+
+
+@dataclass
+class Attempt:
+    """One try of a declared job."""
+
+    ok: bool
+    output: str = ""
+    error: str | None = None
+    result: Any = None
+    retryable: bool = True
+    wait_s: float | None = None  # a server's Retry-After, when it gave one
+    fields: Mapping[str, Any] | None = None  # exit_code, status_code or rowcount
+    dropped: int = 0  # output bytes not kept
+
+
+def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
+    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart."""
+    attempt = _attempt(ctx, job, token)
+    for _ in range(job.retries):
+        if attempt.ok or not attempt.retryable or ctx.should_stop():
+            break
+        ctx.log.info("declared_job_retrying", job=job.name, error=SECRETS(attempt.error or ""))
+        ctx.sleep(job.retry_delay_s if attempt.wait_s is None else attempt.wait_s)
+        if ctx.should_stop():
+            break
+        attempt = _attempt(ctx, job, token)
+    _record(ctx, job, attempt)
+
+
+def _attempt(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    action = job.action
+    if isinstance(action, HttpCall):
+        return _http(ctx, action, token, job.timeout_s)
+    if isinstance(action, Command):
+        env = {**os.environ, **action.env}
+        return _child(ctx, list(action.argv), env, action.cwd, job.timeout_s)
+    if isinstance(action, PythonCall):
+        return _python(ctx, action, job.timeout_s)
+    return _sql(ctx, action, job.timeout_s)
+
+
+def _record(ctx: JobContext, job: Declared, attempt: Attempt) -> None:
+    result = ctx.result
+    result.output = SECRETS(clip(attempt.output, attempt.dropped)) if attempt.output else None
+    result.result = attempt.result
+    if attempt.ok:
+        result.ok()
+    else:
+        result.error = SECRETS(attempt.error or "failed")
+        result.fail(job.name, result.error)
+    interrupted = ctx.should_stop() and not attempt.ok
+    ctx.log.info(
+        "declared_job_finished",
+        job=job.name,
+        kind=job.kind,
+        status="interrupted" if interrupted else ("success" if attempt.ok else "failed"),
+        duration_ms=int((time.monotonic() - ctx.started) * 1000),
+        **(attempt.fields or {}),
+    )
+
+
+def clip(text: str, dropped: int = 0) -> str:
+    """The last OUTPUT_MAX_BYTES of `text` (UTF-8), marked at the start when cut.
+
+    `dropped` counts bytes already cut before `text`.
+    """
+    data = text.encode("utf-8", "replace")
+    if len(data) > OUTPUT_MAX_BYTES:
+        dropped += len(data) - OUTPUT_MAX_BYTES
+        text = data[-OUTPUT_MAX_BYTES:].decode("utf-8", "ignore")
+    return f"[output cut: {dropped} earlier bytes not kept]\n{text}" if dropped else text
+
+
+# --- http --------------------------------------------------------------------------------
+
+
+def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) -> Attempt:
+    headers = dict(call.headers)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {} if call.json is None else {"json": call.json}
+    bounds = clients.Bounds(timeout_s, ctx.settings.http_max_body_bytes)
+    try:
+        answer = clients.fetch(
+            ctx.http,
+            call.method,
+            call.url,
+            bounds=bounds,
+            should_stop=ctx.should_stop,
+            headers=headers,
+            **body,
+        )
+    except clients.CallFailed as exc:
+        wait_s = None if exc.retry_after_s is None else min(exc.retry_after_s, RETRY_AFTER_MAX_S)
+        return Attempt(
+            False, error=str(exc), retryable=exc.transient, wait_s=wait_s, fields=_status(exc)
+        )
+    except clients.Stopped:
+        return Attempt(False, error="stopped before the call", retryable=False)
+    text = answer.body[:HTTP_BODY_KEPT].decode("utf-8", "replace")
+    return Attempt(
+        True,
+        output=f"HTTP {answer.status_code}\n{text}",
+        result=_json_object(answer),
+        fields={"status_code": answer.status_code},
+    )
+
+
+def _status(exc: clients.CallFailed) -> dict[str, Any]:
+    return {} if exc.status_code is None else {"status_code": exc.status_code}
+
+
+def _json_object(answer: clients.Answer) -> Any:
+    try:
+        value = answer.json()
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --- sql ---------------------------------------------------------------------------------
+
+
+def _sql(ctx: JobContext, statement: SqlStatement, timeout_s: int) -> Attempt:
+    with ctx.guard() as outcome, ctx.conn.transaction():
+        ctx.conn.execute(
+            "SELECT set_config('statement_timeout', %s, true)", (f"{timeout_s * 1000}ms",)
+        )
+        cursor = ctx.conn.execute(statement.sql.encode())
+        rowcount = cursor.rowcount
+    if outcome.error is not None:
+        timed_out = "statement timeout" in outcome.error
+        return Attempt(False, error="timeout" if timed_out else outcome.error)
+    return Attempt(True, result={"rowcount": rowcount}, fields={"rowcount": rowcount})
+
+
+# --- command and python: a child process in its own process group ------------------------
+
+
+def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
+    with tempfile.TemporaryDirectory(prefix="worker-call-") as folder:
+        result_path = Path(folder) / "result.json"
+        env = {**os.environ, "WORKER_CALL_RESULT": str(result_path)}
+        argv = [sys.executable, "-m", "worker.call", call.target]
+        attempt = _child(ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs)))
+        answer = _read_answer(result_path)
+    if "error" in answer:
+        attempt.ok, attempt.error = False, answer["error"]
+    elif attempt.ok:
+        attempt.result = answer.get("result")
+    return attempt
+
+
+def _read_answer(path: Path) -> dict[str, Any]:
+    try:
+        answer = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _child(
+    ctx: JobContext,
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    timeout_s: int,
+    stdin: str | None = None,
+) -> Attempt:
+    try:
+        child = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout kills all it started
+        )
+    except OSError as exc:
+        return Attempt(False, error=f"cannot start {argv[0]}: {exc.strerror}", retryable=False)
+    capture = _Capture(child)
+    if stdin is not None and child.stdin is not None:
+        _write_stdin(child.stdin, stdin)
+    ending = _wait(ctx, child, timeout_s)
+    output, dropped = capture.text()
+    code = child.returncode
+    error = ending or (None if code == 0 else f"exit code {code}")
+    return Attempt(
+        error is None, output=output, error=error, fields={"exit_code": code}, dropped=dropped
+    )
+
+
+def _write_stdin(pipe: Any, text: str) -> None:
+    try:
+        pipe.write(text.encode())
+        pipe.close()
+    except BrokenPipeError:
+        pass  # the child exited without reading: its output says why
+
+
+def _wait(ctx: JobContext, child: subprocess.Popen[bytes], timeout_s: int) -> str | None:
+    """Wait for the child; None when it exited by itself, else why it was stopped."""
+    deadline = time.monotonic() + timeout_s
+    while child.poll() is None:
+        if time.monotonic() >= deadline:
+            _terminate(child, KILL_AFTER_S)
+            return "timeout"
+        if ctx.should_stop():
+            _terminate(child, max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1))
+            return "stopped"
+        time.sleep(POLL_S)
+    return None
+
+
+def _terminate(child: subprocess.Popen[bytes], kill_after_s: float) -> None:
+    """SIGTERM to the child's whole process group, SIGKILL if it is still there later."""
+    _signal_group(child, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(kill_after_s)
+    _signal_group(child, signal.SIGKILL)  # also whatever it started that ignored SIGTERM
+    child.wait()
+
+
+def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, sig)
+
+
+class _Capture:
+    """Reads a child's combined stdout and stderr, keeping only the last bytes."""
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self._dropped = 0
+        self._thread = threading.Thread(target=self._read, args=(child,), daemon=True)
+        self._thread.start()
+
+    def _read(self, child: subprocess.Popen[bytes]) -> None:
+        stdout = child.stdout
+        assert isinstance(stdout, io.BufferedReader)
+        for chunk in iter(lambda: stdout.read1(65536), b""):
+            self._chunks.append(chunk)
+            self._kept += len(chunk)
+            while self._kept - len(self._chunks[0]) >= OUTPUT_MAX_BYTES:
+                self._kept -= len(self._chunks[0])
+                self._dropped += len(self._chunks.pop(0))
+
+    def text(self) -> tuple[str, int]:
+        """What was kept, decoded, and how many earlier bytes were not."""
+        self._thread.join(KILL_AFTER_S)
+        return b"".join(self._chunks).decode("utf-8", "replace"), self._dropped
+
+
+def spec_runner(job: Declared, token: str | None) -> Callable[[JobContext], None]:
+    """The `run` of a declared job's JobSpec."""
+
+    def run_declared(ctx: JobContext) -> None:
+        run(ctx, job, token)
+
+    return run_declared
