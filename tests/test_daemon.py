@@ -150,7 +150,7 @@ def test_sigkill_mid_run_holds_the_job_until_the_lease_expires_then_it_is_abando
         refused.wait_for("job_claimed_elsewhere", job="quota")
         assert [r["status"] for r in runs(conn)] == ["running"]
         wait_until(lease_expired, timeout_s=10, conn=conn)
-                second = spawn(
+        second = spawn(
             "quota", "--once", env=quota_env(conn.info.dsn, server, HTTP_TIMEOUT_SECONDS="0.2")
         )
         second.wait(30)

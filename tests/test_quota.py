@@ -29,9 +29,9 @@ from tests.conftest import (
     make_settings,
     run_job_pass,
 )
-from worker.jobs.base import JobResult
 from worker import db
 from worker.jobs import quota
+from worker.jobs.base import JobResult
 
 
 def add_key(conn: db.Conn, api_key: str, *, plan_limit: int = 1000, remaining: int = 0) -> int:
