@@ -277,6 +277,7 @@ def time_single_delete(url: str, table: str) -> tuple[float, int]:
 def run_rule(url: str, table: str, *, sync_scans: bool = True) -> tuple[int, RuleOutcome]:
     """The worker's rule as `cleanup_tokens` runs it (default batch size, JSON log to /dev/null)."""
     from worker import db, logs
+    from worker.batches import BatchSizer
     from worker.jobs import cleanup
     from worker.settings import from_env
 
@@ -289,7 +290,7 @@ def run_rule(url: str, table: str, *, sync_scans: bool = True) -> tuple[int, Rul
         outcome = cleanup.delete_in_batches(
             conn,
             cleanup.Rule(table, "expires_at", 0),
-            settings.cleanup_batch_size,
+            BatchSizer.from_settings(settings),
             lambda: False,
             logs.get_logger(job=cleanup.TOKENS),
         )
