@@ -273,6 +273,7 @@ def _delete_batch(
     after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
     with conn.transaction():
         db.limit_lock_wait(conn, lock_timeout_ms)
+        conn.execute(db.query("cleanup_commit_without_flush"))
         bound = conn.execute(
             _rule_statement("cleanup_batch_bound", rule, after=after), params
         ).fetchone()
