@@ -504,18 +504,24 @@ def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
 
 
 def sizer(size: int = 1000, target_ms: int = 50) -> BatchSizer:
-    settings = make_settings(
-        "postgresql://localhost/unused",
-        CLEANUP_BATCH_SIZE=str(size),
-        CLEANUP_BATCH_TARGET_MS=str(target_ms),
-    )
-    return BatchSizer.from_settings(settings)
+    """A sizer at `size` rows, with the bounds CLEANUP_BATCH_SIZE=`size` gives."""
+    return BatchSizer(size, target_ms / 1000, minimum=min(100, size), maximum=100 * size)
 
 
-def test_sizer_starts_at_the_setting_between_100_and_100_times_it() -> None:
-    default = sizer(5000)
-    assert (default.size, default.minimum, default.maximum) == (5000, 100, 500_000)
-    small = sizer(7)  # a setting below 100 is its own floor
+def test_sizer_from_settings_starts_at_a_tenth_between_100_and_100_times_the_setting() -> None:
+    def from_env(size: int) -> BatchSizer:
+        settings = make_settings(
+            "postgresql://localhost/unused",
+            CLEANUP_BATCH_SIZE=str(size),
+            CLEANUP_BATCH_TARGET_MS="20",
+        )
+        return BatchSizer.from_settings(settings)
+
+    default = from_env(5000)
+    assert (default.size, default.minimum, default.maximum) == (500, 100, 500_000)
+    assert default.target_s == 0.020
+    assert from_env(500).size == 100  # never below the floor
+    small = from_env(7)  # a setting below 100 is its own floor
     assert (small.size, small.minimum, small.maximum) == (7, 7, 700)
 
 
@@ -609,8 +615,9 @@ def test_batches_shrink_when_slow_down_to_100_rows(conn: db.Conn) -> None:
     with slow_deletes(conn, table, sleep_s=0.05):
         add_rows(conn, table, "created_at", "10 days", 1600)
         kept = add_rows(conn, table, "created_at", "1 day", 2)
+        # The first batch takes a tenth of CLEANUP_BATCH_SIZE: 1000 rows.
         settings = make_settings(
-            conn.info.dsn, CLEANUP_BATCH_SIZE="1000", CLEANUP_BATCH_TARGET_MS="10"
+            conn.info.dsn, CLEANUP_BATCH_SIZE="10000", CLEANUP_BATCH_TARGET_MS="10"
         )
         rule = cleanup.Rule(table, "created_at", 7)
         with capture_logs() as logs:

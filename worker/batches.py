@@ -10,6 +10,12 @@ from .settings import Settings
 # itself is smaller), never more than this many times the setting.
 MIN_BATCH_ROWS = 100
 MAX_BATCH_FACTOR = 100
+# The first batch takes this fraction of CLEANUP_BATCH_SIZE: it measures the table before a
+# full-size batch is risked on it. Where expired rows are few and scattered, each one costs a
+# page read of its own: 5,000 of them took 0.17 s in one batch, against about 0.03 s once
+# the size came from a measurement. On a table where rows are cheap, the doubling per batch
+# reaches the full size after a few batches of little cost.
+FIRST_BATCH_DIVISOR = 10
 
 
 @dataclass
@@ -34,13 +40,15 @@ class BatchSizer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatchSizer:
-        """Start at CLEANUP_BATCH_SIZE; aim at CLEANUP_BATCH_TARGET_MS; 100 to 100x the size."""
-        initial = settings.cleanup_batch_size
+        """Aim at CLEANUP_BATCH_TARGET_MS, from a tenth of CLEANUP_BATCH_SIZE (at least 100
+        rows), between 100 rows and 100 x CLEANUP_BATCH_SIZE."""
+        configured = settings.cleanup_batch_size
+        minimum = min(MIN_BATCH_ROWS, configured)
         return cls(
-            size=initial,
+            size=max(minimum, configured // FIRST_BATCH_DIVISOR),
             target_s=settings.cleanup_batch_target_ms / 1000,
-            minimum=min(MIN_BATCH_ROWS, initial),
-            maximum=initial * MAX_BATCH_FACTOR,
+            minimum=minimum,
+            maximum=configured * MAX_BATCH_FACTOR,
         )
 
     @classmethod
