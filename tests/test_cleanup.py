@@ -10,12 +10,12 @@ from typing import Any
 
 import psycopg
 import pytest
-import pytz
 from psycopg import sql
 from structlog.testing import capture_logs
 
 from tests.conftest import WorkerProcess, make_context, make_settings, run_job_pass
 from worker import db
+from worker.batches import BatchSizer
 from worker.daemon import Daemon
 from worker.jobs import cleanup
 from worker.jobs.base import JobResult
@@ -211,11 +211,8 @@ def test_many_rows_go_in_small_batches_while_the_app_updates_a_live_row(
         app.commit()
 
     rule = result.details["rules"]["scrape_sessions.created_at"]
-    assert (rule["status"], rule["deleted"], rule["batches"]) == (
-        "completed",
-        50,
-        math.ceil(50 / 7),
-    )
+    assert (rule["status"], rule["deleted"], rule["min_batch_size"]) == ("completed", 50, 7)
+    assert rule["batches"] > 1
     assert result.failed == 0
     row = conn.execute("SELECT id, url FROM scrape_sessions").fetchall()
     assert row == [{"id": live, "url": "edited by the app"}]
@@ -232,7 +229,7 @@ def test_a_batch_waiting_on_an_app_row_lock_fails_fast_and_rolls_back(
         app.execute("SELECT id FROM refresh_tokens WHERE id = %s FOR UPDATE", (expired[0],))
         with capture_logs() as logs:
             outcome = cleanup.delete_in_batches(
-                conn, rule, 100, lambda: False, get_logger(), lock_timeout_ms=100
+                conn, rule, BatchSizer.fixed(100), lambda: False, get_logger(), lock_timeout_ms=100
             )
         app.execute("UPDATE refresh_tokens SET token_hash = 'rotated' WHERE id = %s", (expired[0],))
         app.commit()
@@ -257,7 +254,9 @@ def test_a_stop_request_is_honoured_between_batches(conn: db.Conn) -> None:
         return True
 
     rule = cleanup.Rule("scrape_sessions", "created_at", 30)
-    outcome = cleanup.delete_in_batches(conn, rule, 10, stop_after_first_batch, get_logger())
+    outcome = cleanup.delete_in_batches(
+        conn, rule, BatchSizer.fixed(10), stop_after_first_batch, get_logger()
+    )
 
     assert (outcome.status, outcome.deleted, outcome.batches) == (cleanup.INTERRUPTED, 10, 1)
     assert len(asked) == 1
@@ -452,11 +451,13 @@ def test_batches_walk_uuid_keys_too(conn: db.Conn) -> None:
             "INSERT INTO cleanup_test_uuid (seen_at) SELECT now() FROM generate_series(1, 4)"
         )
         rule = cleanup.Rule("cleanup_test_uuid", "seen_at", 7)
-        outcome = cleanup.delete_in_batches(conn, rule, 5, lambda: False, get_logger())
+        sizer = BatchSizer.from_settings(make_settings(conn.info.dsn, CLEANUP_BATCH_SIZE="5"))
+        outcome = cleanup.delete_in_batches(conn, rule, sizer, lambda: False, get_logger())
         left = conn.execute("SELECT count(*) AS n FROM cleanup_test_uuid").fetchone()
     finally:
         conn.execute("DROP TABLE cleanup_test_uuid")
-    assert (outcome.status, outcome.deleted, outcome.batches) == ("completed", 23, 5)
+    assert (outcome.status, outcome.deleted) == ("completed", 23)
+    assert outcome.batches > 1 and outcome.min_batch_size == 5  # walked in several id ranges
     assert left is not None and left["n"] == 4
 
 
@@ -480,7 +481,9 @@ def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
         def clean() -> None:
             with psycopg.connect(db_url, autocommit=True, row_factory=psycopg.rows.dict_row) as own:
                 outcomes.append(
-                    cleanup.delete_in_batches(own, rule, 100, lambda: False, get_logger())
+                    cleanup.delete_in_batches(
+                        own, rule, BatchSizer.fixed(100), lambda: False, get_logger()
+                    )
                 )
 
         worker = threading.Thread(target=clean)
@@ -495,3 +498,142 @@ def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
         worker.join(10)
     assert [(o.status, o.deleted) for o in outcomes] == [("completed", 2)]
     assert ids(conn, "refresh_tokens") == {extended}
+
+
+# --- batch sizes -------------------------------------------------------------------------
+
+
+def sizer(size: int = 1000, target_ms: int = 50) -> BatchSizer:
+    """A sizer at `size` rows, with the bounds CLEANUP_BATCH_SIZE=`size` gives."""
+    return BatchSizer(size, target_ms / 1000, minimum=min(100, size), maximum=100 * size)
+
+
+def test_sizer_from_settings_starts_at_a_tenth_between_100_and_100_times_the_setting() -> None:
+    def from_env(size: int) -> BatchSizer:
+        settings = make_settings(
+            "postgresql://localhost/unused",
+            CLEANUP_BATCH_SIZE=str(size),
+            CLEANUP_BATCH_TARGET_MS="20",
+        )
+        return BatchSizer.from_settings(settings)
+
+    default = from_env(5000)
+    assert (default.size, default.minimum, default.maximum) == (500, 100, 500_000)
+    assert default.target_s == 0.020
+    assert from_env(500).size == 100  # never below the floor
+    small = from_env(7)  # a setting below 100 is its own floor
+    assert (small.size, small.minimum, small.maximum) == (7, 7, 700)
+
+
+def test_sizer_aims_at_the_target_and_grows_at_most_twice_per_batch() -> None:
+    s = sizer(1000, target_ms=50)
+    # 1000 rows in 10 ms is 100,000 rows/s: 5000 rows would take 50 ms, but growth is capped.
+    assert s.next_size(1000, 0.010) == 2000
+    assert s.next_size(2000, 0.020) == 4000
+    assert s.next_size(4000, 0.040) == 5000  # the rate times 50 ms: no longer capped
+    assert s.next_size(5000, 0.050) == 5000  # on target: it stays
+
+
+def test_sizer_shrinks_at_once_after_a_slow_batch() -> None:
+    s = sizer(1000, target_ms=50)
+    for _ in range(5):
+        s.next_size(1000, 0.050)  # steady, on target
+    # Ten times slower (the table got busy): the next batch is sized from this batch alone,
+    # not from an average that remembers the quiet batches.
+    assert s.next_size(1000, 0.500) == 100
+
+
+def test_sizer_averages_out_one_fast_batch() -> None:
+    s = sizer(1000, target_ms=50)
+    for _ in range(5):
+        s.next_size(1000, 0.050)
+    # One batch ten times faster than the others moves the size, but far less than 10x.
+    assert 1000 < s.next_size(1000, 0.005) < 2000
+
+
+def test_sizer_stays_within_its_bounds() -> None:
+    s = sizer(10, target_ms=1000)
+    sizes = [s.next_size(s.size, 0.001) for _ in range(20)]  # very fast batches
+    assert max(sizes) == 1000 and sizes[-1] == 1000  # 100 x CLEANUP_BATCH_SIZE
+    s = sizer(5000, target_ms=10)
+    sizes = [s.next_size(s.size, 2.0) for _ in range(5)]  # very slow batches
+    assert min(sizes) == 100 and sizes[-1] == 100
+    assert BatchSizer.fixed(7).next_size(7, 10.0) == 7
+
+
+def test_sizer_learns_nothing_from_a_batch_too_fast_to_time() -> None:
+    s = sizer(1000)
+    assert s.next_size(1000, 0.0) == 1000
+
+
+@contextmanager
+def slow_deletes(conn: db.Conn, name: str, sleep_s: float) -> Iterator[None]:
+    """A throwaway table each of whose DELETE statements takes at least `sleep_s`."""
+    with throwaway_table(conn, name):
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION cleanup_test_slow() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN PERFORM pg_sleep({}); RETURN NULL; END $$"
+            ).format(sql.Literal(sleep_s))
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER slow BEFORE DELETE ON {} FOR EACH STATEMENT"
+                " EXECUTE FUNCTION cleanup_test_slow()"
+            ).format(sql.Identifier(name))
+        )
+        try:
+            yield
+        finally:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            conn.execute("DROP FUNCTION cleanup_test_slow()")
+
+
+def test_batches_grow_when_fast_up_to_100_times_the_setting(conn: db.Conn) -> None:
+    add_rows(conn, "scrape_sessions", "created_at", "31 days", 1500)
+    kept = add_rows(conn, "scrape_sessions", "created_at", "1 day", 3)
+
+    # A generous target: a few rows per batch are always far faster than a second.
+    result = run_job(
+        conn, cleanup.clean_sessions, CLEANUP_BATCH_SIZE="2", CLEANUP_BATCH_TARGET_MS="1000"
+    )
+
+    rule = result.details["rules"]["scrape_sessions.created_at"]
+    assert (rule["status"], rule["deleted"]) == ("completed", 1500)
+    # 2, 4, 8 ... 128, then 200 (100 x 2) until the rows run out.
+    assert (rule["min_batch_size"], rule["max_batch_size"], rule["final_batch_size"]) == (
+        2,
+        200,
+        200,
+    )
+    assert rule["batches"] == 7 + math.ceil((1500 - 254) / 200)
+    assert ids(conn, "scrape_sessions") == set(kept)
+
+
+def test_batches_shrink_when_slow_down_to_100_rows(conn: db.Conn) -> None:
+    table = "cleanup_test_slow"
+    with slow_deletes(conn, table, sleep_s=0.05):
+        add_rows(conn, table, "created_at", "10 days", 1600)
+        kept = add_rows(conn, table, "created_at", "1 day", 2)
+        # The first batch takes a tenth of CLEANUP_BATCH_SIZE: 1000 rows.
+        settings = make_settings(
+            conn.info.dsn, CLEANUP_BATCH_SIZE="10000", CLEANUP_BATCH_TARGET_MS="10"
+        )
+        rule = cleanup.Rule(table, "created_at", 7)
+        with capture_logs() as logs:
+            outcome = cleanup.delete_in_batches(
+                conn, rule, BatchSizer.from_settings(settings), lambda: False, get_logger()
+            )
+        left = ids(conn, table)
+
+    assert (outcome.status, outcome.deleted) == ("completed", 1600)
+    # Every DELETE takes 50 ms whatever its size, five times the target: 1000 rows, then
+    # about 200 (sized from the first batch alone), then the floor.
+    assert (outcome.max_batch_size, outcome.min_batch_size, outcome.final_batch_size) == (
+        1000,
+        100,
+        100,
+    )
+    assert left == set(kept)
+    [completed] = events(logs, "cleanup_rule_completed")
+    assert (completed["max_batch_size"], completed["min_batch_size"]) == (1000, 100)

@@ -454,7 +454,8 @@ def test_lease_recovery_releases_only_expired_unconsumed_leases(
     ]
     if not dry_run:
         assert (result.total, result.succeeded, result.failed) == (5, 5, 0)
-        assert result.details == {"recovered": 5, "batches": 3}
+        # Batches of 2, then 4 (fast batches grow), which finds only 3 left.
+        assert result.details == {"recovered": 5, "batches": 2}
 
 
 # --- the service as users run it ---------------------------------------------------------

@@ -106,6 +106,7 @@ class Settings:
     cleanup_at: str = "02:00"
     cleanup_content_at: str = "02:30"
     cleanup_batch_size: int = 5000
+    cleanup_batch_target_ms: int = 50
     scrape_session_retention_days: int = 30
     reddit_content_retention_days: int = 90
     job_run_retention_days: int = 30
@@ -193,6 +194,7 @@ def from_env(
         cleanup_at=r.clock("CLEANUP_AT", "02:00"),
         cleanup_content_at=r.clock("CLEANUP_CONTENT_AT", "02:30"),
         cleanup_batch_size=r.integer("CLEANUP_BATCH_SIZE", 5000, minimum=1, maximum=1_000_000),
+        cleanup_batch_target_ms=r.integer("CLEANUP_BATCH_TARGET_MS", 50, minimum=1, maximum=10_000),
         scrape_session_retention_days=r.integer("SCRAPE_SESSION_RETENTION_DAYS", 30, minimum=1),
         reddit_content_retention_days=r.integer("REDDIT_CONTENT_RETENTION_DAYS", 90, minimum=1),
         job_run_retention_days=r.integer("JOB_RUN_RETENTION_DAYS", 30, minimum=1),

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from .. import db
+from ..batches import BatchSizer
 from ..db import Conn
 from ..settings import ConfigError, RetentionRule, Settings
 from .base import JobContext
@@ -72,7 +73,8 @@ class Rule:
 
 @dataclass
 class RuleOutcome:
-    """What one rule did: rows deleted, batches (transactions that deleted rows), timings."""
+    """What one rule did: rows deleted, batches (transactions that deleted rows), timings,
+    and the batch sizes it used (smallest, largest, last; None when no batch completed)."""
 
     rule: str
     table: str
@@ -81,7 +83,19 @@ class RuleOutcome:
     batches: int = 0
     elapsed_seconds: float = 0.0
     longest_batch_seconds: float = 0.0
+    min_batch_size: int | None = None
+    max_batch_size: int | None = None
+    final_batch_size: int | None = None
     error: str | None = None
+
+    def record_batch(self, size: int, deleted: int, seconds: float) -> None:
+        """Count one committed batch of `size` rows asked for."""
+        self.deleted += deleted
+        self.batches += 1 if deleted else 0
+        self.longest_batch_seconds = max(self.longest_batch_seconds, seconds)
+        self.min_batch_size = min(self.min_batch_size or size, size)
+        self.max_batch_size = max(self.max_batch_size or size, size)
+        self.final_batch_size = size
 
     def summary(self) -> dict[str, Any]:
         """The per-rule entry of the run's `details`."""
@@ -90,6 +104,9 @@ class RuleOutcome:
             "batches": self.batches,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "longest_batch_seconds": round(self.longest_batch_seconds, 3),
+            "min_batch_size": self.min_batch_size,
+            "max_batch_size": self.max_batch_size,
+            "final_batch_size": self.final_batch_size,
             "status": self.status,
         }
         if self.error:
@@ -149,24 +166,27 @@ def check_extra_rules(conn: Conn, settings: Settings) -> None:
 def delete_in_batches(
     conn: Conn,
     rule: Rule,
-    batch_size: int,
+    sizer: BatchSizer,
     should_stop: Callable[[], bool],
     log: Any,
     *,
     lock_timeout_ms: int = LOCK_TIMEOUT_MS,
 ) -> RuleOutcome:
-    """Delete every row `rule` matches, `batch_size` rows per transaction, until none is left.
+    """Delete every row `rule` matches, one transaction per batch, until none is left.
 
-    `conn` must be in autocommit mode. Stops early when `should_stop()` turns true between
+    Each batch asks `sizer` how many rows to take and tells it how long they took. `conn`
+    must be in autocommit mode. Stops early when `should_stop()` turns true between
     batches, or at the first failing batch (which rolls back alone). A missing table is
     reported, not raised. Raises only when the connection itself is lost.
     """
     outcome = RuleOutcome(rule.name, rule.relation)
     if not _table_exists(conn, rule):
         return _table_missing(log, outcome)
-    params: dict[str, Any] = {"days": rule.days, "offset": batch_size - 1}
+    params: dict[str, Any] = {"days": rule.days}
     started = time.monotonic()
     while True:
+        size = sizer.size
+        params["offset"] = size - 1
         try:
             deleted, last_id, seconds = _delete_batch(conn, rule, params, lock_timeout_ms)
         except psycopg.Error as exc:
@@ -174,12 +194,11 @@ def delete_in_batches(
                 raise
             outcome.status, outcome.error = FAILED, db.describe_error(exc)
             break
-        outcome.deleted += deleted
-        outcome.batches += 1 if deleted else 0
-        outcome.longest_batch_seconds = max(outcome.longest_batch_seconds, seconds)
+        outcome.record_batch(size, deleted, seconds)
         if last_id is None:  # that was the final batch
             break
         params["after_id"] = last_id  # in the id column's own type (int, uuid...)
+        sizer.next_size(deleted, seconds)
         if should_stop():
             outcome.status = INTERRUPTED
             break
@@ -218,9 +237,8 @@ def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
 
 
 def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
-    outcome = delete_in_batches(
-        ctx.conn, rule, ctx.settings.cleanup_batch_size, ctx.should_stop, ctx.log
-    )
+    sizer = BatchSizer.from_settings(ctx.settings)  # each rule learns its own table's pace
+    outcome = delete_in_batches(ctx.conn, rule, sizer, ctx.should_stop, ctx.log)
     if outcome.status == FAILED:
         ctx.result.fail(rule.name, "batch_failed", error=outcome.error, deleted=outcome.deleted)
     elif outcome.status != INTERRUPTED:
@@ -250,6 +268,7 @@ def _delete_batch(
     after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
     with conn.transaction():
         db.limit_lock_wait(conn, lock_timeout_ms)
+        conn.execute(db.query("cleanup_commit_without_flush"))
         bound = conn.execute(
             _rule_statement("cleanup_batch_bound", rule, after=after), params
         ).fetchone()

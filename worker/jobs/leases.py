@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import time
+
 from .. import db
+from ..batches import BatchSizer
 from .base import JobContext
 
 NAME = "lease_recovery"
 
 
 def run_once(ctx: JobContext) -> None:
-    """One pass: expired, unconsumed leases released in batches of CLEANUP_BATCH_SIZE rows,
-    one transaction per batch, the stop flag checked between batches."""
+    """One pass: expired, unconsumed leases released in batches, one transaction per batch,
+    the stop flag checked between batches. Batches are sized as cleanup's are: from
+    CLEANUP_BATCH_SIZE rows, adapting so each takes about CLEANUP_BATCH_TARGET_MS."""
     if ctx.dry_run:
         row = ctx.conn.execute(db.query("count_expired_leases")).fetchone()
         ctx.log.info("lease_recovery_would_release", expired=row["n"] if row else 0)
         return
     recovered = batches = 0
+    sizer = BatchSizer.from_settings(ctx.settings)
     while not ctx.should_stop():
-        released = _release_batch(ctx)
+        size, batch_started = sizer.size, time.monotonic()
+        released = _release_batch(ctx, size)
         if released is None:
             break
         recovered += released
         batches += 1
-        if released < ctx.settings.cleanup_batch_size:
+        if released < size:
             break
+        sizer.next_size(released, time.monotonic() - batch_started)
     ctx.result.details.update(recovered=recovered, batches=batches)
     ctx.log.info(
         "lease_recovery_completed",
@@ -33,12 +40,10 @@ def run_once(ctx: JobContext) -> None:
     )
 
 
-def _release_batch(ctx: JobContext) -> int | None:
-    """Release up to one batch; the number released, or None if the batch failed."""
+def _release_batch(ctx: JobContext, size: int) -> int | None:
+    """Release up to `size` leases; the number released, or None if the batch failed."""
     with ctx.item("lease batch", "lease_recovery_batch_failed") as batch, ctx.conn.transaction():
-        cursor = ctx.conn.execute(
-            db.query("release_expired_leases"), {"limit": ctx.settings.cleanup_batch_size}
-        )
+        cursor = ctx.conn.execute(db.query("release_expired_leases"), {"limit": size})
     if batch.failed:
         return None
     released = max(cursor.rowcount, 0)

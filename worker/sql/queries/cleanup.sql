@@ -14,6 +14,13 @@ SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
 -- row the next run marks `abandoned`): it is never retention's to delete.
 status <> 'running'
 
+-- name: cleanup_commit_without_flush
+-- Inside a batch's transaction: its COMMIT returns without waiting for the WAL to reach
+-- disk (or a synchronous standby). A crash in that instant can undo the last batches'
+-- deletes; their rows still match the rule, so the next run deletes them again. Waiting for
+-- that flush on every batch cost more than any other per-batch step.
+SELECT set_config('synchronous_commit', 'off', true);
+
 -- name: cleanup_batch_bound
 -- A batch is a range of ids: from just after the previous batch's last id (`{after}`; the
 -- first batch has no lower bound) up to the id of the n-th row the rule matches (OFFSET is
