@@ -119,7 +119,8 @@ def claim(conn: Conn, job: str, mode: Mode, lease_s: float) -> Claim | Refusal:
         return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it between our two reads
     if not runs:
         return Refusal.PAUSED
-    scheduled_for = row["next_due_at"] if due else None
+    # A manual run consumes a due occurrence too, but serves no occurrence of its own.
+    scheduled_for = row["next_due_at"] if due and trigger is not Trigger.MANUAL else None
     return Claim(job, owner(), trigger, scheduled_for, next_due_at, row["paused"])
 
 

@@ -26,6 +26,7 @@ _MACROS = {
 # How many upcoming occurrences a cron schedule's period is judged from: enough to see
 # the longest gap of any weekly or monthly expression.
 _PERIOD_SAMPLE = 6
+MAX_INTERVAL_S = 366 * 86400
 
 
 class ScheduleError(ValueError):
@@ -85,8 +86,7 @@ class Cron:
 
     def next_after(self, moment: datetime) -> datetime:
         """The first occurrence strictly after `moment` (an aware datetime), in UTC."""
-        local = moment.astimezone(ZoneInfo(self.timezone))
-        return next(CronSim(self.expression, local)).astimezone(UTC)
+        return self.upcoming(moment, 1)[0]
 
     def first_due(self, now: datetime) -> datetime:
         return self.next_after(now)
@@ -96,8 +96,12 @@ class Cron:
         return previous_due if previous_due > now else self.next_after(now)
 
     def upcoming(self, after: datetime, count: int) -> list[datetime]:
+        """The next `count` occurrences strictly after `after`, in UTC."""
         local = after.astimezone(ZoneInfo(self.timezone))
-        return [t.astimezone(UTC) for t in islice(CronSim(self.expression, local), count)]
+        # Inside a fall-back's repeated hour cronsim reads the local time without its fold
+        # and can offer the hour's first pass, which is already in the past: skip it.
+        times = (t.astimezone(UTC) for t in CronSim(self.expression, local))
+        return list(islice((t for t in times if t > after), count))
 
     def describe(self) -> str:
         return f"{_explain(self.expression)} ({self.timezone})"
@@ -115,10 +119,12 @@ def parse(text: str, timezone: str = "UTC") -> Schedule:
     value = " ".join(text.split())
     interval = _INTERVAL.match(value)
     if interval:
-        return Interval(int(interval.group(1)) * UNIT_S[interval.group(2)])
+        return _interval(int(interval.group(1)) * UNIT_S[interval.group(2)])
     if value.startswith("cron "):
-        *fields, zone = value.removeprefix("cron ").split(" ")
-        return _cron(" ".join(fields), zone)
+        fields = value.removeprefix("cron ").split(" ")
+        if len(fields) == 6:  # the stored form: five fields and a time zone
+            return _cron(" ".join(fields[:5]), fields[5])
+        return _cron(" ".join(fields), timezone)
     return _cron(_MACROS.get(value, value), timezone)
 
 
@@ -160,6 +166,15 @@ def check_timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ScheduleError(f"unknown time zone {name!r} (e.g. UTC, Asia/Shanghai)") from None
     return name
+
+
+def _interval(every_s: int) -> Interval:
+    if every_s > MAX_INTERVAL_S:
+        raise ScheduleError(
+            f"every {duration_text(every_s)} is longer than {MAX_INTERVAL_S // 86400} days; "
+            "use a cron expression for rare jobs"
+        )
+    return Interval(every_s)
 
 
 def _cron(expression: str, timezone: str) -> Cron:
