@@ -11,7 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     ENVIRONMENT=production
 
-RUN pip install --no-cache-dir uv==0.13.9
+# tini as PID 1: declared `command` jobs start child processes, and whatever those leave
+# behind is reaped by tini, not inherited by a Python that never waits for it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir uv==0.13.9
 
 WORKDIR /app
 
@@ -32,6 +37,6 @@ USER worker
 HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
     CMD ["sh", "-c", "exec worker status --service \"${SERVICE_TYPE:-all}\""]
 
-# Exec form: the entrypoint script is PID 1 and execs Python, so Python itself is PID 1 and
-# receives the platform's SIGTERM directly.
-ENTRYPOINT ["/app/railway_entrypoint.sh"]
+# tini is PID 1 and forwards the platform's SIGTERM; the entrypoint script execs Python, so
+# the worker receives it directly and reaps nothing itself.
+ENTRYPOINT ["tini", "--", "/app/railway_entrypoint.sh"]

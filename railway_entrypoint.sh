@@ -5,11 +5,11 @@
 # e.g. `railway_entrypoint.sh --once`.
 set -eu
 
-SERVICES="quota (alias tavily_quota_updater), cleanup, replenish, all, migrate"
+SERVICES="quota (alias tavily_quota_updater), cleanup, replenish, jobs, all, migrate"
 
 case "${SERVICE_TYPE:-}" in
     quota | tavily_quota_updater) set -- quota "$@" ;;
-    cleanup | replenish | all | migrate) set -- "$SERVICE_TYPE" "$@" ;;
+    cleanup | replenish | jobs | all | migrate) set -- "$SERVICE_TYPE" "$@" ;;
     "")
         echo "railway_entrypoint.sh: SERVICE_TYPE is not set; set it to one of: $SERVICES" >&2
         exit 64
