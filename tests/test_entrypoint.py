@@ -40,7 +40,8 @@ def test_unknown_or_missing_service_type_exits_64(service_type: str) -> None:
     done = run_entrypoint(env={"SERVICE_TYPE": service_type} if service_type else {})
     assert done.returncode == 64
     assert "SERVICE_TYPE" in done.stderr
-    assert "quota (alias tavily_quota_updater), cleanup, replenish, all, migrate" in done.stderr
+    services = "quota (alias tavily_quota_updater), cleanup, replenish, jobs, all, migrate"
+    assert services in done.stderr
 
 
 def test_migrate_service(db_url: str) -> None:

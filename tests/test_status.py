@@ -328,6 +328,19 @@ def test_just_inside_twice_the_period_is_still_healthy(
     assert health_of(body) == {job: "ok"}
 
 
+@pytest.mark.parametrize(("age_s", "health"), [(5 * DAY, "ok"), (6 * DAY + HOUR, "stale")])
+def test_a_cron_period_is_its_longest_gap(
+    spawn: Spawn, conn: db.Conn, db_url: str, age_s: int, health: str
+) -> None:
+    # Weekdays at 02:00: gaps of 1 day, and 3 days over the weekend. The period is 3 days.
+    add_job(conn, "weekday_report", "cron 0 2 * * 1-5 UTC", service_name="jobs")
+    add_run(conn, "weekday_report", age_s=age_s)
+
+    _, body = status_json(spawn, db_url)
+
+    assert health_of(body) == {"weekday_report": health}
+
+
 def test_a_failed_last_run_is_unhealthy_until_a_good_one(
     spawn: Spawn, conn: db.Conn, db_url: str
 ) -> None:
@@ -390,6 +403,22 @@ def test_jobs_not_yet_due_for_two_periods_are_waiting_and_healthy(
     }
     assert {cells[3] for cells in rows.values()} == {"never run"}
     assert verdict(out) == ["healthy"]
+
+
+def test_a_first_run_still_running_is_not_unhealthy(
+    spawn: Spawn, conn: db.Conn, db_url: str
+) -> None:
+    # The weekly job was just registered and its start-up run began 5 s ago.
+    add_job(conn, "cleanup_content", "cron 30 2 * * 0 UTC", due_in_s=DAY)
+    conn.execute(
+        "INSERT INTO worker_job_runs (job, trigger, status, started_at, host, pid)"
+        " VALUES ('cleanup_content', 'startup', 'running', now() - interval '5 seconds',"
+        " 'test-host', 1)"
+    )
+
+    code, body = status_json(spawn, db_url)
+
+    assert (code, body["healthy"]) == (0, True)
 
 
 @pytest.mark.parametrize(

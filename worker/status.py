@@ -83,9 +83,9 @@ def gather(conn: db.Conn, service: str | None = None) -> Report:
     """Read every registered job (of `service`, if given) and its runs in one query."""
     try:
         rows = conn.execute(db.query("job_status"), {"service": service}).fetchall()
-    except psycopg.errors.UndefinedTable:
-        # The worker has never migrated this database (status must not do it silently):
-        # no service has registered a job yet.
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        # The worker has never migrated this database to its ledger (status must not do
+        # it silently): no service has registered a job yet.
         rows = []
     if not rows:
         now = conn.execute(db.query("database_now")).fetchone()
@@ -123,7 +123,11 @@ def _health(row: dict[str, Any], period: timedelta, now: datetime) -> str:
     if row["last_started_at"] is None:
         due_since = now - row["next_due_at"]
         return "never_run" if due_since > STALE_AFTER_PERIODS * period else "waiting"
-    if last_success_at is None or now - last_success_at > STALE_AFTER_PERIODS * period:
+    if last_success_at is None:
+        # Trying since its first run: stale only once that is 2 periods ago.
+        tried_for = now - row["first_started_at"]
+        return "stale" if tried_for > STALE_AFTER_PERIODS * period else "waiting"
+    if now - last_success_at > STALE_AFTER_PERIODS * period:
         return "stale"
     return "ok"
 

@@ -11,6 +11,7 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
        latest.failed      AS failed,
        completed.status   AS last_completed_status,
        ran.finished_at    AS last_success_at,
+       first.started_at   AS first_started_at,
        now() AS checked_at
   FROM worker_jobs j
   LEFT JOIN LATERAL (
@@ -29,6 +30,11 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
           FROM worker_job_runs r
          WHERE r.job = j.job AND r.status IN ('success', 'partial')
          ORDER BY started_at DESC, id DESC LIMIT 1) ran ON true
+  -- How long the job has been trying: a first run still going is not yet stale.
+  LEFT JOIN LATERAL (
+        SELECT started_at
+          FROM worker_job_runs r WHERE r.job = j.job
+         ORDER BY started_at, id LIMIT 1) first ON true
  WHERE j.schedule IS NOT NULL
    AND (%(service)s::text IS NULL OR %(service)s = 'all' OR j.service = %(service)s)
  ORDER BY j.service, j.job;
