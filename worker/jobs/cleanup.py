@@ -263,22 +263,25 @@ def _preview(ctx: JobContext, rule: Rule) -> dict[str, Any]:
 def _delete_batch(
     conn: Conn, rule: Rule, params: dict[str, Any], lock_timeout_ms: int
 ) -> tuple[int, Any, float]:
-    """One batch in its own transaction: (rows deleted, its last id or None if final, seconds)."""
+    """One batch in its own transaction: (rows deleted, its last id or None if final, seconds).
+
+    Pipelined: BEGIN, the settings and the bound query travel together, then the DELETE
+    and COMMIT, so a batch costs two round trips to the server instead of six.
+    """
     started = time.monotonic()
     after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
-    with conn.transaction():
-        db.limit_lock_wait(conn, lock_timeout_ms)
-        conn.execute(db.query("cleanup_commit_without_flush"))
+    with conn.pipeline(), conn.transaction():
+        conn.execute(db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"})
         bound = conn.execute(
             _rule_statement("cleanup_batch_bound", rule, after=after), params
         ).fetchone()
         last_id = bound["id"] if bound else None
         upto = sql.SQL(db.query("cleanup_upto_id") if bound else "")
-        deleted = conn.execute(
+        deleting = conn.execute(
             _rule_statement("cleanup_delete_range", rule, after=after, upto=upto),
             {**params, "upto_id": last_id},
-        ).rowcount
-    return max(deleted, 0), last_id, time.monotonic() - started
+        )
+    return max(deleting.rowcount, 0), last_id, time.monotonic() - started
 
 
 def _rule_statement(query_name: str, rule: Rule, **parts: sql.Composable) -> sql.Composed:

@@ -14,12 +14,15 @@ SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
 -- row the next run marks `abandoned`): it is never retention's to delete.
 status <> 'running'
 
--- name: cleanup_commit_without_flush
--- Inside a batch's transaction: its COMMIT returns without waiting for the WAL to reach
--- disk (or a synchronous standby). A crash in that instant can undo the last batches'
--- deletes; their rows still match the rule, so the next run deletes them again. Waiting for
--- that flush on every batch cost more than any other per-batch step.
-SELECT set_config('synchronous_commit', 'off', true);
+-- name: cleanup_batch_settings
+-- Inside a batch's transaction, both transaction-local. A lock wait longer than
+-- `lock_timeout` fails the batch (it rolls back alone) rather than making the app's requests
+-- queue behind our DELETE. The COMMIT returns without waiting for the WAL to reach disk (or
+-- a synchronous standby): a crash in that instant can undo the last batches' deletes, whose
+-- rows still match the rule, so the next run deletes them again. Waiting for that flush on
+-- every batch cost more than any other per-batch step.
+SELECT set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('synchronous_commit', 'off', true);
 
 -- name: cleanup_batch_bound
 -- A batch is a range of ids: from just after the previous batch's last id (`{after}`; the
