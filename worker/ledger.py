@@ -167,28 +167,24 @@ def peek_jobs(conn: Conn, jobs: list[str]) -> list[dict[str, Any]]:
 
 
 def start(conn: Conn, claim: Claim) -> tuple[Run, list[dict[str, Any]]]:
-    """Mark a dead runner's runs abandoned and insert this run's row, in one transaction.
+    """Mark a dead runner's runs abandoned and insert this run's row, in one statement.
 
-    Returns the new run and the abandoned rows.
+    Returns the new run and the abandoned rows (`id`, `host`, `pid`).
     """
     host, pid = db.process_identity()
-    with conn.transaction():
-        abandoned = conn.execute(db.query("abandon_running_runs"), {"job": claim.job}).fetchall()
-        row = conn.execute(
-            db.query("insert_run"),
-            {
-                "job": claim.job,
-                "trigger": claim.trigger.value,
-                "host": host,
-                "pid": pid,
-                "scheduled_for": claim.scheduled_for,
-            },
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            db.query("attach_run"), {"job": claim.job, "owner": claim.owner, "run_id": row["id"]}
-        )
-    return Run(row["id"], row["started_at"]), abandoned
+    row = conn.execute(
+        db.query("start_run"),
+        {
+            "job": claim.job,
+            "trigger": claim.trigger.value,
+            "host": host,
+            "pid": pid,
+            "scheduled_for": claim.scheduled_for,
+            "owner": claim.owner,
+        },
+    ).fetchone()
+    assert row is not None
+    return Run(row["id"], row["started_at"]), list(row["abandoned"])
 
 
 def renew(conn: Conn, claim: Claim, run: Run, lease_s: float) -> bool:
@@ -210,27 +206,27 @@ def finish(
     duration_ms: int,
     error: str | None,
 ) -> None:
-    """Write the run's outcome and release the lease, in one transaction."""
+    """Write the run's outcome and release the lease, in one statement."""
     details: dict[str, Any] = dict(result.details)
     if result.failures:
         details["failures"] = result.failures
-    with conn.transaction():
-        conn.execute(
-            db.query("finish_run"),
-            {
-                "id": run.id,
-                "status": status.value,
-                "duration_ms": duration_ms,
-                "total": result.total,
-                "succeeded": result.succeeded,
-                "failed": result.failed,
-                "error": error,
-                "details": Jsonb(details),
-                "output": result.output,
-                "result": None if result.result is None else Jsonb(result.result),
-            },
-        )
-        release(conn, claim, run)
+    conn.execute(
+        db.query("finish_run"),
+        {
+            "id": run.id,
+            "job": claim.job,
+            "owner": claim.owner,
+            "status": status.value,
+            "duration_ms": duration_ms,
+            "total": result.total,
+            "succeeded": result.succeeded,
+            "failed": result.failed,
+            "error": error,
+            "details": Jsonb(details),
+            "output": result.output,
+            "result": None if result.result is None else Jsonb(result.result),
+        },
+    )
 
 
 def release(conn: Conn, claim: Claim, run: Run | None = None) -> None:

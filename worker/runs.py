@@ -6,9 +6,10 @@ described in ARCHITECTURE.md, "The life of a run".
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,6 +25,18 @@ from .registry import JobSpec
 from .settings import Settings
 
 Outcome = RunStatus | Refusal
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a pass ended, before it is recorded."""
+
+    status: RunStatus
+    result: JobResult
+    duration_ms: int
+    error: str | None
+
+
 # Refusals logged at info level for these modes (a person asked); debug for wake-ups.
 _ASKED = (Mode.ONCE, Mode.MANUAL, Mode.DUE)
 
@@ -53,7 +66,7 @@ class Runner:
                 return RunStatus.FAILED
             with conn:
                 if self.dry_run:
-                    return self._execute(conn, spec, None, None)
+                    return self._execute(conn, spec, None).status
                 return self._claim_and_run(conn, spec, mode)
 
     def _claim_and_run(self, conn: db.Conn, spec: JobSpec, mode: Mode) -> Outcome:
@@ -62,26 +75,33 @@ class Runner:
             if isinstance(claimed, Refusal):
                 self._log_refusal(spec, claimed, mode)
                 return claimed
-            run, abandoned = ledger.start(conn, claimed)
+            run, abandoned = self._start(conn, claimed)
         except psycopg.Error as exc:
             self.log.error("job_start_failed", error=db.describe_error(exc))
             return RunStatus.FAILED
         for row in abandoned:
             self.log.warning("run_abandoned", abandoned_run_id=row["id"], pid=row["pid"])
-        with (
-            structlog.contextvars.bound_contextvars(run_id=run.id),
-            LeaseKeeper(self, claimed, run) as keeper,
-        ):
-            return self._execute(conn, spec, claimed, run, keeper.lost.is_set)
+        with structlog.contextvars.bound_contextvars(run_id=run.id):
+            with LeaseKeeper(self, claimed, run) as keeper:
+                finished = self._execute(conn, spec, claimed, keeper.lost.is_set)
+            self._record(conn, spec, claimed, run, finished)
+        return finished.status
+
+    def _start(self, conn: db.Conn, claim: Claim) -> tuple[Run, list[dict[str, Any]]]:
+        try:
+            return ledger.start(conn, claim)
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                ledger.release(conn, claim)  # do not leave the job held until the lease ends
+            raise
 
     def _execute(
         self,
         conn: db.Conn,
         spec: JobSpec,
         claim: Claim | None,
-        run: Run | None,
         lease_lost: Callable[[], bool] = lambda: False,
-    ) -> RunStatus:
+    ) -> Finished:
         result = JobResult()
         ctx = self._context(conn, spec, result, lease_lost)
         trigger = None if claim is None else claim.trigger.value
@@ -110,9 +130,7 @@ class Runner:
             failed=result.failed,
             duration_ms=duration_ms,
         )
-        if claim is not None and run is not None:
-            self._record(spec, claim, run, status, result, duration_ms, error)
-        return status
+        return Finished(status, result, duration_ms, error)
 
     def _context(
         self, conn: db.Conn, spec: JobSpec, result: JobResult, lease_lost: Callable[[], bool]
@@ -131,45 +149,45 @@ class Runner:
         )
 
     def _record(
-        self,
-        spec: JobSpec,
-        claim: Claim,
-        run: Run,
-        status: RunStatus,
-        result: JobResult,
-        duration_ms: int,
-        error: str | None,
+        self, conn: db.Conn, spec: JobSpec, claim: Claim, run: Run, finished: Finished
     ) -> None:
-        # The run's own connection may be why it failed: record on a fresh one.
         try:
-            with self._connect(spec.name) as conn:
+            with self._usable(conn, spec.name) as recording:
                 ledger.finish(
-                    conn,
+                    recording,
                     claim,
                     run,
-                    status=status,
-                    result=result,
-                    duration_ms=duration_ms,
-                    error=error,
+                    status=finished.status,
+                    result=finished.result,
+                    duration_ms=finished.duration_ms,
+                    error=finished.error,
                 )
-                self._evaluate_alerts(conn, spec, run, status, result, duration_ms)
+                self._evaluate_alerts(recording, spec, run, finished)
         except psycopg.Error as exc:
             # The lease runs out; the next claim marks this row abandoned.
             self.log.error("run_record_failed", run_id=run.id, error=db.describe_error(exc))
             return
-        self._heartbeat(spec, status)
+        self._heartbeat(spec, finished.status)
 
-    def _evaluate_alerts(
-        self,
-        conn: db.Conn,
-        spec: JobSpec,
-        run: Run,
-        status: RunStatus,
-        result: JobResult,
-        duration_ms: int,
-    ) -> None:
+    @contextlib.contextmanager
+    def _usable(self, conn: db.Conn, job: str) -> Iterator[db.Conn]:
+        """The run's own connection, or a fresh one when that is why the run failed."""
+        idle = psycopg.pq.TransactionStatus.IDLE
+        if not conn.closed and not conn.broken and conn.info.transaction_status == idle:
+            yield conn
+            return
+        with self._connect(job) as fresh:
+            yield fresh
+
+    def _evaluate_alerts(self, conn: db.Conn, spec: JobSpec, run: Run, finished: Finished) -> None:
+        result = finished.result
         outcome = alerts.RunOutcome(
-            spec.name, run.id, status.value, result.total, result.failed, duration_ms
+            spec.name,
+            run.id,
+            finished.status.value,
+            result.total,
+            result.failed,
+            finished.duration_ms,
         )
         try:
             alerts.evaluate_run(conn, self.settings, outcome, http=self.http, log=self.log)

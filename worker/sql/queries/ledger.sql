@@ -82,24 +82,31 @@ UPDATE worker_jobs
  WHERE job = %(job)s
 RETURNING job, run_requested_at;
 
--- name: abandon_running_runs
--- Called by the lease holder: any other `running` row of the job belongs to a dead runner.
-UPDATE worker_job_runs
-   SET status = 'abandoned', finished_at = now(),
-       duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
-       error = 'the process running it stopped before finishing'
- WHERE job = %(job)s AND status = 'running'
-RETURNING id, host, pid;
-
--- name: insert_run
-INSERT INTO worker_job_runs (job, trigger, status, host, pid, scheduled_for)
-VALUES (%(job)s, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s)
-RETURNING id, started_at;
-
--- name: attach_run
-UPDATE worker_jobs SET current_run_id = %(run_id)s
- WHERE job = %(job)s AND lease_owner = %(owner)s AND lease_until > now()
-RETURNING job;
+-- name: start_run
+-- Called by the lease holder, one statement: any other `running` row of the job belongs to
+-- a dead runner and is marked abandoned; this run's row is inserted and attached to the
+-- lease. (Every part sees the same snapshot, so the new row is never among the abandoned.)
+WITH abandoned AS (
+    UPDATE worker_job_runs
+       SET status = 'abandoned', finished_at = now(),
+           duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
+           error = 'the process running it stopped before finishing'
+     WHERE job = %(job)s AND status = 'running'
+    RETURNING id, host, pid
+), run AS (
+    INSERT INTO worker_job_runs (job, trigger, status, host, pid, scheduled_for)
+    VALUES (%(job)s, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s)
+    RETURNING id, started_at
+), attached AS (
+    UPDATE worker_jobs SET current_run_id = (SELECT id FROM run)
+     WHERE job = %(job)s AND lease_owner = %(owner)s
+    RETURNING job
+)
+SELECT run.id, run.started_at,
+       (SELECT count(*) FROM attached) AS attached,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'host', host, 'pid', pid))
+                   FROM abandoned), '[]'::jsonb) AS abandoned
+  FROM run;
 
 -- name: renew_lease
 UPDATE worker_jobs
@@ -109,12 +116,23 @@ UPDATE worker_jobs
 RETURNING lease_until;
 
 -- name: finish_run
-UPDATE worker_job_runs
-   SET status = %(status)s, finished_at = now(),
-       duration_ms = %(duration_ms)s, total = %(total)s, succeeded = %(succeeded)s,
-       failed = %(failed)s, error = %(error)s, details = %(details)s,
-       output = %(output)s, result = %(result)s
- WHERE id = %(id)s AND status = 'running';
+-- One statement: the run's outcome written (unless the next claimer already marked it
+-- abandoned) and the lease released (only if this run still holds it).
+WITH finished AS (
+    UPDATE worker_job_runs
+       SET status = %(status)s, finished_at = now(),
+           duration_ms = %(duration_ms)s, total = %(total)s, succeeded = %(succeeded)s,
+           failed = %(failed)s, error = %(error)s, details = %(details)s,
+           output = %(output)s, result = %(result)s
+     WHERE id = %(id)s AND status = 'running'
+    RETURNING id
+), released AS (
+    UPDATE worker_jobs
+       SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now()
+     WHERE job = %(job)s AND lease_owner = %(owner)s AND current_run_id = %(id)s
+    RETURNING job
+)
+SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM released) AS released;
 
 -- name: release_lease
 UPDATE worker_jobs
