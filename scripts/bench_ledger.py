@@ -6,9 +6,9 @@ Both parts run against an embedded PostgreSQL that is already up (a Unix socket,
 1. Ledger overhead. An in-process job whose pass does nothing (`JobSpec` "bench_empty"),
    registered once, then run 200 times through the real lifecycle with
    `Daemon.run_job(spec, Mode.MANUAL)`: claim (peek + conditional UPDATE), start (abandon
-   + insert + attach, one transaction), the lease keeper's thread, the empty pass, finish
-   and release (one transaction, on a fresh connection) and the alert rules. Each run opens
-   its own connections as production does. Interleaved with the runs, on the same
+   + insert + attach, one statement), the lease keeper's thread, the empty pass, finish
+   and release (one statement, on the run's connection) and the alert rules. Each run
+   opens its own connection as production does. Interleaved with the runs, on the same
    settings (`worker.db.connect`): a bare `SELECT 1` on an open connection, a connect +
    `SELECT 1` + close, and a one-row UPDATE committed on an open connection (a WAL flush:
    the server runs with fsync on, and a run commits three times: claim, start, finish).
