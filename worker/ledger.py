@@ -23,6 +23,11 @@ from .schedules import Schedule
 STARTUP_REQUEST_WINDOW_S = 30
 
 
+# RUN_ON_START=false leaves an occurrence this recent alone: a live replica's poll (5 s) or
+# whole-second wake-up may be about to claim it.
+SKIP_GRACE_S = 6
+
+
 class Mode(StrEnum):
     """What a claim asks for."""
 
@@ -143,7 +148,12 @@ def skip_missed(conn: Conn, job: str) -> datetime | None:
     next_due_at = schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"])
     cursor = conn.execute(
         db.query("skip_missed"),
-        {"job": job, "next_due_at": next_due_at, "seen_due": row["next_due_at"]},
+        {
+            "job": job,
+            "next_due_at": next_due_at,
+            "seen_due": row["next_due_at"],
+            "grace_s": SKIP_GRACE_S,
+        },
     )
     return row["next_due_at"] if cursor.rowcount == 1 else None
 

@@ -55,9 +55,14 @@ UPDATE worker_jobs
 RETURNING job, lease_until;
 
 -- name: skip_missed
+-- RUN_ON_START=false skips only occurrences missed while nothing ran: not one a live
+-- runner holds the lease of, nor one so recent that a live replica may be about to claim
+-- it (its wake-up or poll comes within `grace_s`).
 UPDATE worker_jobs
    SET next_due_at = %(next_due_at)s, updated_at = now()
- WHERE job = %(job)s AND next_due_at = %(seen_due)s AND next_due_at <= now();
+ WHERE job = %(job)s AND next_due_at = %(seen_due)s
+   AND next_due_at < now() - make_interval(secs => %(grace_s)s)
+   AND (lease_until IS NULL OR lease_until <= now());
 
 -- name: request_startup_runs
 -- RUN_ON_START=true. Replicas starting together make one run per job: no request while
