@@ -51,7 +51,14 @@ class Attempt:
 
 
 def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
-    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart."""
+    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart.
+
+    A dry run starts nothing: what the job would do cannot be previewed without doing it.
+    """
+    if ctx.dry_run:
+        ctx.log.info("declared_job_would_run", job=job.name, kind=job.kind)
+        ctx.result.ok()
+        return
     attempt = _attempt(ctx, job, token)
     for _ in range(job.retries):
         if attempt.ok or not attempt.retryable or ctx.should_stop():
