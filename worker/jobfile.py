@@ -176,6 +176,8 @@ def _declared(name: str, entry: Mapping[str, Any]) -> Declared:
             f"{where}: a job name is a lowercase letter, then lowercase letters, digits or _"
             " (at most 63)"
         )
+    every_extra = tuple(key for extras in KIND_EXTRAS.values() for key in extras)
+    _only_keys(where, entry, (*COMMON_KEYS, *KINDS, *every_extra))
     kinds = [kind for kind in KINDS if kind in entry]
     if not kinds:
         raise JobsFileError(f"{where}: no kind: set one of {', '.join(KINDS)}")

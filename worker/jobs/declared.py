@@ -16,12 +16,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import clients
+from ..inflight import map_unordered
 from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
 from .base import JobContext
@@ -86,7 +87,7 @@ def _attempt(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
 def _record(ctx: JobContext, job: Declared, attempt: Attempt) -> None:
     result = ctx.result
     result.output = SECRETS(clip(attempt.output, attempt.dropped)) if attempt.output else None
-    result.result = attempt.result
+    result.result = _masked(attempt.result)
     if attempt.ok:
         result.ok()
     else:
@@ -101,6 +102,13 @@ def _record(ctx: JobContext, job: Declared, attempt: Attempt) -> None:
         duration_ms=int((time.monotonic() - ctx.started) * 1000),
         **(attempt.fields or {}),
     )
+
+
+def _masked(value: Any) -> Any:
+    """`value` with every known secret in its strings replaced by `***`."""
+    if value is None or not SECRETS:
+        return value
+    return json.loads(SECRETS(json.dumps(value)))
 
 
 def clip(text: str, dropped: int = 0) -> str:
@@ -124,8 +132,9 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
         headers["Authorization"] = f"Bearer {token}"
     body = {} if call.json is None else {"json": call.json}
     bounds = clients.Bounds(timeout_s, ctx.settings.http_max_body_bytes)
-    try:
-        answer = clients.fetch(
+
+    def send(_: None) -> clients.Answer:
+        return clients.fetch(
             ctx.http,
             call.method,
             call.url,
@@ -134,13 +143,16 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
             headers=headers,
             **body,
         )
-    except clients.CallFailed as exc:
-        wait_s = None if exc.retry_after_s is None else min(exc.retry_after_s, RETRY_AFTER_MAX_S)
-        return Attempt(
-            False, error=str(exc), retryable=exc.transient, wait_s=wait_s, fields=_status(exc)
-        )
-    except clients.Stopped:
-        return Attempt(False, error="stopped before the call", retryable=False)
+
+    # From a helper thread, so a stop abandons a call that hangs: nothing of it is used.
+    outcome = next(map_unordered(send, [None], limit=1, should_stop=ctx.should_stop), None)
+    if outcome is None or isinstance(outcome[1], clients.Stopped):
+        return Attempt(False, error="stopped", retryable=False)
+    answer = outcome[1]
+    if isinstance(answer, clients.CallFailed):
+        return _http_failure(answer)
+    if isinstance(answer, Exception):
+        return Attempt(False, error=f"internal_error: {type(answer).__name__}", retryable=False)
     text = answer.body[:HTTP_BODY_KEPT].decode("utf-8", "replace")
     return Attempt(
         True,
@@ -150,8 +162,17 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
     )
 
 
-def _status(exc: clients.CallFailed) -> dict[str, Any]:
-    return {} if exc.status_code is None else {"status_code": exc.status_code}
+def _http_failure(exc: clients.CallFailed) -> Attempt:
+    wait_s = None if exc.retry_after_s is None else min(exc.retry_after_s, RETRY_AFTER_MAX_S)
+    status = {} if exc.status_code is None else {"status_code": exc.status_code}
+    return Attempt(
+        False,
+        output=f"HTTP {exc.status_code}" if exc.status_code is not None else "",
+        error=str(exc),
+        retryable=exc.transient,
+        wait_s=wait_s,
+        fields=status,
+    )
 
 
 def _json_object(answer: clients.Answer) -> Any:
@@ -166,16 +187,38 @@ def _json_object(answer: clients.Answer) -> Any:
 
 
 def _sql(ctx: JobContext, statement: SqlStatement, timeout_s: int) -> Attempt:
-    with ctx.guard() as outcome, ctx.conn.transaction():
+    with _cancelled_on_stop(ctx), ctx.guard() as outcome, ctx.conn.transaction():
         ctx.conn.execute(
             "SELECT set_config('statement_timeout', %s, true)", (f"{timeout_s * 1000}ms",)
         )
         cursor = ctx.conn.execute(statement.sql.encode())
         rowcount = cursor.rowcount
     if outcome.error is not None:
+        if ctx.should_stop():
+            return Attempt(False, error="stopped", retryable=False)
         timed_out = "statement timeout" in outcome.error
         return Attempt(False, error="timeout" if timed_out else outcome.error)
     return Attempt(True, result={"rowcount": rowcount}, fields={"rowcount": rowcount})
+
+
+@contextlib.contextmanager
+def _cancelled_on_stop(ctx: JobContext) -> Iterator[None]:
+    """While the block runs, a stop cancels the statement in progress on `ctx.conn`."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(POLL_S):
+            if ctx.should_stop():
+                ctx.conn.cancel_safe()
+                return
+
+    watcher = threading.Thread(target=watch, name="sql-stop-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 # --- command and python: a child process in its own process group ------------------------
@@ -184,7 +227,8 @@ def _sql(ctx: JobContext, statement: SqlStatement, timeout_s: int) -> Attempt:
 def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
     with tempfile.TemporaryDirectory(prefix="worker-call-") as folder:
         result_path = Path(folder) / "result.json"
-        env = {**os.environ, "WORKER_CALL_RESULT": str(result_path)}
+        # Unbuffered: what it printed survives a kill at its timeout.
+        env = {**os.environ, "WORKER_CALL_RESULT": str(result_path), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "worker.call", call.target]
         attempt = _child(ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs)))
         answer = _read_answer(result_path)
@@ -246,15 +290,18 @@ def _write_stdin(pipe: Any, text: str) -> None:
 def _wait(ctx: JobContext, child: subprocess.Popen[bytes], timeout_s: int) -> str | None:
     """Wait for the child; None when it exited by itself, else why it was stopped."""
     deadline = time.monotonic() + timeout_s
-    while child.poll() is None:
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(POLL_S)
+            # The run ends with its command: whatever it left running in its group ends too.
+            _signal_group(child, signal.SIGKILL)
+            return None
         if time.monotonic() >= deadline:
             _terminate(child, KILL_AFTER_S)
             return "timeout"
         if ctx.should_stop():
             _terminate(child, max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1))
             return "stopped"
-        time.sleep(POLL_S)
-    return None
 
 
 def _terminate(child: subprocess.Popen[bytes], kill_after_s: float) -> None:

@@ -1,0 +1,386 @@
+"""The jobs file: parsing and validation (`worker.jobfile.load`), and how the CLI reports it.
+
+A good file loads into exactly what it says; a broken one is refused whole with one line
+naming `jobs.NAME.KEY` (or the line of broken TOML), by `jobs-check` and by a service
+alike, before anything touches the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, WorkerProcess
+from worker import db
+from worker.jobfile import (
+    Command,
+    Declared,
+    HttpCall,
+    JobsFile,
+    JobsFileError,
+    Override,
+    PythonCall,
+    SqlStatement,
+    load,
+)
+from worker.registry import JOBS
+
+Spawn = Callable[..., WorkerProcess]
+BUILTINS = tuple(JOBS)
+EXAMPLE = ROOT / "worker.example.toml"
+WAIT_S = 30.0
+
+
+def load_text(tmp_path: Path, text: str) -> JobsFile:
+    path = tmp_path / "worker.toml"
+    path.write_text(text, encoding="utf-8")
+    return load(path, BUILTINS)
+
+
+def declared_by_name(jobs: JobsFile) -> dict[str, Declared]:
+    return {job.name: job for job in jobs.declared}
+
+
+# --- a good file ---
+
+
+def test_every_kind_loads_with_the_defaults_applied(tmp_path: Path) -> None:
+    jobs = load_text(
+        tmp_path,
+        """
+[defaults]
+timezone = "Asia/Shanghai"
+timeout = "10m"
+retries = 1
+
+[jobs.daily_etl]
+schedule = "0 2 * * *"
+on_start = "missed"
+http = { url = "https://app.example.com/api/etl", token_env = "ETL_TOKEN", json = { since = "1d" } }
+timeout = "15m"
+retries = 2
+retry_delay = "1m"
+heartbeat_url = "https://hc-ping.com/abc"
+description = "warehouse load"
+
+[jobs.auto_scraping]
+schedule = "every 6h"
+python = "app.services.scraping:run_active_configs"
+kwargs = { limit = 50, dry_run = false }
+on_start = false
+
+[jobs.nightly_export]
+schedule = "30 3 * * *"
+command = ["python", "-m", "app.export", "--since", "1d"]
+cwd = "/srv/app"
+env = { EXPORT_FORMAT = "parquet" }
+timezone = "UTC"
+service = "cleanup"
+
+[jobs.refresh_leaderboard]
+schedule = "@hourly"
+sql = "REFRESH MATERIALIZED VIEW CONCURRENTLY leaderboard"
+
+[jobs.quota]
+schedule = "*/30 * * * *"
+on_start = true
+""",
+    )
+    declared = declared_by_name(jobs)
+
+    assert list(declared) == [
+        "daily_etl",
+        "auto_scraping",
+        "nightly_export",
+        "refresh_leaderboard",
+    ]
+    etl = declared["daily_etl"]
+    assert etl.kind == "http"
+    assert etl.action == HttpCall(
+        "https://app.example.com/api/etl", "POST", {}, {"since": "1d"}, "ETL_TOKEN"
+    )
+    assert (etl.schedule, etl.timezone, etl.on_start, etl.service) == (
+        "0 2 * * *",
+        "Asia/Shanghai",
+        "missed",
+        "jobs",
+    )
+    assert (etl.timeout_s, etl.retries, etl.retry_delay_s) == (900, 2, 60)
+    assert (etl.heartbeat_url, etl.description) == ("https://hc-ping.com/abc", "warehouse load")
+    scraping = declared["auto_scraping"]
+    assert scraping.action == PythonCall(
+        "app.services.scraping:run_active_configs", {"limit": 50, "dry_run": False}
+    )
+    assert (scraping.on_start, scraping.timeout_s, scraping.retries) == ("false", 600, 1)
+    assert scraping.retry_delay_s == 30  # the built-in default
+    export = declared["nightly_export"]
+    assert export.action == Command(
+        ("python", "-m", "app.export", "--since", "1d"), "/srv/app", {"EXPORT_FORMAT": "parquet"}
+    )
+    assert (export.timezone, export.service, export.kind) == ("UTC", "cleanup", "command")
+    leaderboard = declared["refresh_leaderboard"]
+    assert leaderboard.action == SqlStatement("REFRESH MATERIALIZED VIEW CONCURRENTLY leaderboard")
+    assert (leaderboard.kind, leaderboard.on_start) == ("sql", None)
+    assert jobs.overrides == (Override("quota", schedule="*/30 * * * *", on_start="true"),)
+
+
+def test_a_file_without_defaults_gets_the_documented_ones(tmp_path: Path) -> None:
+    jobs = load_text(tmp_path, '[jobs.ping]\nschedule = "every 1m"\nhttp = { url = "http://h/" }\n')
+
+    [ping] = jobs.declared
+    assert ping.action == HttpCall("http://h/")  # POST, no headers, no body, no token
+    assert (ping.timezone, ping.service, ping.on_start) == (None, "jobs", None)
+    assert (ping.timeout_s, ping.retries, ping.retry_delay_s) == (3600, 0, 30)
+
+
+def test_an_empty_file_declares_nothing(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "# nothing yet\n") == JobsFile()
+
+
+def test_the_example_file_loads() -> None:
+    jobs = load(EXAMPLE, BUILTINS)
+
+    kinds = {job.name: job.kind for job in jobs.declared}
+    assert kinds == {
+        "daily_etl": "http",
+        "auto_scraping": "python",
+        "sync_accounts": "python",
+        "monitoring_check": "http",
+        "nightly_export": "command",
+        "refresh_leaderboard": "sql",
+    }
+    assert all(job.timezone == "Asia/Shanghai" for job in jobs.declared)
+    assert [o.job for o in jobs.overrides] == ["quota"]
+
+
+def test_a_name_of_63_characters_is_the_longest_allowed(tmp_path: Path) -> None:
+    name = "a" + "b_1" * 20 + "cd"
+    assert len(name) == 63
+    jobs = load_text(tmp_path, f'[jobs.{name}]\nschedule = "every 1h"\nsql = "SELECT 1"\n')
+    assert [job.name for job in jobs.declared] == [name]
+    with pytest.raises(JobsFileError, match=rf"^jobs\.{name}x: "):
+        load_text(tmp_path, f'[jobs.{name}x]\nschedule = "every 1h"\nsql = "SELECT 1"\n')
+
+
+# --- a broken file: the error names the entry and the key ---
+
+JOB = '[jobs.etl]\nschedule = "every 1h"\n'
+
+BROKEN = [
+    ("unknown key", JOB + 'command = ["true"]\nretry = 2\n', "jobs.etl.retry"),
+    ("bad cron", '[jobs.etl]\nschedule = "61 * * * *"\nsql = "SELECT 1"\n', "jobs.etl.schedule"),
+    (
+        "four cron fields",
+        '[jobs.etl]\nschedule = "* * * *"\nsql = "SELECT 1"\n',
+        "jobs.etl.schedule",
+    ),
+    ("zero interval", '[jobs.etl]\nschedule = "every 0m"\nsql = "SELECT 1"\n', "jobs.etl.schedule"),
+    ("two kinds", JOB + 'command = ["true"]\nsql = "SELECT 1"\n', "jobs.etl.sql"),
+    ("no kind", JOB + 'description = "nothing to do"\n', "jobs.etl"),
+    ("bad name", '[jobs.Daily-ETL]\nschedule = "every 1h"\nsql = "SELECT 1"\n', "jobs.Daily-ETL"),
+    ("name from a digit", '[jobs.2fa]\nschedule = "every 1h"\nsql = "SELECT 1"\n', "jobs.2fa"),
+    ("no schedule", '[jobs.etl]\nsql = "SELECT 1"\n', "jobs.etl.schedule"),
+    ("bad time zone", JOB + 'sql = "SELECT 1"\ntimezone = "Mars/Olympus"\n', "jobs.etl.timezone"),
+    ("bad on_start", JOB + 'sql = "SELECT 1"\non_start = "sometimes"\n', "jobs.etl.on_start"),
+    ("bad service", JOB + 'sql = "SELECT 1"\nservice = "etl"\n', "jobs.etl.service"),
+    ("bad timeout", JOB + 'sql = "SELECT 1"\ntimeout = "10 minutes"\n', "jobs.etl.timeout"),
+    ("number timeout", JOB + 'sql = "SELECT 1"\ntimeout = 600\n', "jobs.etl.timeout"),
+    ("bad retry_delay", JOB + 'sql = "SELECT 1"\nretry_delay = "0s"\n', "jobs.etl.retry_delay"),
+    ("negative retries", JOB + 'sql = "SELECT 1"\nretries = -1\n', "jobs.etl.retries"),
+    ("boolean retries", JOB + 'sql = "SELECT 1"\nretries = true\n', "jobs.etl.retries"),
+    (
+        "ftp heartbeat",
+        JOB + 'sql = "SELECT 1"\nheartbeat_url = "ftp://h/x"\n',
+        "jobs.etl.heartbeat_url",
+    ),
+    ("http without url", JOB + 'http = { method = "POST" }\n', "jobs.etl.http.url"),
+    ("http bad url", JOB + 'http = { url = "app.example.com/etl" }\n', "jobs.etl.http.url"),
+    (
+        "http bad method",
+        JOB + 'http = { url = "http://h/", method = "FETCH" }\n',
+        "jobs.etl.http.method",
+    ),
+    ("http unknown key", JOB + 'http = { url = "http://h/", body = "x" }\n', "jobs.etl.http.body"),
+    (
+        "http token in file",
+        JOB + 'http = { url = "http://h/", token_env = "s3cr3t!" }\n',
+        "jobs.etl.http.token_env",
+    ),
+    (
+        "http header number",
+        JOB + 'http = { url = "http://h/", headers = { X-Try = 1 } }\n',
+        "jobs.etl.http.headers.X-Try",
+    ),
+    ("http not a table", JOB + 'http = "http://h/"\n', "jobs.etl.http"),
+    ("command a string", JOB + 'command = "make export"\n', "jobs.etl.command"),
+    ("command empty", JOB + "command = []\n", "jobs.etl.command"),
+    (
+        "command env number",
+        JOB + 'command = ["true"]\nenv = { RETRIES = 3 }\n',
+        "jobs.etl.env.RETRIES",
+    ),
+    ("command kwargs", JOB + 'command = ["true"]\nkwargs = { a = 1 }\n', "jobs.etl.kwargs"),
+    ("python no colon", JOB + 'python = "app.tasks.sync"\n', "jobs.etl.python"),
+    ("python cwd", JOB + 'python = "app.tasks:sync"\ncwd = "/srv"\n', "jobs.etl.cwd"),
+    ("python kwargs list", JOB + 'python = "app.tasks:sync"\nkwargs = [1]\n', "jobs.etl.kwargs"),
+    ("sql empty", JOB + 'sql = "  "\n', "jobs.etl.sql"),
+    ("override command", '[jobs.quota]\ncommand = ["true"]\n', "jobs.quota.command"),
+    ("override timeout", '[jobs.quota]\ntimeout = "5m"\n', "jobs.quota.timeout"),
+    (
+        "override to jobs",
+        '[jobs.cleanup_tokens]\nservice = "jobs"\n',
+        "jobs.cleanup_tokens.service",
+    ),
+    (
+        "override bad cron",
+        '[jobs.replenish]\nschedule = "every 5 minutes"\n',
+        "jobs.replenish.schedule",
+    ),
+    ("defaults schedule", '[defaults]\nschedule = "every 1h"\n', "defaults.schedule"),
+    ("defaults bad zone", '[defaults]\ntimezone = "Nowhere"\n', "defaults.timezone"),
+    ("top-level typo", '[job.etl]\nschedule = "every 1h"\n', "job"),
+    ("job not a table", "[jobs]\netl = 3\n", "jobs.etl"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN]
+)
+def test_a_broken_entry_is_refused_naming_it(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(JobsFileError) as refused:
+        load_text(tmp_path, text)
+
+    message = str(refused.value)
+    assert message.startswith(f"{named}: "), message
+    assert "\n" not in message
+
+
+def test_invalid_toml_is_refused_naming_the_line(tmp_path: Path) -> None:
+    with pytest.raises(JobsFileError, match=r"is not valid TOML: .*line 2, column 12"):
+        load_text(tmp_path, "[jobs.etl]\nschedule = every 1h\n")
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(JobsFileError, match="cannot read"):
+        load(tmp_path / "missing.toml", BUILTINS)
+
+
+def test_a_misspelt_kind_is_named_as_the_unknown_key(tmp_path: Path) -> None:
+    with pytest.raises(JobsFileError, match=r"^jobs\.etl\.comand: unknown key"):
+        load_text(tmp_path, JOB + 'comand = ["make", "export"]\n')
+
+
+# --- the same through the CLI ---
+
+CLI_BROKEN = [
+    ("unknown key", JOB + 'command = ["true"]\nretry = 2\n', "jobs.etl.retry"),
+    ("bad cron", '[jobs.etl]\nschedule = "0 25 * * *"\nsql = "SELECT 1"\n', "jobs.etl.schedule"),
+    ("two kinds", JOB + 'command = ["true"]\npython = "app:run"\n', "jobs.etl.python"),
+    ("no kind", JOB + 'timeout = "1m"\n', "jobs.etl: no kind"),
+    ("bad name", '[jobs.etl-daily]\nschedule = "every 1h"\nsql = "SELECT 1"\n', "jobs.etl-daily"),
+    ("invalid TOML", '[jobs.etl]\nschedule = "every 1h"\nsql = SELECT 1\n', "line 3"),
+    ("override command", '[jobs.quota]\ncommand = ["true"]\n', "jobs.quota.command"),
+]
+
+
+def nothing_written(conn: db.Conn) -> bool:
+    jobs = conn.execute("SELECT count(*) AS n FROM worker_jobs").fetchone()
+    runs = conn.execute("SELECT count(*) AS n FROM worker_job_runs").fetchone()
+    return jobs == runs == {"n": 0}
+
+
+@pytest.mark.parametrize("command", ["jobs-check", "jobs"])
+@pytest.mark.parametrize(
+    ("text", "named"), [case[1:] for case in CLI_BROKEN], ids=[case[0] for case in CLI_BROKEN]
+)
+def test_the_cli_exits_2_with_one_line_naming_the_entry_and_runs_nothing(
+    conn: db.Conn, spawn: Spawn, tmp_path: Path, command: str, text: str, named: str
+) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text(text, encoding="utf-8")
+    env = {"DATABASE_URL": conn.info.dsn, "WORKER_JOBS_FILE": str(jobs_file)}
+
+    worker = spawn(command, env=env)
+    code = worker.wait(WAIT_S)
+    stderr = worker.stderr()
+
+    assert code == 2, stderr
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("worker: error: WORKER_JOBS_FILE: "), line
+    assert named in line
+    assert worker.raw == []  # not one log line: it stopped before starting anything
+    assert nothing_written(conn)
+
+
+def test_a_service_needs_the_token_variables_that_jobs_check_does_not(
+    conn: db.Conn, spawn: Spawn, tmp_path: Path
+) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text(
+        JOB + 'http = { url = "http://127.0.0.1:9/etl", token_env = "ETL_TOKEN" }\n',
+        encoding="utf-8",
+    )
+    env = {"DATABASE_URL": conn.info.dsn, "WORKER_JOBS_FILE": str(jobs_file)}
+
+    checked = spawn("jobs-check", env=env)
+    assert checked.wait(WAIT_S) == 0, checked.stderr()
+    service = spawn("jobs", "--once", env=env)
+    assert service.wait(WAIT_S) == 2
+    [line] = service.stderr().strip().splitlines()
+    assert "jobs.etl.http.token_env" in line and "ETL_TOKEN" in line
+    assert nothing_written(conn)
+
+
+def test_a_missing_jobs_file_is_a_usage_error(spawn: Spawn, tmp_path: Path) -> None:
+    worker = spawn("jobs-check", env={"WORKER_JOBS_FILE": str(tmp_path / "nope.toml")})
+    assert worker.wait(WAIT_S) == 2
+    [line] = worker.stderr().strip().splitlines()
+    assert "WORKER_JOBS_FILE" in line and "nope.toml" in line
+
+
+DUE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d [A-Z+\-0-9]+")
+
+
+@pytest.mark.parametrize(
+    "database",
+    [{}, {"DATABASE_URL": "postgresql://app:secret-pw@127.0.0.1:9/appdb"}],
+    ids=["no database", "unreachable database"],
+)
+def test_jobs_check_prints_each_job_and_touches_no_database(
+    spawn: Spawn, database: dict[str, str]
+) -> None:
+    env = {"ENVIRONMENT": "production", "WORKER_JOBS_FILE": str(EXAMPLE), **database}
+    worker = spawn("jobs-check", env=env)
+    code = worker.wait(WAIT_S)
+    stderr = worker.stderr()
+    out = "".join(worker.raw)
+
+    assert code == 0, stderr
+    assert stderr == ""
+    lines = out.splitlines()
+    expected = {
+        "daily_etl": "http",
+        "auto_scraping": "python",
+        "sync_accounts": "python",
+        "monitoring_check": "http",
+        "nightly_export": "command",
+        "refresh_leaderboard": "sql",
+        **{name: "builtin" for name in BUILTINS},
+    }
+    for name, kind in expected.items():
+        [at] = [i for i, line in enumerate(lines) if line.startswith(f"{name}  [{kind}]")]
+        assert lines[at + 1].strip().startswith("next: "), lines[at + 1]
+        due = DUE.findall(lines[at + 1])
+        assert len(due) == 3, lines[at + 1]
+        moments = [datetime.strptime(d.rsplit(" ", 1)[0], "%Y-%m-%d %H:%M") for d in due]
+        assert moments == sorted(set(moments)), due
+    etl = lines[lines.index(next(x for x in lines if x.startswith("daily_etl  ")))]
+    assert "on_start=missed" in etl and "Asia/Shanghai" in etl
+    assert DUE.findall(lines[lines.index(etl) + 1])[0].endswith("02:00 CST")
+    quota = next(x for x in lines if x.startswith("quota  "))
+    assert "service=quota" in quota and "30" in quota  # the override's schedule
+    assert f"{len(expected)} jobs, all valid" in out
