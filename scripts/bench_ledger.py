@@ -5,13 +5,13 @@ Both parts run against an embedded PostgreSQL that is already up (a Unix socket,
 
 1. Ledger overhead. An in-process job whose pass does nothing (`JobSpec` "bench_empty"),
    registered once, then run 200 times through the real lifecycle with
-   `Daemon.run_job(spec, Mode.MANUAL)`: claim (peek + conditional UPDATE), start (abandon
-   + insert + attach, one statement), the lease keeper's thread, the empty pass, finish
-   and release (one statement, on the run's connection) and the alert rules. Each run
-   opens its own connection as production does. Interleaved with the runs, on the same
+   `Daemon.run_job(spec, Mode.MANUAL)`: peek, then claim and start (lease, abandon, insert:
+   one statement), the lease keeper's thread, the empty pass, finish and release (one
+   statement, on the run's connection) and the alert rules. Each run opens its own
+   connection as production does. Interleaved with the runs, on the same
    settings (`worker.db.connect`): a bare `SELECT 1` on an open connection, a connect +
    `SELECT 1` + close, and a one-row UPDATE committed on an open connection (a WAL flush:
-   the server runs with fsync on, and a run commits three times: claim, start, finish).
+   the server runs with fsync on, and a run commits twice: claim, finish).
    Median and p99 (nearest rank: the 198th of 200) of each.
    "A round trip's worth" is the median connect + `SELECT 1` + close, since every run
    opens its own connections. Target: median run <= 5 x that. The ratio to the bare

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from tests.conftest import ROOT, WorkerProcess, make_settings
 from worker import db, ledger, schedules
 from worker.daemon import Daemon
-from worker.jobs.base import JobContext, RunStatus, Trigger
+from worker.jobs.base import JobContext, JobResult, RunStatus, Trigger
 from worker.ledger import Claim, Mode, Refusal
 from worker.registry import SERVICES, JobSpec
 from worker.schedules import Interval
@@ -260,8 +260,15 @@ def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db
     # The request runs once; a replica starting moments later asks for no second run.
     claim = ledger.claim(conn, "idle_job", Mode.SCHEDULED, LEASE_S)
     assert isinstance(claim, Claim) and claim.trigger is Trigger.STARTUP
-    run, _ = ledger.start(conn, claim)
-    ledger.release(conn, claim, run)
+    ledger.finish(
+        conn,
+        claim,
+        claim.run,
+        status=RunStatus.SUCCESS,
+        result=JobResult(),
+        duration_ms=1,
+        error=None,
+    )
     assert job_row(conn, "idle_job")["lease_owner"] is None
     assert ledger.request_startup_runs(conn, jobs) == []
 

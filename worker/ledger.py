@@ -47,8 +47,17 @@ class Refusal(StrEnum):
 
 
 @dataclass(frozen=True)
+class Run:
+    id: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
 class Claim:
-    """A granted claim: this process holds the job's lease until it finishes the run."""
+    """A granted claim: this process holds the job's lease until it finishes `run`.
+
+    `abandoned` lists the dead runners' runs the claim marked abandoned (`id, host, pid`).
+    """
 
     job: str
     owner: str
@@ -56,12 +65,8 @@ class Claim:
     scheduled_for: datetime | None
     next_due_at: datetime
     paused: bool
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    started_at: datetime
+    run: Run
+    abandoned: list[dict[str, Any]]
 
 
 def owner() -> str:
@@ -87,11 +92,13 @@ def register(conn: Conn, job: str, service: str, schedule: Schedule) -> dict[str
 
 
 def claim(conn: Conn, job: str, mode: Mode, lease_s: float) -> Claim | Refusal:
-    """Claim the job's due occurrence or waiting request in one conditional UPDATE.
+    """Claim the job's due occurrence or waiting request and start its run, in one
+    conditional statement.
 
     `next_due_at` moves to the first occurrence after now (missed ones coalesce into this
-    run) and the lease is taken; a paused job's occurrence is consumed without a lease.
-    The schedule is the one the ledger holds, so every replica computes the same next time.
+    run), the lease is taken and the run's row inserted; a paused job's occurrence is
+    consumed without a run. The schedule is the one the ledger holds, so every replica
+    computes the same next time.
     """
     row = conn.execute(db.query("peek_job"), {"job": job}).fetchone()
     if row is None or row["next_due_at"] is None:
@@ -106,27 +113,50 @@ def claim(conn: Conn, job: str, mode: Mode, lease_s: float) -> Claim | Refusal:
     runs = not row["paused"] or (trigger is Trigger.MANUAL and mode is not Mode.ONCE)
     if not runs and not due and mode is Mode.ONCE:
         return Refusal.PAUSED  # nothing of the ledger's to consume
-    next_due_at = schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"])
-    granted = conn.execute(
-        db.query("claim_job"),
-        {
-            "job": job,
-            "next_due_at": next_due_at,
-            "lease": runs,
-            "owner": owner(),
-            "lease_s": lease_s,
-            "seen_due": row["next_due_at"],
-            "seen_paused": row["paused"],
-            "forced": mode in (Mode.ONCE, Mode.MANUAL),
-        },
-    ).fetchone()
+    # A manual run consumes a due occurrence too, but serves no occurrence of its own.
+    scheduled_for = row["next_due_at"] if due and trigger is not Trigger.MANUAL else None
+    params = _claim_params(row, mode, trigger, runs, scheduled_for, lease_s)
+    granted = conn.execute(db.query("claim_job"), params).fetchone()
     if granted is None:
         return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it between our two reads
     if not runs:
         return Refusal.PAUSED
-    # A manual run consumes a due occurrence too, but serves no occurrence of its own.
-    scheduled_for = row["next_due_at"] if due and trigger is not Trigger.MANUAL else None
-    return Claim(job, owner(), trigger, scheduled_for, next_due_at, row["paused"])
+    run = Run(granted["run_id"], granted["started_at"])
+    return Claim(
+        job,
+        params["owner"],
+        trigger,
+        scheduled_for,
+        params["next_due_at"],
+        row["paused"],
+        run,
+        list(granted["abandoned"]),
+    )
+
+
+def _claim_params(
+    row: dict[str, Any],
+    mode: Mode,
+    trigger: Trigger,
+    runs: bool,
+    scheduled_for: datetime | None,
+    lease_s: float,
+) -> dict[str, Any]:
+    host, pid = db.process_identity()
+    return {
+        "job": row["job"],
+        "next_due_at": schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"]),
+        "lease": runs,
+        "owner": owner(),
+        "lease_s": lease_s,
+        "seen_due": row["next_due_at"],
+        "seen_paused": row["paused"],
+        "forced": mode in (Mode.ONCE, Mode.MANUAL),
+        "trigger": trigger.value,
+        "host": host,
+        "pid": pid,
+        "scheduled_for": scheduled_for,
+    }
 
 
 def _trigger(mode: Mode, row: dict[str, Any], *, due: bool, requested: bool) -> Trigger:
@@ -176,27 +206,6 @@ def peek_jobs(conn: Conn, jobs: list[str]) -> list[dict[str, Any]]:
     return conn.execute(db.query("peek_jobs"), {"jobs": jobs}).fetchall()
 
 
-def start(conn: Conn, claim: Claim) -> tuple[Run, list[dict[str, Any]]]:
-    """Mark a dead runner's runs abandoned and insert this run's row, in one statement.
-
-    Returns the new run and the abandoned rows (`id`, `host`, `pid`).
-    """
-    host, pid = db.process_identity()
-    row = conn.execute(
-        db.query("start_run"),
-        {
-            "job": claim.job,
-            "trigger": claim.trigger.value,
-            "host": host,
-            "pid": pid,
-            "scheduled_for": claim.scheduled_for,
-            "owner": claim.owner,
-        },
-    ).fetchone()
-    assert row is not None
-    return Run(row["id"], row["started_at"]), list(row["abandoned"])
-
-
 def renew(conn: Conn, claim: Claim, run: Run, lease_s: float) -> bool:
     """Extend the lease; False when it was lost (expired and taken over, or released)."""
     row = conn.execute(
@@ -236,14 +245,6 @@ def finish(
             "output": result.output,
             "result": None if result.result is None else Jsonb(result.result),
         },
-    )
-
-
-def release(conn: Conn, claim: Claim, run: Run | None = None) -> None:
-    """Give the lease back (only if this run still holds it)."""
-    conn.execute(
-        db.query("release_lease"),
-        {"job": claim.job, "owner": claim.owner, "run_id": None if run is None else run.id},
     )
 
 

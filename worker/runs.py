@@ -75,25 +75,17 @@ class Runner:
             if isinstance(claimed, Refusal):
                 self._log_refusal(spec, claimed, mode)
                 return claimed
-            run, abandoned = self._start(conn, claimed)
         except psycopg.Error as exc:
             self.log.error("job_start_failed", error=db.describe_error(exc))
             return RunStatus.FAILED
-        for row in abandoned:
+        run = claimed.run
+        for row in claimed.abandoned:
             self.log.warning("run_abandoned", abandoned_run_id=row["id"], pid=row["pid"])
         with structlog.contextvars.bound_contextvars(run_id=run.id):
             with LeaseKeeper(self, claimed, run) as keeper:
                 finished = self._execute(conn, spec, claimed, keeper.lost.is_set)
             self._record(conn, spec, claimed, run, finished)
         return finished.status
-
-    def _start(self, conn: db.Conn, claim: Claim) -> tuple[Run, list[dict[str, Any]]]:
-        try:
-            return ledger.start(conn, claim)
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
-                ledger.release(conn, claim)  # do not leave the job held until the lease ends
-            raise
 
     def _execute(
         self,

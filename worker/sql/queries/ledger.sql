@@ -35,24 +35,48 @@ SELECT job, next_due_at, paused, run_requested_at IS NOT NULL AS requested,
  WHERE job = ANY(%(jobs)s);
 
 -- name: claim_job
--- The claim: granted only while no unexpired lease exists and the row is as the claimer
--- saw it (next_due_at, paused): a concurrent claim changes next_due_at, so exactly one of
--- two racing claimers gets a row back. `lease` false consumes the occurrence without a
--- run (a paused job).
-UPDATE worker_jobs
-   SET next_due_at = %(next_due_at)s,
-       run_requested_at = NULL,
-       run_requested_by = NULL,
-       lease_owner = CASE WHEN %(lease)s THEN %(owner)s END,
-       lease_until = CASE WHEN %(lease)s THEN now() + make_interval(secs => %(lease_s)s) END,
-       current_run_id = NULL,
-       updated_at = now()
- WHERE job = %(job)s
-   AND next_due_at = %(seen_due)s
-   AND paused = %(seen_paused)s
-   AND (lease_until IS NULL OR lease_until <= now())
-   AND (next_due_at <= now() OR run_requested_at IS NOT NULL OR %(forced)s)
-RETURNING job, lease_until;
+-- The claim and the run's start, one statement. Granted only while no unexpired lease
+-- exists and the row is as the claimer saw it (next_due_at, paused): a concurrent claim
+-- changes next_due_at, so exactly one of two racing claimers gets a row back. With `lease`
+-- the run's row is inserted under the id the lease records, and any other `running` row of
+-- the job, a dead runner's, is marked abandoned (every part sees the same snapshot, so the
+-- new row is never among them). `lease` false consumes the occurrence without a run (a
+-- paused job).
+WITH claimed AS (
+    UPDATE worker_jobs
+       SET next_due_at = %(next_due_at)s,
+           run_requested_at = NULL,
+           run_requested_by = NULL,
+           lease_owner = CASE WHEN %(lease)s THEN %(owner)s END,
+           lease_until = CASE WHEN %(lease)s THEN now() + make_interval(secs => %(lease_s)s) END,
+           current_run_id = CASE WHEN %(lease)s
+                                 THEN nextval(pg_get_serial_sequence('worker_job_runs', 'id')) END,
+           updated_at = now()
+     WHERE job = %(job)s
+       AND next_due_at = %(seen_due)s
+       AND paused = %(seen_paused)s
+       AND (lease_until IS NULL OR lease_until <= now())
+       AND (next_due_at <= now() OR run_requested_at IS NOT NULL OR %(forced)s)
+    RETURNING job, current_run_id
+), abandoned AS (
+    UPDATE worker_job_runs
+       SET status = 'abandoned', finished_at = now(),
+           duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
+           error = 'the process running it stopped before finishing'
+     WHERE job = %(job)s AND status = 'running'
+       AND EXISTS (SELECT 1 FROM claimed WHERE current_run_id IS NOT NULL)
+    RETURNING id, host, pid
+), run AS (
+    INSERT INTO worker_job_runs (id, job, trigger, status, host, pid, scheduled_for)
+    SELECT current_run_id, job, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s
+      FROM claimed
+     WHERE current_run_id IS NOT NULL
+    RETURNING id, started_at
+)
+SELECT claimed.job, run.id AS run_id, run.started_at,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'host', host, 'pid', pid))
+                   FROM abandoned), '[]'::jsonb) AS abandoned
+  FROM claimed LEFT JOIN run ON run.id = claimed.current_run_id;
 
 -- name: skip_missed
 -- RUN_ON_START=false skips only occurrences missed while nothing ran: not one a live
@@ -87,32 +111,6 @@ UPDATE worker_jobs
  WHERE job = %(job)s
 RETURNING job, run_requested_at;
 
--- name: start_run
--- Called by the lease holder, one statement: any other `running` row of the job belongs to
--- a dead runner and is marked abandoned; this run's row is inserted and attached to the
--- lease. (Every part sees the same snapshot, so the new row is never among the abandoned.)
-WITH abandoned AS (
-    UPDATE worker_job_runs
-       SET status = 'abandoned', finished_at = now(),
-           duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
-           error = 'the process running it stopped before finishing'
-     WHERE job = %(job)s AND status = 'running'
-    RETURNING id, host, pid
-), run AS (
-    INSERT INTO worker_job_runs (job, trigger, status, host, pid, scheduled_for)
-    VALUES (%(job)s, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s)
-    RETURNING id, started_at
-), attached AS (
-    UPDATE worker_jobs SET current_run_id = (SELECT id FROM run)
-     WHERE job = %(job)s AND lease_owner = %(owner)s
-    RETURNING job
-)
-SELECT run.id, run.started_at,
-       (SELECT count(*) FROM attached) AS attached,
-       coalesce((SELECT jsonb_agg(jsonb_build_object('id', id, 'host', host, 'pid', pid))
-                   FROM abandoned), '[]'::jsonb) AS abandoned
-  FROM run;
-
 -- name: renew_lease
 UPDATE worker_jobs
    SET lease_until = now() + make_interval(secs => %(lease_s)s)
@@ -138,12 +136,6 @@ WITH finished AS (
     RETURNING job
 )
 SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM released) AS released;
-
--- name: release_lease
-UPDATE worker_jobs
-   SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now()
- WHERE job = %(job)s AND lease_owner = %(owner)s
-   AND (current_run_id = %(run_id)s OR current_run_id IS NULL);
 
 -- name: set_paused
 INSERT INTO worker_jobs (job, paused, paused_at, updated_at)
