@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import pytz
 from psycopg import sql
 from structlog.testing import capture_logs
 

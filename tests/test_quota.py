@@ -9,9 +9,9 @@ import pytest
 
 from scripts.fakes import FakeServer, Reply, Script, serving, usage_body
 from tests.conftest import Sleeps, make_context, make_settings, run_job_pass
-from worker.jobs.base import JobResult
 from worker import db
 from worker.jobs import quota
+from worker.jobs.base import JobResult
 
 
 def add_key(conn: db.Conn, api_key: str, *, plan_limit: int = 1000, remaining: int = 0) -> int:

@@ -47,7 +47,11 @@ def test_defaults_match_the_contract() -> None:
         ("DATABASE_POOLER", "statement", "DATABASE_POOLER must be one of session, transaction"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of json, console"),
         ("CLEANUP_AT", "25:00", "CLEANUP_AT must be a time of day"),
-        ("SCHEDULE_TIMEZONE", "Mars/Olympus", "SCHEDULE_TIMEZONE: unknown time zone 'Mars/Olympus'"),
+        (
+            "SCHEDULE_TIMEZONE",
+            "Mars/Olympus",
+            "SCHEDULE_TIMEZONE: unknown time zone 'Mars/Olympus'",
+        ),
         ("ALERT_WEBHOOK_FORMAT", "teams", "ALERT_WEBHOOK_FORMAT must be one of"),
         ("ALERT_FAILURE_RATE", "1.5", "ALERT_FAILURE_RATE must be at most 1"),
         ("CLEANUP_EXTRA_RULES", "users; drop table x", "CLEANUP_EXTRA_RULES"),

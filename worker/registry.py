@@ -30,7 +30,7 @@ class JobSpec:
     on_start: str | None = None  # true | missed | false; None: RUN_ON_START
 
     def starts(self, settings: Settings) -> str:
-        """What this job does when its service starts (ARCHITECTURE.md, "At start and between runs")."""
+        """What this job does when its service starts (ARCHITECTURE.md, "At start ...")."""
         return self.on_start or settings.run_on_start
 
 
