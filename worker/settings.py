@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 import os
 import re
@@ -24,7 +26,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _EXTRA_RULE = re.compile(rf"^(?:({_IDENT})\.)?({_IDENT})\.({_IDENT}):([0-9]{{1,6}})$")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _TRUE = {"1", "true", "yes", "on"}
+MIN_TOKEN_CHARS = 16
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -72,7 +76,8 @@ class Settings:
     environment: str = "development"
     log_level: str = "INFO"
     log_format: str = "json"
-    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start and between runs")
+    # true | missed | false (ARCHITECTURE.md, "At start and between runs")
+    run_on_start: str = "true"
     lease_s: float = 30.0
     database_pooler: str | None = None  # session | transaction; None: detected
     shutdown_grace_s: float = 5.0
@@ -109,6 +114,10 @@ class Settings:
     alert_slow_run_s: float = 600.0
     heartbeat_url: str | None = field(default=None, repr=False)
     jobs_file: Path | None = None
+
+    http_port: int | None = None  # None: no HTTP endpoint (ARCHITECTURE.md, "The HTTP endpoint")
+    http_host: str = "127.0.0.1"
+    http_token: str | None = field(default=None, repr=False)
 
     @property
     def production(self) -> bool:
@@ -181,6 +190,9 @@ def from_env(
         alert_slow_run_s=r.number("ALERT_SLOW_RUN_SECONDS", 600.0, minimum=0),
         heartbeat_url=r.optional_url("HEARTBEAT_URL"),
         jobs_file=r.jobs_file("WORKER_JOBS_FILE", Path("worker.toml")),
+        http_port=r.http_port(),
+        http_host=r.host("WORKER_HTTP_HOST", "0.0.0.0" if production else "127.0.0.1"),
+        http_token=r.parsed("WORKER_HTTP_TOKEN", None, parse_token),
     )
     if service in ("replenish", "all") and not settings.replenish_api_url:
         raise ConfigError(f"REPLENISH_API_URL is required by the {service} service")
@@ -197,6 +209,15 @@ def parse_run_on_start(value: str) -> str:
     if lowered == "missed":
         return "missed"
     raise ValueError(f"must be true, missed or false; got {value!r}")
+
+
+def parse_token(value: str) -> str:
+    """A bearer token: at least MIN_TOKEN_CHARS visible ASCII characters, no spaces."""
+    if len(value) < MIN_TOKEN_CHARS:
+        raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters long")
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError("must be visible ASCII characters without spaces")
+    return value
 
 
 def resolve_database(env: Mapping[str, str], *, production: bool) -> Database:
@@ -366,6 +387,22 @@ class _Reader:
         if not Path(raw).is_file():
             raise ConfigError(f"{name}: no such file: {raw}")
         return Path(raw)
+
+    def http_port(self) -> int | None:
+        """WORKER_HTTP_PORT, else the platform's PORT, else None (no endpoint)."""
+        for name in ("WORKER_HTTP_PORT", "PORT"):
+            if self._raw(name) is not None:
+                return self.integer(name, 0, minimum=1, maximum=65535)
+        return None
+
+    def host(self, name: str, default: str) -> str:
+        """An IP address (`0.0.0.0`, `::`, `127.0.0.1`) or a host name to listen on."""
+        raw = self._raw(name) or default
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(raw.strip("[]")))
+        if not _HOSTNAME.match(raw):
+            raise ConfigError(f"{name} must be an IP address or a host name, got {raw!r}")
+        return raw
 
     def clock(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
