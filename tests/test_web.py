@@ -348,3 +348,28 @@ def test_slow_and_huge_clients_delay_neither_a_run_nor_the_stop(
                 thread.join(5)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+def test_metrics_count_the_runs_that_end_after_the_first_scrape(
+    spawn: Spawn, db_url: str, conn: db.Conn
+) -> None:
+    with web_worker(spawn, db_url, RUN_ON_START="false") as (_, url), client(url) as http:
+        first = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+        assert first["worker_job_runs"].samples == []
+        origin = {"Origin": url}
+        assert http.post("/api/jobs/quota/run", headers=origin).status_code == 202
+        wait_until(lambda: [r["status"] for r in manual_runs(conn)] == ["success"], 8)
+        for _ in range(2):  # a second scrape counts nothing twice
+            text = http.get("/metrics").text
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            assert (
+                samples[("worker_job_runs_total", (("job", "quota"), ("status", "success")))] == 1
+            )
+            assert samples[("worker_job_run_duration_seconds_count", (("job", "quota"),))] == 1
+            assert (
+                samples[("worker_job_items_total", (("job", "quota"), ("outcome", "failed")))] == 0
+            )

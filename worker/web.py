@@ -357,7 +357,7 @@ class App:
             runs=runs,
             alerts=alerts,
             notice=_notice(request),
-            here=request.full_path.rstrip("?"),
+            here=request.path,
         )
 
     def job_page(self, request: Request, job: str) -> Response:
