@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -288,17 +290,30 @@ def test_html_escapes_what_remote_apis_said(spawn: Spawn, db_url: str, conn: db.
 # --- health --------------------------------------------------------------------------------
 
 
+def docker_healthcheck(port: str) -> int:
+    """The Dockerfile's HEALTHCHECK command, run here with WORKER_HTTP_PORT set."""
+    text = (ROOT / "Dockerfile").read_text()
+    found = re.search(r"^HEALTHCHECK .*\n\s+CMD (\[.*\])$", text, re.M)
+    assert found is not None
+    command = json.loads(found[1])
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "WORKER_HTTP_PORT": port}
+    return subprocess.run(command, env=env, capture_output=True, timeout=30).returncode
+
+
 def test_healthz_follows_the_database(spawn: Spawn, db_url: str) -> None:
     forwarder = Forwarder(db_url)
     forwarder.open()
     try:
         with web_worker(spawn, forwarder.url) as (_, url), client(url) as http:
+            port = url.rsplit(":", 1)[1]
             assert http.get("/healthz").json()["status"] == "ok"
+            assert docker_healthcheck(port) == 0
             forwarder.close()
             down = http.get("/healthz")
             assert down.status_code == 503
             assert "database" in down.json()["reason"]
             assert http.get("/api/jobs").status_code == 503
+            assert docker_healthcheck(port) != 0
             forwarder.open()
             wait_until(lambda: http.get("/healthz").status_code == 200, timeout_s=10)
             assert http.get("/api/jobs").status_code == 200

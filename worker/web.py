@@ -20,7 +20,6 @@ from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import psycopg
-from jinja2 import Environment, PackageLoader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from waitress.server import create_server
 from werkzeug.datastructures import WWWAuthenticate
@@ -216,10 +215,8 @@ class App:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LedgerCollector(self.connections.connection))
         self.loopback = is_loopback(settings.http_host)
-        self.templates = Environment(
-            loader=PackageLoader("worker", "templates"), autoescape=True, auto_reload=False
-        )
-        self.templates.filters.update(utc=_utc, local=_local, duration=_duration)
+        self._templates: Any = None  # loaded on the first page view
+        self._templates_lock = threading.Lock()
         self.handlers: dict[str, Callable[..., Response]] = {
             "healthz": self.healthz,
             "metrics": self.metrics,
@@ -311,9 +308,23 @@ class App:
                 response.headers[name] = value
         return response
 
+    def templates(self) -> Any:
+        """The Jinja2 environment (autoescaping), imported on the first page view: a process
+        whose endpoint only answers /healthz and /metrics never pays its memory."""
+        with self._templates_lock:
+            if self._templates is None:
+                from jinja2 import Environment, PackageLoader
+
+                environment = Environment(
+                    loader=PackageLoader("worker", "templates"), autoescape=True
+                )
+                environment.filters.update(utc=_utc, local=_local, duration=_duration)
+                self._templates = environment
+            return self._templates
+
     def render(self, template: str, **context: Any) -> Response:
         nonce = secrets.token_urlsafe(16)  # only the page's own script may run
-        html = self.templates.get_template(template).render(nonce=nonce, **context)
+        html = self.templates().get_template(template).render(nonce=nonce, **context)
         headers = {**_PAGE_HEADERS, "Content-Security-Policy": _CSP.format(nonce=nonce)}
         return Response(html, mimetype="text/html", headers=headers)
 
