@@ -7,7 +7,8 @@ embedded PostgreSQL holding 20 jobs in the ledger and 1,000,000 rows in worker_j
 1. 200 sequential requests (keep-alive) to each of `/`, `/api/jobs`, `/jobs/quota` and
    `/metrics`: p50 and p99. Target p99 <= 100 ms (indexed reads, no full scans).
 2. Idle RSS of the daemon with the listener on, after its start-up pass and before any
-   request (target <= 55 MB), and after the requests above (a figure).
+   request (target <= 55 MB); for comparison the same without the listener, and with it
+   after the requests above (figures).
 3. A quota pass (200 keys, QUOTA_CONCURRENCY=4) requested through the API, timed from its
    run row: the median of 3 passes alone, then of 3 passes while 20 dashboard clients each
    load `/` once a second (ten times the page's own refresh rate). Target: with clients
@@ -50,6 +51,7 @@ def main() -> int:
         benchlib.seed_keys(url, KEYS)
         seed_history(url)
         with benchlib.fake_usage_process(LATENCY_MS) as api_url:
+            measure_idle_without_listener(url, api_url, report)
             port = free_port()
             daemon = start_daemon(url, api_url, port)
             try:
@@ -63,11 +65,34 @@ def main() -> int:
     return report.finish()
 
 
-def measure(daemon: LoggedProcess, url: str, base: str, report: Report) -> None:
+def measure_idle_without_listener(url: str, api_url: str, report: Report) -> None:
+    """The same daemon without WORKER_HTTP_PORT, for comparison."""
+    daemon = start_daemon(url, api_url, None)
+    try:
+        idle_kb = idle_rss_kb(daemon, url)
+    finally:
+        daemon.close()
+    with benchlib.connect(url) as conn:
+        # Back-date its start-up run, so the next daemon's start requests one too (replicas
+        # starting within 30 s of a start-up run make none).
+        conn.execute(
+            "UPDATE worker_job_runs SET started_at = started_at - interval '1 minute'"
+            " WHERE host <> 'bench'"
+        )
+    report.figure("idle RSS, listener off (for comparison)", f"{benchlib.mb(idle_kb):.1f} MB")
+
+
+def idle_rss_kb(daemon: LoggedProcess, url: str) -> int:
+    """VmRSS once the daemon's start-up pass has ended and it has settled."""
+    done = count_runs(url)
     daemon.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
-    wait_for_runs(url, "quota", 1)  # the start-up pass
+    wait_for_runs(url, done + 1)  # the start-up pass
     time.sleep(2.0)  # settle: the figure is the idle process, not the end of its pass
-    idle_kb = benchlib.status_kb(daemon.pid, "VmRSS") or 0
+    return benchlib.status_kb(daemon.pid, "VmRSS") or 0
+
+
+def measure(daemon: LoggedProcess, url: str, base: str, report: Report) -> None:
+    idle_kb = idle_rss_kb(daemon, url)
     report.at_most("idle RSS, listener on", benchlib.mb(idle_kb), MAX_IDLE_RSS_MB, "MB", 1)
     with httpx.Client(base_url=base, timeout=30) as http:
         for path in PATHS:
@@ -119,19 +144,21 @@ def seed_history(url: str) -> None:
         conn.execute("VACUUM ANALYZE worker_jobs")
 
 
-def wait_for_runs(url: str, job: str, count: int) -> None:
+def count_runs(url: str) -> int:
+    """Finished quota runs made by a daemon (not the seeded history)."""
+    with benchlib.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM worker_job_runs"
+            " WHERE job = 'quota' AND host <> 'bench' AND status <> 'running'"
+        ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def wait_for_runs(url: str, count: int) -> None:
     deadline = time.monotonic() + WAIT_S
-    while True:
-        with benchlib.connect(url) as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM worker_job_runs"
-                " WHERE job = %s AND host <> 'bench' AND status <> 'running'",
-                (job,),
-            ).fetchone()
-        if row is not None and row["n"] >= count:
-            return
+    while count_runs(url) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"fewer than {count} runs of {job} finished")
+            raise RuntimeError(f"fewer than {count} quota runs finished")
         time.sleep(0.1)
 
 
@@ -220,13 +247,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_daemon(url: str, api_url: str, port: int) -> LoggedProcess:
-    env = benchlib.worker_env(
-        DATABASE_URL=url,
-        TAVILY_USAGE_URL=api_url,
-        QUOTA_CONCURRENCY="4",
-        WORKER_HTTP_PORT=str(port),
-    )
+def start_daemon(url: str, api_url: str, port: int | None) -> LoggedProcess:
+    env = benchlib.worker_env(DATABASE_URL=url, TAVILY_USAGE_URL=api_url, QUOTA_CONCURRENCY="4")
+    env.pop("PORT", None)
+    if port is not None:
+        env["WORKER_HTTP_PORT"] = str(port)
     log("daemon start-up")
     return LoggedProcess(benchlib.worker_command("quota"), env)
 

@@ -357,6 +357,7 @@ def test_slow_and_huge_clients_delay_neither_a_run_nor_the_stop(
             sent = worker.signal(signal.SIGTERM)
             assert worker.wait(5) == 0
             assert time.monotonic() - sent < 1.0
+            assert worker.stderr() == ""  # the listener closed cleanly: no traceback
         finally:
             stop.set()
             for thread in slow:

@@ -9,19 +9,22 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
 import schedule
 
-from . import clients, db, ledger, service, signals, web
+from . import clients, db, ledger, service, signals
 from .jobs.base import RunStatus
 from .ledger import Mode
 from .logs import get_logger
 from .registry import JobSpec, Service, jobs_of
 from .runs import Outcome, Runner
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .web import Endpoint
 
 MAX_IDLE_WAIT_S = 60.0  # re-check the ledger at least this often, in case the wall clock jumps
 REQUEST_POLL_S = 5  # a run requested from elsewhere starts within this long
@@ -58,7 +61,7 @@ class Daemon:
         self._registered: set[str] = set()
         self._beat_at = time.monotonic()  # the loop's heartbeat, read by /healthz
         self._running: str | None = None  # the job this loop is running, if any
-        self._web: web.Endpoint | None = None
+        self._web: Endpoint | None = None
         self.runner = Runner(settings, self.http, self._stop, self.log, dry_run=dry_run)
 
     def stop(self, signal_name: str | None = None) -> None:
@@ -163,6 +166,8 @@ class Daemon:
         """Start the HTTP endpoint when a port is set; False when it cannot listen."""
         if self.settings.http_port is None:
             return True
+        from . import web  # only a daemon with a port pays for the server's imports
+
         try:
             self._web = web.serve(self.settings, stalled=self.stalled, log=self.log)
         except OSError as exc:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from waitress import wasyncore
 from waitress.server import create_server
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import (
@@ -43,6 +44,7 @@ CHANNEL_TIMEOUT_S = 30  # an idle or dribbling connection is closed after this l
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 16 * 1024  # the largest request is a small form
 DB_CHECK_TIMEOUT_S = 2.0
+CLOSE_WAIT_S = 0.5  # the I/O thread's poll wakes on the trigger at once
 CONNECT_TIMEOUT_S = 5
 RECENT_RUNS = 20
 JOB_RUNS = 50
@@ -90,17 +92,23 @@ def is_loopback(host: str) -> bool:
 class Endpoint:
     """The listener, its I/O thread and its handler threads; `close()` ends them all."""
 
-    def __init__(self, server: Any, app: App) -> None:
+    def __init__(self, server: Any, sockets: dict[int, Any], app: App) -> None:
         self._server = server
+        self._sockets = sockets  # the I/O thread's own map: the listener and every connection
         self.app = app
         self.port = int(server.effective_port)
         self._thread = threading.Thread(target=server.run, name="http", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Close the listener and every connection; never waits for a handler in progress."""
-        self._server.close()
-        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=0)
+        """Close the listener and every connection; never waits for a handler in progress.
+
+        The sockets are closed on the I/O thread itself (its map is not thread-safe); with
+        its map empty, its loop ends.
+        """
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._sockets))
+        self._server.task_dispatcher.set_thread_count(0)
+        self._thread.join(CLOSE_WAIT_S)
         self.app.connections.close()
 
 
@@ -111,8 +119,10 @@ def serve(settings: Settings, *, stalled: Callable[[], str | None], log: Any) ->
     """
     assert settings.http_port is not None
     app = App(settings, stalled, log)
+    sockets: dict[int, Any] = {}
     server = create_server(
         app,
+        map=sockets,
         host=settings.http_host,
         port=settings.http_port,
         threads=SERVER_THREADS,
@@ -122,7 +132,7 @@ def serve(settings: Settings, *, stalled: Callable[[], str | None], log: Any) ->
         ident="worker",
         expose_tracebacks=False,
     )
-    endpoint = Endpoint(server, app)
+    endpoint = Endpoint(server, sockets, app)
     log.info(
         "http_listening",
         host=settings.http_host,
