@@ -22,6 +22,8 @@ from tests.conftest import BASE_ENV, ROOT, make_settings
 from tests.test_daemon import wait_until
 from tests.webtools import TOKEN, Forwarder, Spawn, client, web_worker
 from worker import db
+from worker.daemon import STALLED_AFTER_S, Daemon
+from worker.registry import SERVICES
 from worker.settings import ConfigError
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -389,3 +391,24 @@ def test_metrics_count_the_runs_that_end_after_the_first_scrape(
             assert (
                 samples[("worker_job_items_total", (("job", "quota"), ("outcome", "failed")))] == 0
             )
+
+
+def test_a_taken_port_exits_1_naming_it(spawn: Spawn, db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = spawn("quota", env={"DATABASE_URL": db_url, "WORKER_HTTP_PORT": str(port)})
+        assert worker.wait() == 1
+    assert worker.wait_for("http_listen_failed")["port"] == port
+
+
+def test_a_silent_loop_is_stalled_but_a_long_run_is_not(db_url: str) -> None:
+    daemon = Daemon(make_settings(db_url), SERVICES["quota"])
+    assert daemon.stalled() is None
+    daemon._beat_at -= STALLED_AFTER_S + 1
+    assert "has not ticked" in (daemon.stalled() or "")
+    daemon._running = "quota"  # a run in progress counts as alive
+    assert daemon.stalled() is None
+    daemon.stop()
+    assert daemon.stalled() == "the daemon is stopping"
