@@ -28,6 +28,7 @@ from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
     HTTPException,
+    InternalServerError,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
@@ -261,6 +262,9 @@ class App:
             reason = f"database unavailable: {db.describe_error(exc)}"
             self.log.warning("http_database_error", path=request.path, error=reason)
             return self.error(request, ServiceUnavailable(reason))
+        except Exception:  # a bug in a handler: answer 500, keep serving, say where
+            self.log.exception("http_handler_failed", path=request.path)
+            return self.error(request, InternalServerError())
 
     # --- access -------------------------------------------------------------------------
 
