@@ -1,9 +1,6 @@
 -- The HTTP endpoint and dashboard (ARCHITECTURE.md, "The HTTP endpoint"). Every query reads
 -- a bounded slice through an index: a page costs the same with a million runs as with ten.
 
--- name: web_job_exists
-SELECT job FROM worker_jobs WHERE job = %(job)s AND schedule IS NOT NULL;
-
 -- name: web_job_runs
 -- One job's latest runs: walks (job, started_at desc).
 SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
