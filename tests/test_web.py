@@ -75,11 +75,12 @@ def test_http_settings_default_and_validate(db_url: str) -> None:
     assert make_settings(db_url, ENVIRONMENT="production").http_host == "0.0.0.0"
     assert make_settings(db_url, RAILWAY_ENVIRONMENT_NAME="prod").http_host == "0.0.0.0"
     assert make_settings(db_url, WORKER_HTTP_HOST="::").http_host == "::"
+    assert make_settings(db_url, WORKER_HTTP_HOST="localhost").http_host == "127.0.0.1"
     assert make_settings(db_url, WORKER_HTTP_TOKEN=TOKEN).http_token == TOKEN
     bad = {
         "WORKER_HTTP_PORT": "http",
         "PORT": "70000",
-        "WORKER_HTTP_HOST": "not a host!",
+        "WORKER_HTTP_HOST": "example.com",
         "WORKER_HTTP_TOKEN": "short-secret",
     }
     for name, value in bad.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import math
 import os
@@ -26,7 +25,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _EXTRA_RULE = re.compile(rf"^(?:({_IDENT})\.)?({_IDENT})\.({_IDENT}):([0-9]{{1,6}})$")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _TRUE = {"1", "true", "yes", "on"}
 MIN_TOKEN_CHARS = 16
 _FALSE = {"0", "false", "no", "off"}
@@ -396,13 +394,19 @@ class _Reader:
         return None
 
     def host(self, name: str, default: str) -> str:
-        """An IP address (`0.0.0.0`, `::`, `127.0.0.1`) or a host name to listen on."""
+        """An IP address to listen on (`0.0.0.0`, `::`, `127.0.0.1`); `localhost` is 127.0.0.1.
+
+        One address, never a name that may resolve to several: the server binds one socket.
+        """
         raw = self._raw(name) or default
-        with contextlib.suppress(ValueError):
+        if raw.lower() == "localhost":
+            return "127.0.0.1"
+        try:
             return str(ipaddress.ip_address(raw.strip("[]")))
-        if not _HOSTNAME.match(raw):
-            raise ConfigError(f"{name} must be an IP address or a host name, got {raw!r}")
-        return raw
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be an IP address (0.0.0.0, ::, 127.0.0.1...), got {raw!r}"
+            ) from None
 
     def clock(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
