@@ -33,9 +33,15 @@ RUN uv sync --frozen --no-dev --no-editable \
 ENV PATH="/app/.venv/bin:$PATH"
 USER worker
 
-# Exit 0 healthy, 1 a job of this service is stale or failing, 2 database unreachable.
+# The HTTP endpoint, when WORKER_HTTP_PORT (or the platform's PORT) is set: /healthz, /metrics,
+# the dashboard. 8080 is a suggestion; the variable decides.
+EXPOSE 8080
+
+# With the endpoint on: GET /healthz on loopback (200 loop alive and database answering, else
+# 503). Without it: `worker status` (exit 0 healthy, 1 a job of this service is stale or
+# failing, 2 database unreachable). The image has no curl: Python makes the request.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
-    CMD ["sh", "-c", "exec worker status --service \"${SERVICE_TYPE:-all}\""]
+    CMD ["sh", "-c", "port=\"${WORKER_HTTP_PORT:-${PORT:-}}\"; if [ -n \"$port\" ]; then exec python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"http://127.0.0.1:$port/healthz\"; else exec worker status --service \"${SERVICE_TYPE:-all}\"; fi"]
 
 # tini is PID 1 and forwards the platform's SIGTERM; the entrypoint script execs Python, so
 # the worker receives it directly and reaps nothing itself.

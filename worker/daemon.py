@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
@@ -22,9 +23,14 @@ from .registry import JobSpec, Service, jobs_of
 from .runs import Outcome, Runner
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .web import Endpoint
+
 MAX_IDLE_WAIT_S = 60.0  # re-check the ledger at least this often, in case the wall clock jumps
 REQUEST_POLL_S = 5  # a run requested from elsewhere starts within this long
 WAKE_TAG = "wake"  # one-shot scheduler jobs that wake the loop at a job's next due time
+# /healthz: the loop ticks at least every REQUEST_POLL_S; silent this long, it is stuck.
+STALLED_AFTER_S = 2 * MAX_IDLE_WAIT_S
 
 
 class Daemon:
@@ -53,6 +59,9 @@ class Daemon:
         self._conn: db.Conn | None = None  # the loop's own connection for ledger reads
         self._ledger_down = False
         self._registered: set[str] = set()
+        self._beat_at = time.monotonic()  # the loop's heartbeat, read by /healthz
+        self._running: str | None = None  # the job this loop is running, if any
+        self._web: Endpoint | None = None
         self.runner = Runner(settings, self.http, self._stop, self.log, dry_run=dry_run)
 
     def stop(self, signal_name: str | None = None) -> None:
@@ -63,6 +72,15 @@ class Daemon:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def stalled(self) -> str | None:
+        """Why the loop looks dead, or None while it ticks; a run in progress counts as alive."""
+        if self.stopping:
+            return "the daemon is stopping"
+        silent_s = time.monotonic() - self._beat_at
+        if self._running is None and silent_s > STALLED_AFTER_S:
+            return f"the scheduler loop has not ticked for {silent_s:.0f} s"
+        return None
 
     def run(self, *, once: bool = False, due_only: bool = False) -> int:
         """Run until stopped (or each job once with `once`); return the process exit code."""
@@ -102,6 +120,8 @@ class Daemon:
             finally:
                 self._exited.set()
                 self._stop.set()  # releases the watcher thread
+                if self._web is not None:
+                    self._web.close()
                 if self._conn is not None:
                     self._conn.close()
                 self.http.close()
@@ -133,6 +153,8 @@ class Daemon:
             outcomes = [self.runner.run(spec, mode) for spec in self.jobs]
             self._log_stopped(statuses=[outcome.value for outcome in outcomes])
             return 1 if RunStatus.FAILED in outcomes else 0
+        if not self._serve_http():
+            return 1
         service.apply_on_start(self.settings, self.jobs, self.log)
         self.scheduler.every(REQUEST_POLL_S).seconds.do(self._tick)
         self._tick()
@@ -140,9 +162,23 @@ class Daemon:
         self._log_stopped()
         return 0
 
+    def _serve_http(self) -> bool:
+        """Start the HTTP endpoint when a port is set; False when it cannot listen."""
+        if self.settings.http_port is None:
+            return True
+        from . import web  # only a daemon with a port pays for the server's imports
+
+        try:
+            self._web = web.serve(self.settings, stalled=self.stalled, log=self.log)
+        except OSError as exc:
+            self.log.error("http_listen_failed", port=self.settings.http_port, error=str(exc))
+            return False
+        return True
+
     def _loop(self) -> None:
         self.log.info("scheduler_loop_started")
         while not self.stopping:
+            self._beat_at = time.monotonic()
             self.scheduler.run_pending()
             idle_s = self.scheduler.idle_seconds
             wait_s = MAX_IDLE_WAIT_S if idle_s is None else min(max(idle_s, 0.0), MAX_IDLE_WAIT_S)
@@ -157,7 +193,11 @@ class Daemon:
             if self.stopping:
                 return
             if (row["requested"] or row["next_due_at"] <= row["now"]) and not row["leased"]:
-                self.runner.run(self._spec(row["job"]), Mode.SCHEDULED)
+                self._running = row["job"]
+                try:
+                    self.runner.run(self._spec(row["job"]), Mode.SCHEDULED)
+                finally:
+                    self._running, self._beat_at = None, time.monotonic()
         rows = self._peek()
         if rows is not None:
             self._set_wake_ups(rows)

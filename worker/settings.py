@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -27,6 +28,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _EXTRA_RULE = re.compile(rf"^(?:({_IDENT})\.)?({_IDENT})\.({_IDENT}):([0-9]{{1,6}})$")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _TRUE = {"1", "true", "yes", "on"}
+MIN_TOKEN_CHARS = 16
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -129,6 +131,10 @@ class Settings:
     jobs_file: Path | None = None
     deprecated: tuple[Deprecated, ...] = ()
 
+    http_port: int | None = None  # None: no HTTP endpoint (ARCHITECTURE.md, "The HTTP endpoint")
+    http_host: str = "127.0.0.1"
+    http_token: str | None = field(default=None, repr=False)
+
     @property
     def production(self) -> bool:
         return self.environment == "production"
@@ -218,6 +224,9 @@ def from_env(
         heartbeat_url=r.optional_url("HEARTBEAT_URL"),
         jobs_file=r.jobs_file("WORKER_JOBS_FILE", Path("worker.toml")),
         deprecated=deprecated,
+        http_port=r.http_port(),
+        http_host=r.host("WORKER_HTTP_HOST", "0.0.0.0" if production else "127.0.0.1"),
+        http_token=r.parsed("WORKER_HTTP_TOKEN", None, parse_token),
     )
     if service in ("replenish", "all") and not settings.replenish_api_url:
         raise ConfigError(f"REPLENISH_API_URL is required by the {service} service")
@@ -247,6 +256,15 @@ def _http_timeout(r: _Reader) -> tuple[float, tuple[Deprecated, ...]]:
         return r.number(new, 30.0, minimum=0.001), (Deprecated(old, new, note),)
     note = f"{old} is deprecated: rename it {new} (uv reads {old} itself)"
     return r.number(old, 30.0, minimum=0.001), (Deprecated(old, new, note),)
+
+
+def parse_token(value: str) -> str:
+    """A bearer token: at least MIN_TOKEN_CHARS visible ASCII characters, no spaces."""
+    if len(value) < MIN_TOKEN_CHARS:
+        raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters long")
+    if not all("!" <= char <= "~" for char in value):
+        raise ValueError("must be visible ASCII characters without spaces")
+    return value
 
 
 def resolve_database(env: Mapping[str, str], *, production: bool) -> Database:
@@ -416,6 +434,28 @@ class _Reader:
         if not Path(raw).is_file():
             raise ConfigError(f"{name}: no such file: {raw}")
         return Path(raw)
+
+    def http_port(self) -> int | None:
+        """WORKER_HTTP_PORT, else the platform's PORT, else None (no endpoint)."""
+        for name in ("WORKER_HTTP_PORT", "PORT"):
+            if self._raw(name) is not None:
+                return self.integer(name, 0, minimum=1, maximum=65535)
+        return None
+
+    def host(self, name: str, default: str) -> str:
+        """An IP address to listen on (`0.0.0.0`, `::`, `127.0.0.1`); `localhost` is 127.0.0.1.
+
+        One address, never a name that may resolve to several: the server binds one socket.
+        """
+        raw = self._raw(name) or default
+        if raw.lower() == "localhost":
+            return "127.0.0.1"
+        try:
+            return str(ipaddress.ip_address(raw.strip("[]")))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be an IP address (0.0.0.0, ::, 127.0.0.1...), got {raw!r}"
+            ) from None
 
     def clock(self, name: str, default: str) -> str:
         raw = self._raw(name) or default

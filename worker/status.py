@@ -134,27 +134,36 @@ def _health(row: dict[str, Any], period: timedelta, now: datetime) -> str:
 
 def render_json(report: Report) -> str:
     """{"healthy", "checked_at", "jobs": [...]} with ISO 8601 UTC times."""
-    jobs = [
-        {
-            "job": job.job,
-            "service": job.service,
-            "schedule": job.schedule,
-            "cadence": job.cadence,
-            "last_started_at": _iso(job.last_started_at),
-            "last_status": job.last_status,
-            "duration_ms": job.duration_ms,
-            "succeeded": job.succeeded,
-            "failed": job.failed,
-            "next_due_at": _iso(job.next_due_at),
-            "paused": job.paused,
-            "last_success_at": _iso(job.last_success_at),
-            "health": job.health,
-            "healthy": job.healthy,
-        }
-        for job in report.jobs
-    ]
-    body = {"healthy": report.healthy, "checked_at": _iso(report.checked_at), "jobs": jobs}
-    return json.dumps(body, indent=2) + "\n"
+    return json.dumps(report_dict(report), indent=2) + "\n"
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """The JSON shape `status --json` prints and the HTTP endpoint's /api/jobs answers."""
+    return {
+        "healthy": report.healthy,
+        "checked_at": iso(report.checked_at),
+        "jobs": [job_dict(job) for job in report.jobs],
+    }
+
+
+def job_dict(job: JobStatus) -> dict[str, Any]:
+    """One job of `report_dict`."""
+    return {
+        "job": job.job,
+        "service": job.service,
+        "schedule": job.schedule,
+        "cadence": job.cadence,
+        "last_started_at": iso(job.last_started_at),
+        "last_status": job.last_status,
+        "duration_ms": job.duration_ms,
+        "succeeded": job.succeeded,
+        "failed": job.failed,
+        "next_due_at": iso(job.next_due_at),
+        "paused": job.paused,
+        "last_success_at": iso(job.last_success_at),
+        "health": job.health,
+        "healthy": job.healthy,
+    }
 
 
 _COLUMNS = (
@@ -222,7 +231,8 @@ def _connect(settings: Settings) -> db.Conn:
     )
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC, or None."""
     return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
