@@ -1,0 +1,56 @@
+"""The command line as users run it: pipes, exit codes, SERVICE_TYPE, --version, usage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from scripts.fakes import Reply, Request, serving, usage_body
+from tests.conftest import BASE_ENV, ROOT
+from worker import db
+
+
+def worker_env(**env: str) -> dict[str, str]:
+    """The environment a test child starts from: no database of the test runner's own."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
+    for name in ("DATABASE_URL", "SERVICE_TYPE"):
+        clean.pop(name, None)
+    return {**clean, **BASE_ENV, **env}
+
+
+def run_row(conn: db.Conn, job: str) -> dict[str, Any]:
+    [row] = conn.execute(
+        "SELECT status, total, succeeded, failed FROM worker_job_runs WHERE job = %s", (job,)
+    ).fetchall()
+    return dict(row)
+
+
+def test_a_closed_stdout_neither_breaks_nor_fails_the_run(db_url: str, conn: db.Conn) -> None:
+    # `worker quota --once | head -1`: the reader goes away after the first line.
+    conn.execute("INSERT INTO tavily_api_keys (api_key, plan_limit) VALUES ('tvly-pipe-1', 10)")
+    reader_gone = threading.Event()
+
+    def usage(request: Request) -> Reply:
+        reader_gone.wait(10)  # answer only once nobody reads the worker's stdout any more
+        return Reply(200, usage_body(15000, 500))
+
+    with serving(usage) as api:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "worker", "quota", "--once"],
+            cwd=ROOT,
+            env=worker_env(DATABASE_URL=db_url, TAVILY_USAGE_URL=f"{api.url}/usage"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.readline()
+        child.stdout.close()
+        reader_gone.set()
+        _, stderr = child.communicate(timeout=30)
+
+    assert child.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr
+    assert run_row(conn, "quota") == {"status": "success", "total": 1, "succeeded": 1, "failed": 0}
