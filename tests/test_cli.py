@@ -54,3 +54,52 @@ def test_a_closed_stdout_neither_breaks_nor_fails_the_run(db_url: str, conn: db.
     assert child.returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr
     assert run_row(conn, "quota") == {"status": "success", "total": 1, "succeeded": 1, "failed": 0}
+
+
+def run_worker(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    done = run_worker("--version")
+
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"worker {version('worker')}\n", "")
+
+
+def test_a_mistyped_flag_shows_the_subcommands_usage() -> None:
+    done = run_worker("quota", "--onse")
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: worker quota [-h] [--once]")
+    assert "worker quota: error: unrecognized arguments: --onse" in done.stderr
+
+
+def test_service_type_picks_the_command_when_none_is_given(db_url: str, conn: db.Conn) -> None:
+    # The alias, as the entrypoint reads it; extra arguments pass through.
+    done = run_worker(
+        "--once",
+        SERVICE_TYPE="tavily_quota_updater",
+        DATABASE_URL=db_url,
+        TAVILY_USAGE_URL="http://127.0.0.1:9/usage",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert '"event": "tavily_quota_updater_starting"' in done.stdout
+    assert conn.execute("SELECT job FROM worker_job_runs").fetchall() == [{"job": "quota"}]
+
+
+def test_without_a_command_or_service_type_the_message_names_service_type() -> None:
+    done = run_worker()
+
+    assert done.returncode == 2
+    assert "SERVICE_TYPE" in done.stderr
+    assert "COMMAND" in done.stderr

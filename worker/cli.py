@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -19,11 +20,18 @@ from .settings import ConfigError, Settings
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
 
 
+# What SERVICE_TYPE may name when no command is given (the image's and Railway's way).
+SERVICE_TYPES = "quota (alias tavily_quota_updater), cleanup, replenish, jobs, all, migrate"
+_TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker",
         description="Background maintenance for an app, on its own PostgreSQL.",
+        epilog="With no COMMAND, SERVICE_TYPE names it: " + SERVICE_TYPES + ".",
     )
+    parser.add_argument("--version", action="version", version=f"worker {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SERVICES:
         jobs = ", ".join(spec.name for spec in jobs_of(name))
@@ -55,7 +63,43 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("status", help="each job's last run, next due time and health")
     report.add_argument("--json", action="store_true", help="print the status as JSON")
     report.add_argument("--service", metavar="NAME", help="only the jobs of this service")
+    # Each command remembers its parser, so an unknown flag shows that command's usage.
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("worker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_arguments(argv: Sequence[str], env: Mapping[str, str]) -> argparse.Namespace:
+    """The arguments, SERVICE_TYPE naming the command when none is given; exit 2 on a usage
+    error, with the usage of the command it concerns."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(_with_service_type(list(argv), env, parser))
+    if unknown:
+        owner = getattr(args, "command_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _with_service_type(
+    argv: list[str], env: Mapping[str, str], parser: argparse.ArgumentParser
+) -> list[str]:
+    """`SERVICE_TYPE=quota worker --once` is `worker quota --once`."""
+    if argv and (not argv[0].startswith("-") or argv[0] in _TOP_LEVEL_FLAGS):
+        return argv
+    service_type = env.get("SERVICE_TYPE", "").strip()
+    if not service_type:
+        parser.error(f"a COMMAND is required, or SERVICE_TYPE set to one of: {SERVICE_TYPES}")
+    command = SERVICE_ALIASES.get(service_type, service_type)
+    if command not in (*SERVICES, "migrate"):
+        parser.error(f"unknown SERVICE_TYPE {service_type!r}; use one of: {SERVICE_TYPES}")
+    return [command, *argv]
 
 
 def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +110,8 @@ def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m worker` and the `worker` console script."""
-    args = build_parser().parse_args(argv)
     env = settings.load_environment()
+    args = parse_arguments(sys.argv[1:] if argv is None else argv, env)
     try:
         config, jobs = _configure(args, env)
     except ConfigError as exc:
