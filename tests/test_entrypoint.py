@@ -36,9 +36,11 @@ def run_entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("service_type", ["", "quota_updater", "worker; rm -rf /"])
-def test_unknown_or_missing_service_type_exits_64(service_type: str) -> None:
+def test_unknown_or_missing_service_type_is_a_usage_error(service_type: str) -> None:
+    # The worker reads SERVICE_TYPE itself: a usage error like any other (exit 2; the
+    # script's own check exited 64 before it became a plain `exec`).
     done = run_entrypoint(env={"SERVICE_TYPE": service_type} if service_type else {})
-    assert done.returncode == 64
+    assert done.returncode == 2
     assert "SERVICE_TYPE" in done.stderr
     services = "quota (alias tavily_quota_updater), cleanup, replenish, jobs, all, migrate"
     assert services in done.stderr
