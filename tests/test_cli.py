@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 from scripts.fakes import Reply, Request, serving, usage_body
 from tests.conftest import BASE_ENV, ROOT
 from worker import db
+from worker.registry import JOBS
 
 
 def worker_env(**env: str) -> dict[str, str]:
@@ -103,3 +105,17 @@ def test_without_a_command_or_service_type_the_message_names_service_type() -> N
     assert done.returncode == 2
     assert "SERVICE_TYPE" in done.stderr
     assert "COMMAND" in done.stderr
+
+
+def test_all_without_a_producer_runs_every_other_job_and_says_which_it_left_out(
+    db_url: str, conn: db.Conn
+) -> None:
+    done = run_worker("all", "--once", DATABASE_URL=db_url)
+
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    disabled = [(e["job"], e["variable"]) for e in lines if e["event"] == "job_disabled"]
+    assert disabled == [("replenish", "REPLENISH_API_URL")]
+    ran = {row["job"] for row in conn.execute("SELECT job FROM worker_job_runs").fetchall()}
+    assert ran == set(JOBS) - {"replenish"}
+    assert run_worker("replenish", "--once", DATABASE_URL=db_url).returncode == 2

@@ -152,7 +152,7 @@ def _configure(
         need_database=args.command != "jobs-check",
     )
     jobs = registry.resolve(config, env, need_tokens=args.command != "jobs-check")
-    _check_job_argument(args, jobs)
+    _check_job_argument(args, jobs, config)
     _check_service_argument(args)
     if getattr(args, "due", False) and not args.once:
         raise ConfigError("--due: only with --once")
@@ -165,7 +165,9 @@ def _configure(
 
 def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpec]) -> int:
     if args.command in SERVICES:
-        selected = registry.select(jobs, args.command)
+        selected, disabled = registry.runnable(registry.select(jobs, args.command), config)
+        for spec, variable in disabled:  # only `all` gets here with some: the others refuse
+            logs.get_logger().info("job_disabled", job=spec.name, variable=variable)
         daemon = Daemon(config, SERVICES[args.command], dry_run=args.dry_run, jobs=selected)
         return daemon.run(once=args.once, due_only=args.due)
     if args.command == "run":
@@ -177,10 +179,15 @@ def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpe
     return _set_paused(config, args.job, paused=args.command == "pause")
 
 
-def _check_job_argument(args: argparse.Namespace, jobs: Mapping[str, JobSpec]) -> None:
+def _check_job_argument(
+    args: argparse.Namespace, jobs: Mapping[str, JobSpec], config: Settings
+) -> None:
     job = getattr(args, "job", None)
     if job is not None and job not in jobs:
         raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(jobs)}")
+    variable = jobs[job].missing(config) if job is not None and args.command == "run" else None
+    if variable is not None:
+        raise ConfigError(f"{variable} is required by the {job} job")
 
 
 def _check_service_argument(args: argparse.Namespace) -> None:
