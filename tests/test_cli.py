@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from scripts.fakes import Reply, Request, serving, usage_body
@@ -119,3 +121,62 @@ def test_all_without_a_producer_runs_every_other_job_and_says_which_it_left_out(
     ran = {row["job"] for row in conn.execute("SELECT job FROM worker_job_runs").fetchall()}
     assert ran == set(JOBS) - {"replenish"}
     assert run_worker("replenish", "--once", DATABASE_URL=db_url).returncode == 2
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+ONE_SHOT_COMMANDS = [
+    ("status",),
+    ("pause", "quota"),
+    ("resume", "quota"),
+    ("migrate",),
+    ("quota", "--once"),
+    ("run", "quota"),
+    ("run", "quota", "--request"),
+]
+
+
+def test_an_unreachable_database_gets_one_answer_from_every_command() -> None:
+    url = f"postgresql://app:s3cret-pw@127.0.0.1:{closed_port()}/app"
+    env = worker_env(DATABASE_URL=url)
+    env.pop("DB_CONNECT_TIMEOUT_SECONDS")  # one-shot commands wait at most 10 s by default
+    started = time.monotonic()
+    children = {
+        args: subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in ONE_SHOT_COMMANDS
+    }
+    try:
+        done = {
+            args: (child.communicate(timeout=30), child.returncode)
+            for args, child in children.items()
+        }
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait(5)
+
+    assert time.monotonic() - started < 20
+    for args, ((stdout, stderr), code) in done.items():
+        assert code == (2 if args == ("status",) else 1), (args, stdout, stderr)
+        # status keeps stdout for its table: its log lines go to stderr.
+        log_stream, human = (stderr, stdout) if args == ("status",) else (stdout, stderr)
+        events = [json.loads(line) for line in log_stream.splitlines() if line.startswith("{")]
+        [event] = [e for e in events if e["event"] == "database_unreachable"]
+        assert event["db_host"] == "127.0.0.1", args
+        errors = [line for line in stderr.splitlines() if not line.startswith("{")]
+        assert len(errors) == 1 and errors[0].startswith("worker: error: "), (args, stderr)
+        assert "db_host=127.0.0.1" in errors[0], args
+        assert "s3cret-pw" not in stdout + stderr, args
+        assert human == "" or args != ("status",), args

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 
@@ -18,6 +20,7 @@ from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
+ONE_SHOT_CONNECT_TIMEOUT_S = 10.0
 
 
 # What SERVICE_TYPE may name when no command is given (the image's and Railway's way).
@@ -116,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, jobs = _configure(args, env)
     except ConfigError as exc:
         return _usage_error(str(exc))
+    config = _one_shot_timeout(args, env, config)
     if args.command == "jobs-check":
         return jobscheck.run(config, jobs, out=sys.stdout)
     logs.SECRETS.add(
@@ -215,14 +219,26 @@ def _with_database(config: Settings) -> Settings:
 
 def _migrate(config: Settings, *, app_tables: bool) -> int:
     log = logs.get_logger()
+    conn = service.connect(config, threading.Event(), log, "worker:migrate")
+    if isinstance(conn, int):
+        return EXIT_FAILURE
     try:
-        with db.connect(config.database) as conn:
+        with conn:
             applied = db.migrate(conn, app_tables=app_tables)
     except psycopg.Error as exc:
-        log.error("migrate_failed", error=db.describe_error(exc), db_host=config.database.host)
-        return EXIT_FAILURE
+        return _failed(log, "migrate_failed", "migrating", config, exc)
     log.info("migrate_completed", applied=applied, app_tables=app_tables)
     return EXIT_OK
+
+
+def _failed(
+    log: Any, event: str, doing: str, config: Settings, exc: psycopg.Error, **fields: Any
+) -> int:
+    """A command's database statement failed: its event, one human line, exit 1."""
+    error, host = db.describe_error(exc), config.database.host
+    log.error(event, error=error, db_host=host, **fields)
+    logs.say_error(f"{doing} the database at db_host={host}: {error}")
+    return EXIT_FAILURE
 
 
 def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -> int:
@@ -240,33 +256,46 @@ def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -
 
 def _request_run(config: Settings, spec: JobSpec) -> int:
     log = logs.get_logger()
+    conn = service.connect(config, threading.Event(), log, "worker:request")
+    if isinstance(conn, int):
+        return EXIT_FAILURE
     try:
-        with db.connect(config.database) as conn:
+        with conn:
             db.migrate(conn)
             service.register(conn, config, [spec], log)
             ledger.request_run(conn, spec.name)
     except psycopg.Error as exc:
-        log.error("request_failed", job=spec.name, error=db.describe_error(exc))
-        return EXIT_FAILURE
+        return _failed(log, "request_failed", "requesting a run in", config, exc, job=spec.name)
     log.info("run_requested", job=spec.name)
     return EXIT_OK
 
 
 def _set_paused(config: Settings, job: str, *, paused: bool) -> int:
     log = logs.get_logger()
+    conn = service.connect(config, threading.Event(), log, "worker:pause")
+    if isinstance(conn, int):
+        return EXIT_FAILURE
     try:
-        with db.connect(config.database) as conn:
+        with conn:
             db.migrate(conn)
             ledger.set_paused(conn, job, paused)
     except psycopg.Error as exc:
-        log.error(
-            "pause_failed", job=job, error=db.describe_error(exc), db_host=config.database.host
-        )
-        return EXIT_USAGE if isinstance(exc, psycopg.OperationalError) else EXIT_FAILURE
+        return _failed(log, "pause_failed", "setting the pause flag in", config, exc, job=job)
     log.info("job_paused_set" if paused else "job_resumed", job=job)
     return EXIT_OK
 
 
 def _usage_error(message: str) -> int:
-    print(f"worker: error: {message}", file=sys.stderr)
+    logs.say_error(message)
     return EXIT_USAGE
+
+
+def _one_shot_timeout(
+    args: argparse.Namespace, env: Mapping[str, str], config: Settings
+) -> Settings:
+    """A command that runs once and exits waits at most ONE_SHOT_CONNECT_TIMEOUT_S for the
+    database unless DB_CONNECT_TIMEOUT_SECONDS says otherwise; daemons keep its default."""
+    daemon = args.command in SERVICES and not args.once
+    if daemon or env.get("DB_CONNECT_TIMEOUT_SECONDS", "").strip():
+        return config
+    return replace(config, db_connect_timeout_s=ONE_SHOT_CONNECT_TIMEOUT_S)

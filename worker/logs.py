@@ -93,6 +93,15 @@ def _mask_line(logger: Any, method: str, line: Any) -> Any:
     return SECRETS(line) if isinstance(line, str) and SECRETS else line
 
 
+def say_error(message: str) -> None:
+    """The one human line of an error, on stderr; its JSON event goes to the log stream.
+
+    Every error a person must act on gets both, once each: the event for machines, this
+    line for the terminal (README, "Exit codes").
+    """
+    print(f"worker: error: {SECRETS(message) if SECRETS else message}", file=sys.stderr)
+
+
 def get_logger(**context: Any) -> Any:
     """A logger with `context` bound to it."""
     return structlog.get_logger("worker").bind(**context)
