@@ -13,6 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # tini as PID 1: declared `command` jobs start child processes, and whatever those leave
 # behind is reaped by tini, not inherited by a Python that never waits for it.
+# Not pinned: Debian's security updates replace the version, and a pin would break the build.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
@@ -31,11 +33,13 @@ RUN uv sync --frozen --no-dev --no-editable \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin worker
 
 ENV PATH="/app/.venv/bin:$PATH"
-USER worker
+USER 10001
 
-# Exit 0 healthy, 1 a job of this service is stale or failing, 2 database unreachable.
+# Exit 0 healthy; 1 a job of this service is stale or failing, or the database is
+# unreachable (status's own 2 is mapped to 1: Docker reserves 2). A one-shot service
+# (migrate) has no jobs to judge: nothing to check.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
-    CMD ["sh", "-c", "exec worker status --service \"${SERVICE_TYPE:-all}\""]
+    CMD ["sh", "-c", "[ \"${SERVICE_TYPE:-}\" = migrate ] || worker status --service \"${SERVICE_TYPE:-all}\" || exit 1"]
 
 # tini is PID 1 and forwards the platform's SIGTERM; the entrypoint script execs Python, so
 # the worker receives it directly and reaps nothing itself.
