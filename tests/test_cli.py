@@ -9,10 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from importlib.metadata import version
 from typing import Any
 
 from scripts.fakes import Reply, Request, serving, usage_body
-from tests.conftest import BASE_ENV, ROOT
+from tests.conftest import BASE_ENV, ROOT, WorkerProcess
 from worker import db
 from worker.registry import JOBS
 
@@ -72,8 +73,6 @@ def run_worker(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_version_prints_the_package_version() -> None:
-    from importlib.metadata import version
-
     done = run_worker("--version")
 
     assert (done.returncode, done.stdout, done.stderr) == (0, f"worker {version('worker')}\n", "")
@@ -180,3 +179,12 @@ def test_an_unreachable_database_gets_one_answer_from_every_command() -> None:
         assert "db_host=127.0.0.1" in errors[0], args
         assert "s3cret-pw" not in stdout + stderr, args
         assert human == "" or args != ("status",), args
+
+
+def test_the_test_helper_notices_lines_no_test_expected() -> None:
+    printed = WorkerProcess(["--version"], {})
+    assert printed.wait() == 0
+    assert printed.noise() == [f"worker {version('worker')}\n"]
+    allowed = WorkerProcess(["--version"], {}, expect_noise=True)
+    assert allowed.wait() == 0
+    assert allowed.noise() == []
