@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
         flag.add_argument("job", metavar="JOB")
+    _embedded_commands(sub)
     report = sub.add_parser("status", help="each job's last run, next due time and health")
     report.add_argument("--json", action="store_true", help="print the status as JSON")
     report.add_argument("--service", metavar="NAME", help="only the jobs of this service")
@@ -70,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     for command_parser in sub.choices.values():
         command_parser.set_defaults(command_parser=command_parser)
     return parser
+
+
+def _embedded_commands(sub: Any) -> None:
+    embedded_db = sub.add_parser(
+        "db", help="the embedded PostgreSQL (no database configured, outside production)"
+    )
+    verbs = embedded_db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    psql = verbs.add_parser("psql", help="psql on it, starting it for as long as psql runs")
+    psql.add_argument("psql_args", nargs="*", metavar="ARGS", help="passed on to psql")
+    verbs.add_parser("url", help="print its connection URL, starting it and leaving it running")
+    verbs.add_parser("stop", help="stop it, unless a worker process still uses it")
 
 
 def _version() -> str:
@@ -83,7 +95,12 @@ def parse_arguments(argv: Sequence[str], env: Mapping[str, str]) -> argparse.Nam
     """The arguments, SERVICE_TYPE naming the command when none is given; exit 2 on a usage
     error, with the usage of the command it concerns."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(_with_service_type(list(argv), env, parser))
+    argv = _with_service_type(list(argv), env, parser)
+    # Everything after `db psql` is psql's, options included.
+    passed_on = argv[2:] if argv[:2] == ["db", "psql"] else []
+    args, unknown = parser.parse_known_args(argv[: len(argv) - len(passed_on)])
+    if passed_on:
+        args.psql_args = passed_on
     if unknown:
         owner = getattr(args, "command_parser", parser)
         owner.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -130,14 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             *registry.tokens(config, env),
         ]
     )
-    # `status` owns stdout (its table or JSON); its log lines go to stderr.
-    log_stream = sys.stderr if args.command == "status" else None
+    # `status` and `db` own stdout (a table, JSON, a URL, psql); their log lines go to stderr.
+    log_stream = sys.stderr if args.command in ("status", "db") else None
     logs.configure(config.log_level, config.log_format, stream=log_stream)
     for old in config.deprecated:
         logs.get_logger().warning(
             "setting_deprecated", variable=old.old, replacement=old.new, message=old.note
         )
     try:
+        if args.command == "db":
+            return _embedded_db(args, config)
         config = _with_database(config)
     except ConfigError as exc:
         return _usage_error(str(exc))
@@ -212,9 +231,32 @@ def _with_database(config: Settings) -> Settings:
     log.info("embedded_database_starting", data_dir=str(config.database.embedded_dir))
     config = replace(config, database=embedded.start(config.database))
     with db.connect(config.database) as conn:
-        db.migrate(conn, app_tables=True)
-    log.info("embedded_database_ready", db_host=config.database.host)
+        applied = db.migrate(conn, app_tables=True)
+    # Reported here, where they happen: later steps find nothing left to apply.
+    log.info("embedded_database_ready", db_host=config.database.host, migrations_applied=applied)
     return config
+
+
+def _embedded_db(args: argparse.Namespace, config: Settings) -> int:
+    """`worker db psql|url|stop`: the embedded server between runs."""
+    database = config.database
+    if database.source != "embedded":
+        raise ConfigError(
+            f"db: only for the embedded database; this process uses {database.source} "
+            f"(db_host={database.host})"
+        )
+    if args.db_command == "psql":
+        return embedded.psql(_with_database(config).database, args.psql_args)
+    if args.db_command == "url":
+        print(embedded.start(database, stop_at_exit=False).conninfo)
+        return EXIT_OK
+    users = embedded.stop(database)
+    if users:
+        logs.say_error(
+            f"the embedded server is in use by worker processes {users}; stop them first"
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _migrate(config: Settings, *, app_tables: bool) -> int:
