@@ -13,6 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # tini as PID 1: declared `command` jobs start child processes, and whatever those leave
 # behind is reaped by tini, not inherited by a Python that never waits for it.
+# Not pinned: Debian's security updates replace the version, and a pin would break the build.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
@@ -31,17 +33,19 @@ RUN uv sync --frozen --no-dev --no-editable \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin worker
 
 ENV PATH="/app/.venv/bin:$PATH"
-USER worker
+USER 10001
 
 # The HTTP endpoint, when WORKER_HTTP_PORT (or the platform's PORT) is set: /healthz, /metrics,
 # the dashboard. 8080 is a suggestion; the variable decides.
 EXPOSE 8080
 
-# With the endpoint on: GET /healthz on loopback (200 loop alive and database answering, else
-# 503). Without it: `worker status` (exit 0 healthy, 1 a job of this service is stale or
-# failing, 2 database unreachable). The image has no curl: Python makes the request.
+# Exit 0 healthy, 1 unhealthy (Docker reserves 2). With the endpoint on: GET /healthz on
+# loopback (200: loop alive and database answering). Without it: `worker status` (a job of
+# this service stale or failing, or the database unreachable: status's own 2 is mapped to
+# 1). A one-shot service (migrate) has no jobs to judge: nothing to check. The image has no
+# curl: Python makes the request.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=120s --retries=3 \
-    CMD ["sh", "-c", "port=\"${WORKER_HTTP_PORT:-${PORT:-}}\"; if [ -n \"$port\" ]; then exec python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"http://127.0.0.1:$port/healthz\"; else exec worker status --service \"${SERVICE_TYPE:-all}\"; fi"]
+    CMD ["sh", "-c", "port=\"${WORKER_HTTP_PORT:-${PORT:-}}\"; if [ -n \"$port\" ]; then python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"http://127.0.0.1:$port/healthz\" || exit 1; elif [ \"${SERVICE_TYPE:-}\" = migrate ]; then exit 0; else worker status --service \"${SERVICE_TYPE:-all}\" || exit 1; fi"]
 
 # tini is PID 1 and forwards the platform's SIGTERM; the entrypoint script execs Python, so
 # the worker receives it directly and reaps nothing itself.

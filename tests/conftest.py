@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -140,9 +139,23 @@ def run_job_pass(job: Callable[[JobContext], None], ctx: JobContext) -> JobResul
 
 
 class WorkerProcess:
-    """`python -m worker ...` as users run it, with its JSON log lines collected."""
+    """`python -m worker ...` as users run it, with its JSON log lines collected.
 
-    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
+    Whatever else it prints is kept too, and checked when the test ends (`noise`): a
+    traceback, or a stdout line that is not JSON, fails the test unless it was started with
+    `expect_noise=True`; so does a line on stderr the test never read (`stderr()`).
+    """
+
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], *, expect_noise: bool = False
+    ) -> None:
+        self.expect_noise = expect_noise
+        # These print their answer on stdout (their log goes to stderr): only a traceback
+        # there is noise.
+        self._stdout_is_output = args[:1] in (["status"], ["jobs-check"])
+        self.stdout_noise: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._stderr_read = False
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
         full_env.pop("DATABASE_URL", None)
         full_env.update({**BASE_ENV, **env})
@@ -159,15 +172,25 @@ class WorkerProcess:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             with self._changed:
                 self.raw.append(line)
-                with contextlib.suppress(ValueError):  # a traceback line, say
+                try:
                     self.lines.append(json.loads(line))
+                except ValueError:  # a traceback line, say
+                    self.stdout_noise.append(line)
                 self._changed.notify_all()
+
+    def _read_stderr(self) -> None:
+        # JSON lines are log lines (`status` logs to stderr); the rest is what `noise` checks.
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         with self._changed:
@@ -199,11 +222,27 @@ class WorkerProcess:
     def wait(self, timeout_s: float = 15.0) -> int:
         code = self.proc.wait(timeout_s)
         self._reader.join(5)
+        self._stderr_reader.join(5)
         return code
 
     def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        """Everything it wrote on stderr (once it has exited): the test has now seen it."""
+        self._stderr_reader.join(15)
+        self._stderr_read = True
+        return "".join(self.stderr_lines)
+
+    def noise(self) -> list[str]:
+        """What it printed that no test asked for: tracebacks, non-JSON stdout, unread stderr."""
+        self._reader.join(5)
+        self._stderr_reader.join(5)
+        if self.expect_noise:
+            return []
+        unread = [] if self._stderr_read else [x for x in self.stderr_lines if not _json(x)]
+        traceback = [line for line in self.stderr_lines if "Traceback" in line]
+        stdout = self.stdout_noise
+        if self._stdout_is_output:
+            stdout = [line for line in stdout if "Traceback" in line]
+        return [*stdout, *(unread or traceback)]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -211,16 +250,26 @@ class WorkerProcess:
             self.proc.wait(5)
 
 
+def _json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker subprocesses; any still running at the end of the test is killed."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: Mapping[str, str]) -> WorkerProcess:
-        process = WorkerProcess(list(args), env)
+    def start(*args: str, env: Mapping[str, str], expect_noise: bool = False) -> WorkerProcess:
+        process = WorkerProcess(list(args), env, expect_noise=expect_noise)
         started.append(process)
         return process
 
     yield start
     for process in started:
         process.kill()
+    noisy = {" ".join(p.proc.args[3:]): p.noise() for p in started if p.noise()}  # type: ignore[index]
+    assert not noisy, f"worker processes printed what no test expected: {noisy}"

@@ -390,6 +390,13 @@ def test_dry_run_reports_counts_and_deletes_nothing(conn: db.Conn) -> None:
     assert would["refresh_tokens.expires_at"] == 3
     assert would["scrape_sessions.created_at"] == 4
     assert not events(logs, "cleanup_rule_completed")
+    totals = [(e["would_delete"], e["dry_run"]) for e in events(logs, "cleanup_completed")]
+    assert totals == [(3, True), (4, True), (1, True)]
+    assert [(r.total, r.succeeded, r.failed) for r in (tokens, sessions, history)] == [
+        (2, 2, 0),  # one per rule counted
+        (1, 1, 0),
+        (2, 2, 0),
+    ]
 
 
 def test_cleanup_once_deletes_old_rows_and_prints_per_rule_counts(

@@ -147,6 +147,7 @@ def test_sigkill_mid_run_holds_the_job_until_the_lease_expires_then_it_is_abando
         assert [r["status"] for r in runs(conn)] == ["running"]
         refused = spawn("run", "quota", env=quota_env(conn.info.dsn, server))
         assert refused.wait(30) == 3  # the dead runner's lease still lives
+        assert refused.stderr() == "quota: claimed_elsewhere\n"
         refused.wait_for("job_claimed_elsewhere", job="quota")
         assert [r["status"] for r in runs(conn)] == ["running"]
         wait_until(lease_expired, timeout_s=10, conn=conn)
@@ -275,6 +276,8 @@ def test_a_role_that_may_not_create_tables_exits_1_with_the_reason(
         [failed] = worker.events("migrate_failed")
         assert "permission denied" in failed["error"]
         assert not worker.events("job_started")
+        [line] = worker.stderr().splitlines()  # the event's one human line
+        assert line.startswith("worker: error: migrating the database") and "permission" in line
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute("DROP DATABASE worker_readonly WITH (FORCE)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +38,11 @@ def run_entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("service_type", ["", "quota_updater", "worker; rm -rf /"])
-def test_unknown_or_missing_service_type_exits_64(service_type: str) -> None:
+def test_unknown_or_missing_service_type_is_a_usage_error(service_type: str) -> None:
+    # The worker reads SERVICE_TYPE itself: a usage error like any other (exit 2; the
+    # script's own check exited 64 before it became a plain `exec`).
     done = run_entrypoint(env={"SERVICE_TYPE": service_type} if service_type else {})
-    assert done.returncode == 64
+    assert done.returncode == 2
     assert "SERVICE_TYPE" in done.stderr
     services = "quota (alias tavily_quota_updater), cleanup, replenish, jobs, all, migrate"
     assert services in done.stderr
@@ -96,3 +100,40 @@ def test_status_accepts_the_service_type_alias(db_url: str, conn: db.Conn) -> No
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
     assert [(job["job"], job["health"]) for job in body["jobs"]] == [("quota", "ok")]
+
+
+def healthcheck_command() -> list[str]:
+    """The Dockerfile's HEALTHCHECK CMD, as Docker runs it."""
+    text = (ROOT / "Dockerfile").read_text()
+    match = re.search(r"^HEALTHCHECK .*?\\\n\s+CMD (\[.*\])$", text, re.MULTILINE)
+    assert match is not None
+    command: list[str] = json.loads(match.group(1))
+    return command
+
+
+@pytest.mark.parametrize(
+    ("service_type", "database", "expected"),
+    [
+        ("quota", "up", 0),
+        ("quota", "closed", 1),  # status exits 2 here, which Docker reserves
+        ("migrate", "closed", 0),  # a one-shot service: nothing to check
+    ],
+)
+def test_the_image_healthcheck_exits_0_or_1(
+    db_url: str, service_type: str, database: str, expected: int
+) -> None:
+    if database == "closed":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            db_url = f"postgresql://app:pw@127.0.0.1:{sock.getsockname()[1]}/app"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
+    done = subprocess.run(
+        healthcheck_command(),
+        env={**clean, "PATH": path, "SERVICE_TYPE": service_type, "DATABASE_URL": db_url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == expected, done.stderr

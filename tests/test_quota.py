@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 
 from scripts.fakes import (
     FakeServer,
@@ -499,3 +500,23 @@ def test_sigterm_during_a_drip_exits_within_a_second(
     run = conn.execute("SELECT status FROM worker_job_runs").fetchone()
     assert run == {"status": "interrupted"}
     assert key_row(conn, "tvly-drip-000000000000")["fresh"] is False
+
+
+def test_keys_sharing_a_prefix_are_told_apart_by_key_id(conn: db.Conn) -> None:
+    good = add_key(conn, "tvly-fake-aaaaaaaaaaaaaaaa")
+    bad = add_key(conn, "tvly-fake-bbbbbbbbbbbbbbbb")
+    script = by_bearer(Reply(200, usage_body(15000, 500))).on(
+        "tvly-fake-bbbbbbbbbbbbbbbb", Reply(401, {"detail": "invalid key"})
+    )
+    with serving(script) as server, structlog.testing.capture_logs() as logs:
+        result = run_pass(conn, server)
+
+    per_key = [e for e in logs if "key_prefix" in e]
+    assert {(e["event"], e["key_id"], e["key_prefix"]) for e in per_key} == {
+        ("tavily_quota_updated", good, "tvly-fake-..."),
+        ("tavily_api_http_error", bad, "tvly-fake-..."),
+    }
+    assert [(f["key_id"], f["item"], f["reason"]) for f in result.failures] == [
+        (bad, "tvly-fake-...", "http_401")
+    ]
+    assert "tvly-fake-bbbbbbbbbbbbbbbb" not in json.dumps([*per_key, *result.failures])

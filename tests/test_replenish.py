@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from structlog.testing import capture_logs
 
 from scripts.fakes import FakeServer, Reply, Request, repeated, serving
 from tests.conftest import Sleeps, WorkerProcess, make_context, make_settings, run_job_pass
@@ -415,11 +416,15 @@ def test_a_campaign_deactivated_meanwhile_gets_nothing(conn: db.Conn, db_url: st
 
 def test_dry_run_calls_nothing_and_writes_nothing(conn: db.Conn) -> None:
     campaign = add_campaign(conn, "c", low=2, target=5)
-    with serving(Producer()) as server:
+    add_campaign(conn, "d", low=2, target=4)
+    with serving(Producer()) as server, capture_logs() as logs:
         result = run_pass(conn, server, dry_run=True)
         assert server.received() == []
-    assert result.total == 1
+    assert result.total == 2
     assert new_payloads(conn, campaign) == []
+    [completed] = [e for e in logs if e["event"] == "replenish_completed"]
+    assert (completed["would_replenish"], completed["items_received"]) == (2, 0)
+    assert "replenished" not in completed
 
 
 # --- lease recovery ----------------------------------------------------------------------
@@ -456,6 +461,10 @@ def test_lease_recovery_releases_only_expired_unconsumed_leases(
         assert (result.total, result.succeeded, result.failed) == (5, 5, 0)
         # Batches of 2, then 4 (fast batches grow), which finds only 3 left.
         assert result.details == {"recovered": 5, "batches": 2}
+    else:
+        # The 5 expired, unconsumed leases it would release; nothing counted as done.
+        assert result.details == {"would_release": 5}
+        assert (result.total, result.succeeded, result.failed) == (0, 0, 0)
 
 
 # --- the service as users run it ---------------------------------------------------------
@@ -515,11 +524,12 @@ def test_dry_run_once_lists_the_requests_it_would_make(
     assert conn.execute("SELECT count(*) AS n FROM worker_job_runs").fetchone() == {"n": 0}
 
 
-@pytest.mark.parametrize("service", ["replenish", "all"])
+@pytest.mark.parametrize("args", [("replenish", "--once"), ("run", "replenish")])
 def test_missing_producer_url_exits_2(
-    db_url: str, spawn: Callable[..., WorkerProcess], service: str
+    db_url: str, spawn: Callable[..., WorkerProcess], args: tuple[str, ...]
 ) -> None:
-    worker = spawn(service, "--once", env={"DATABASE_URL": db_url})
+    # `all` runs without it, leaving the job out (tests/test_cli.py).
+    worker = spawn(*args, env={"DATABASE_URL": db_url})
     assert worker.wait() == 2
     assert "REPLENISH_API_URL" in worker.stderr()
 

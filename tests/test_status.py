@@ -588,6 +588,8 @@ def test_database_down_exits_2_without_the_password(spawn: Spawn) -> None:
 
     assert code == 2
     assert out == ""
-    assert len(err.strip().splitlines()) == 1
-    assert "db_host=127.0.0.1" in err
+    # Its log goes to stderr (stdout is the table's): the event, then the one human line.
+    [event, human] = err.strip().splitlines()
+    assert json.loads(event)["event"] == "database_unreachable"
+    assert human.startswith("worker: error: ") and "db_host=127.0.0.1" in human
     assert "sekret-password" not in err

@@ -61,7 +61,7 @@ def raise_alert(
         "created_at": row["created_at"],
     }
     if log is not None:
-        log.warning("alert_raised", alert_id=row["id"], type=type, level=level)
+        log.warning("alert_raised", alert_id=row["id"], type=type, alert_level=level)
     if webhook_url and http is not None:
         error = clients.notify(
             http, "POST", webhook_url, json=webhook_payload(alert, webhook_format)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 
@@ -17,13 +20,21 @@ from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
+ONE_SHOT_CONNECT_TIMEOUT_S = 10.0
+
+
+# What SERVICE_TYPE may name when no command is given (the image's and Railway's way).
+SERVICE_TYPES = "quota (alias tavily_quota_updater), cleanup, replenish, jobs, all, migrate"
+_TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker",
         description="Background maintenance for an app, on its own PostgreSQL.",
+        epilog="With no COMMAND, SERVICE_TYPE names it: " + SERVICE_TYPES + ".",
     )
+    parser.add_argument("--version", action="version", version=f"worker {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SERVICES:
         jobs = ", ".join(spec.name for spec in jobs_of(name))
@@ -52,10 +63,63 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
         flag.add_argument("job", metavar="JOB")
+    _embedded_commands(sub)
     report = sub.add_parser("status", help="each job's last run, next due time and health")
     report.add_argument("--json", action="store_true", help="print the status as JSON")
     report.add_argument("--service", metavar="NAME", help="only the jobs of this service")
+    # Each command remembers its parser, so an unknown flag shows that command's usage.
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
+
+
+def _embedded_commands(sub: Any) -> None:
+    embedded_db = sub.add_parser(
+        "db", help="the embedded PostgreSQL (no database configured, outside production)"
+    )
+    verbs = embedded_db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    psql = verbs.add_parser("psql", help="psql on it, starting it for as long as psql runs")
+    psql.add_argument("psql_args", nargs="*", metavar="ARGS", help="passed on to psql")
+    verbs.add_parser("url", help="print its connection URL, starting it and leaving it running")
+    verbs.add_parser("stop", help="stop it, unless a worker process still uses it")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("worker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_arguments(argv: Sequence[str], env: Mapping[str, str]) -> argparse.Namespace:
+    """The arguments, SERVICE_TYPE naming the command when none is given; exit 2 on a usage
+    error, with the usage of the command it concerns."""
+    parser = build_parser()
+    argv = _with_service_type(list(argv), env, parser)
+    # Everything after `db psql` is psql's, options included.
+    passed_on = argv[2:] if argv[:2] == ["db", "psql"] else []
+    args, unknown = parser.parse_known_args(argv[: len(argv) - len(passed_on)])
+    if passed_on:
+        args.psql_args = passed_on
+    if unknown:
+        owner = getattr(args, "command_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _with_service_type(
+    argv: list[str], env: Mapping[str, str], parser: argparse.ArgumentParser
+) -> list[str]:
+    """`SERVICE_TYPE=quota worker --once` is `worker quota --once`."""
+    if argv and (not argv[0].startswith("-") or argv[0] in _TOP_LEVEL_FLAGS):
+        return argv
+    service_type = env.get("SERVICE_TYPE", "").strip()
+    if not service_type:
+        parser.error(f"a COMMAND is required, or SERVICE_TYPE set to one of: {SERVICE_TYPES}")
+    command = SERVICE_ALIASES.get(service_type, service_type)
+    if command not in (*SERVICES, "migrate"):
+        parser.error(f"unknown SERVICE_TYPE {service_type!r}; use one of: {SERVICE_TYPES}")
+    return [command, *argv]
 
 
 def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
@@ -66,12 +130,13 @@ def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m worker` and the `worker` console script."""
-    args = build_parser().parse_args(argv)
     env = settings.load_environment()
+    args = parse_arguments(sys.argv[1:] if argv is None else argv, env)
     try:
         config, jobs = _configure(args, env)
     except ConfigError as exc:
         return _usage_error(str(exc))
+    config = _one_shot_timeout(args, env, config)
     if args.command == "jobs-check":
         return jobscheck.run(config, jobs, out=sys.stdout)
     logs.SECRETS.add(
@@ -82,14 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             *registry.tokens(config, env),
         ]
     )
-    # `status` owns stdout (its table or JSON); its log lines go to stderr.
-    log_stream = sys.stderr if args.command == "status" else None
+    # `status` and `db` own stdout (a table, JSON, a URL, psql); their log lines go to stderr.
+    log_stream = sys.stderr if args.command in ("status", "db") else None
     logs.configure(config.log_level, config.log_format, stream=log_stream)
     for old in config.deprecated:
         logs.get_logger().warning(
             "setting_deprecated", variable=old.old, replacement=old.new, message=old.note
         )
     try:
+        if args.command == "db":
+            return _embedded_db(args, config)
         config = _with_database(config)
     except ConfigError as exc:
         return _usage_error(str(exc))
@@ -108,7 +175,7 @@ def _configure(
         need_database=args.command != "jobs-check",
     )
     jobs = registry.resolve(config, env, need_tokens=args.command != "jobs-check")
-    _check_job_argument(args, jobs)
+    _check_job_argument(args, jobs, config)
     _check_service_argument(args)
     if getattr(args, "due", False) and not args.once:
         raise ConfigError("--due: only with --once")
@@ -121,7 +188,9 @@ def _configure(
 
 def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpec]) -> int:
     if args.command in SERVICES:
-        selected = registry.select(jobs, args.command)
+        selected, disabled = registry.runnable(registry.select(jobs, args.command), config)
+        for spec, variable in disabled:  # only `all` gets here with some: the others refuse
+            logs.get_logger().info("job_disabled", job=spec.name, variable=variable)
         daemon = Daemon(config, SERVICES[args.command], dry_run=args.dry_run, jobs=selected)
         return daemon.run(once=args.once, due_only=args.due)
     if args.command == "run":
@@ -133,10 +202,15 @@ def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpe
     return _set_paused(config, args.job, paused=args.command == "pause")
 
 
-def _check_job_argument(args: argparse.Namespace, jobs: Mapping[str, JobSpec]) -> None:
+def _check_job_argument(
+    args: argparse.Namespace, jobs: Mapping[str, JobSpec], config: Settings
+) -> None:
     job = getattr(args, "job", None)
     if job is not None and job not in jobs:
         raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(jobs)}")
+    variable = jobs[job].missing(config) if job is not None and args.command == "run" else None
+    if variable is not None:
+        raise ConfigError(f"{variable} is required by the {job} job")
 
 
 def _check_service_argument(args: argparse.Namespace) -> None:
@@ -157,21 +231,56 @@ def _with_database(config: Settings) -> Settings:
     log.info("embedded_database_starting", data_dir=str(config.database.embedded_dir))
     config = replace(config, database=embedded.start(config.database))
     with db.connect(config.database) as conn:
-        db.migrate(conn, app_tables=True)
-    log.info("embedded_database_ready", db_host=config.database.host)
+        applied = db.migrate(conn, app_tables=True)
+    # Reported here, where they happen: later steps find nothing left to apply.
+    log.info("embedded_database_ready", db_host=config.database.host, migrations_applied=applied)
     return config
+
+
+def _embedded_db(args: argparse.Namespace, config: Settings) -> int:
+    """`worker db psql|url|stop`: the embedded server between runs."""
+    database = config.database
+    if database.source != "embedded":
+        raise ConfigError(
+            f"db: only for the embedded database; this process uses {database.source} "
+            f"(db_host={database.host})"
+        )
+    if args.db_command == "psql":
+        return embedded.psql(_with_database(config).database, args.psql_args)
+    if args.db_command == "url":
+        print(embedded.start(database, stop_at_exit=False).conninfo)
+        return EXIT_OK
+    users = embedded.stop(database)
+    if users:
+        logs.say_error(
+            f"the embedded server is in use by worker processes {users}; stop them first"
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _migrate(config: Settings, *, app_tables: bool) -> int:
     log = logs.get_logger()
+    conn = service.connect(config, threading.Event(), log, "worker:migrate")
+    if isinstance(conn, int):
+        return EXIT_FAILURE
     try:
-        with db.connect(config.database) as conn:
+        with conn:
             applied = db.migrate(conn, app_tables=app_tables)
     except psycopg.Error as exc:
-        log.error("migrate_failed", error=db.describe_error(exc), db_host=config.database.host)
-        return EXIT_FAILURE
+        return _failed(log, "migrate_failed", "migrating", config, exc)
     log.info("migrate_completed", applied=applied, app_tables=app_tables)
     return EXIT_OK
+
+
+def _failed(
+    log: Any, event: str, doing: str, config: Settings, exc: psycopg.Error, **fields: Any
+) -> int:
+    """A command's database statement failed: its event, one human line, exit 1."""
+    error, host = db.describe_error(exc), config.database.host
+    log.error(event, error=error, db_host=host, **fields)
+    logs.say_error(f"{doing} the database at db_host={host}: {error}")
+    return EXIT_FAILURE
 
 
 def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -> int:
@@ -189,33 +298,46 @@ def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -
 
 def _request_run(config: Settings, spec: JobSpec) -> int:
     log = logs.get_logger()
+    conn = service.connect(config, threading.Event(), log, "worker:request")
+    if isinstance(conn, int):
+        return EXIT_FAILURE
     try:
-        with db.connect(config.database) as conn:
+        with conn:
             db.migrate(conn)
             service.register(conn, config, [spec], log)
             ledger.request_run(conn, spec.name)
     except psycopg.Error as exc:
-        log.error("request_failed", job=spec.name, error=db.describe_error(exc))
-        return EXIT_FAILURE
+        return _failed(log, "request_failed", "requesting a run in", config, exc, job=spec.name)
     log.info("run_requested", job=spec.name)
     return EXIT_OK
 
 
 def _set_paused(config: Settings, job: str, *, paused: bool) -> int:
     log = logs.get_logger()
+    conn = service.connect(config, threading.Event(), log, "worker:pause")
+    if isinstance(conn, int):
+        return EXIT_FAILURE
     try:
-        with db.connect(config.database) as conn:
+        with conn:
             db.migrate(conn)
             ledger.set_paused(conn, job, paused)
     except psycopg.Error as exc:
-        log.error(
-            "pause_failed", job=job, error=db.describe_error(exc), db_host=config.database.host
-        )
-        return EXIT_USAGE if isinstance(exc, psycopg.OperationalError) else EXIT_FAILURE
+        return _failed(log, "pause_failed", "setting the pause flag in", config, exc, job=job)
     log.info("job_paused_set" if paused else "job_resumed", job=job)
     return EXIT_OK
 
 
 def _usage_error(message: str) -> int:
-    print(f"worker: error: {message}", file=sys.stderr)
+    logs.say_error(message)
     return EXIT_USAGE
+
+
+def _one_shot_timeout(
+    args: argparse.Namespace, env: Mapping[str, str], config: Settings
+) -> Settings:
+    """A command that runs once and exits waits at most ONE_SHOT_CONNECT_TIMEOUT_S for the
+    database unless DB_CONNECT_TIMEOUT_SECONDS says otherwise; daemons keep its default."""
+    daemon = args.command in SERVICES and not args.once
+    if daemon or env.get("DB_CONNECT_TIMEOUT_SECONDS", "").strip():
+        return config
+    return replace(config, db_connect_timeout_s=ONE_SHOT_CONNECT_TIMEOUT_S)

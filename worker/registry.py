@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from . import jobfile, schedules
@@ -32,6 +32,8 @@ class JobSpec:
     on_start: str | None = None  # true | missed | false; None: RUN_ON_START
     heartbeat_url: str | None = None  # None: HEARTBEAT_URL
     kind: str = "builtin"  # or a declared job's kind: http, command, python, sql
+    # The variable the job cannot run without, when it is not set; None when it can run.
+    missing: Callable[[Settings], str | None] = lambda s: None
 
     def starts(self, settings: Settings) -> str:
         """What this job does when its service starts (ARCHITECTURE.md, "At start...")."""
@@ -90,6 +92,7 @@ JOBS: dict[str, JobSpec] = {
             "replenish",
             replenish.run_once,
             _every(lambda s: s.replenish_interval_minutes * 60),
+            missing=lambda s: None if s.replenish_api_url else "REPLENISH_API_URL",
         ),
         JobSpec(
             leases.NAME,
@@ -120,6 +123,17 @@ SERVICE_ALIASES = {"tavily_quota_updater": "quota"}
 def select(jobs: Mapping[str, JobSpec], service: str) -> list[JobSpec]:
     """The jobs of `jobs` that `service` runs, in order (`all`: every one)."""
     return [spec for spec in jobs.values() if service in (ALL, spec.service)]
+
+
+def runnable(
+    jobs: Sequence[JobSpec], settings: Settings
+) -> tuple[list[JobSpec], list[tuple[JobSpec, str]]]:
+    """The jobs whose configuration is present, and the others with the variable each needs."""
+    missing = [(spec, spec.missing(settings)) for spec in jobs]
+    return (
+        [spec for spec, variable in missing if variable is None],
+        [(spec, variable) for spec, variable in missing if variable is not None],
+    )
 
 
 def jobs_of(service: str, settings: Settings | None = None) -> list[JobSpec]:

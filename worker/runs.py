@@ -198,7 +198,10 @@ class Runner:
     def _alert(self, conn: db.Conn, job: str, **alert: Any) -> None:
         if self.dry_run:
             self.log.info(
-                "alert_skipped_dry_run", job=job, type=alert.get("type"), level=alert.get("level")
+                "alert_skipped_dry_run",
+                job=job,
+                type=alert.get("type"),
+                alert_level=alert.get("level"),
             )
             return
         alerts.raise_alert(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import psycopg
 
 from . import db, ledger
+from .logs import say_error
 from .registry import JobSpec
 from .settings import ConfigError, Settings
 
@@ -28,7 +28,7 @@ def prepare(
     Returns an exit code when the process should end instead of running: 0 when stopped
     while waiting, 1 when the database stays unreachable or refuses, 2 for configuration.
     """
-    conn = _connect(settings, stop, log, application_name)
+    conn = connect(settings, stop, log, application_name)
     if isinstance(conn, int):
         return conn
     with conn:
@@ -41,11 +41,13 @@ def prepare(
                 register(conn, settings, jobs, log)
         except ConfigError as exc:
             log.error("configuration_rejected", error=str(exc))
-            print(f"worker: error: {exc}", file=sys.stderr)
+            say_error(str(exc))
             return 2
         except psycopg.Error as exc:
             # e.g. a role that may not create the worker's tables: say so and stop.
-            log.error("migrate_failed", error=db.describe_error(exc))
+            error = db.describe_error(exc)
+            log.error("migrate_failed", error=error, db_host=settings.database.host)
+            say_error(f"migrating the database at db_host={settings.database.host}: {error}")
             return 1
     log.info("database_ready", migrations_applied=applied)
     return None
@@ -84,9 +86,12 @@ def apply_on_start(settings: Settings, jobs: Sequence[JobSpec], log: Any) -> Non
         log.error("start_requests_failed", error=db.describe_error(exc))
 
 
-def _connect(
+def connect(
     settings: Settings, stop: threading.Event, log: Any, application_name: str
 ) -> db.Conn | int:
+    """Connect with backoff for up to DB_CONNECT_TIMEOUT_SECONDS; an exit code instead when
+    stopped while waiting (0) or when the database stays unreachable (1, reported once)."""
+
     def on_failure(attempt: int, error: str) -> None:
         log.warning(
             "database_unavailable",
@@ -106,8 +111,18 @@ def _connect(
             application_name=application_name,
         )
     except db.DatabaseUnavailable as exc:
-        log.error(
-            "database_unreachable", error=str(exc), timeout_seconds=settings.db_connect_timeout_s
-        )
+        report_unreachable(settings, log, str(exc), timeout_s=settings.db_connect_timeout_s)
         return 1
     return 0 if conn is None else conn
+
+
+def report_unreachable(settings: Settings, log: Any, error: str, *, timeout_s: float) -> None:
+    """`database_unreachable` and its human line: the host and database, never the URL."""
+    host, name = settings.database.host, settings.database.name
+    log.error(
+        "database_unreachable", error=error, timeout_seconds=timeout_s, db_host=host, db_name=name
+    )
+    say_error(
+        f"cannot reach the database at db_host={host} db_name={name} "
+        f"(gave up after {timeout_s:g} s): {error}"
+    )

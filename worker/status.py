@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -11,6 +10,8 @@ from typing import Any, TextIO
 import psycopg
 
 from . import db, schedules
+from .logs import get_logger
+from .service import report_unreachable
 from .settings import Settings
 
 STALE_AFTER_PERIODS = 2  # stale: no run that did its work within 2 x the job's period
@@ -68,12 +69,8 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
             report = gather(conn, service)
     except psycopg.Error as exc:
         # The URL may hold the password: name the host and the database, never the URL.
-        print(
-            f"worker: error: cannot read status from the database at "
-            f"db_host={settings.database.host} db_name={settings.database.name}: "
-            f"{db.describe_error(exc)}",
-            file=sys.stderr,
-        )
+        error = db.describe_error(exc)
+        report_unreachable(settings, get_logger(), error, timeout_s=CONNECT_TIMEOUT_S)
         return EXIT_UNREACHABLE
     out.write(render_json(report) if as_json else render_table(report))
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY

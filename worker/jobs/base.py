@@ -123,9 +123,10 @@ class JobContext:
 
     @contextmanager
     def item(self, item: str, event: str, **fields: Any) -> Iterator[ItemOutcome]:
-        """`guard`, and a failure is logged as `event` and counted with reason `db_error`."""
+        """`guard`, and a failure is logged as `event` and counted with reason `db_error`;
+        `fields` (never a secret) go to the log line and to the run's `details.failures`."""
         with self.guard() as outcome:
             yield outcome
         if outcome.error is not None:
             self.log.error(event, error=outcome.error, **fields)
-            self.result.fail(item, "db_error", error=outcome.error)
+            self.result.fail(item, "db_error", error=outcome.error, **fields)

@@ -17,7 +17,9 @@ def run_once(ctx: JobContext) -> None:
     CLEANUP_BATCH_SIZE rows, adapting so each takes about CLEANUP_BATCH_TARGET_MS."""
     if ctx.dry_run:
         row = ctx.conn.execute(db.query("count_expired_leases")).fetchone()
-        ctx.log.info("lease_recovery_would_release", expired=row["n"] if row else 0)
+        expired = row["n"] if row else 0
+        ctx.result.details.update(would_release=expired)
+        ctx.log.info("lease_recovery_would_release", expired=expired)
         return
     recovered = batches = 0
     sizer = BatchSizer.from_settings(ctx.settings)

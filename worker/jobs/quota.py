@@ -71,6 +71,7 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
     prefix = key_prefix(key["api_key"])
     old_quota = key["remaining_quota"]
     change = {
+        "key_id": key["id"],
         "key_prefix": prefix,
         "old_quota": old_quota,
         "new_quota": usage.remaining,
@@ -83,7 +84,7 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
         ctx.result.ok()
         return
     with (
-        ctx.item(prefix, "tavily_quota_write_failed", key_prefix=prefix) as write,
+        ctx.item(prefix, "tavily_quota_write_failed", key_id=key["id"], key_prefix=prefix) as write,
         ctx.conn.transaction(),
     ):
         db.limit_lock_wait(ctx.conn, KEY_LOCK_TIMEOUT_MS)
@@ -101,18 +102,22 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
 
 
 def _record_failure(ctx: JobContext, key: dict[str, Any], error: Exception) -> None:
-    prefix = key_prefix(key["api_key"])
+    prefix, key_id = key_prefix(key["api_key"]), key["id"]
     if not isinstance(error, CallFailed):
         # A bug, not an API answer: keep the type, never the message (it could echo the key).
-        ctx.log.error("tavily_quota_check_failed", key_prefix=prefix, error=type(error).__name__)
-        ctx.result.fail(prefix, "internal_error", error=type(error).__name__)
+        name = type(error).__name__
+        ctx.log.error("tavily_quota_check_failed", key_id=key_id, key_prefix=prefix, error=name)
+        ctx.result.fail(prefix, "internal_error", key_id=key_id, error=name)
         return
     # reason: http_<status>, timeout, connection_error, bad_response, response_too_large
-    fields = {"key_prefix": prefix, "reason": error.reason, "attempts": error.attempts}
+    fields = {"key_id": key_id, "key_prefix": prefix, "reason": error.reason}
+    fields["attempts"] = error.attempts
     if error.reason == "timeout":
         ctx.log.warning("tavily_api_timeout", detail=error.detail, **fields)
     elif error.status_code is not None:
         ctx.log.warning("tavily_api_http_error", status_code=error.status_code, **fields)
     else:
         ctx.log.warning("tavily_api_error", detail=error.detail, **fields)
-    ctx.result.fail(prefix, error.reason, detail=error.detail, attempts=error.attempts)
+    ctx.result.fail(
+        prefix, error.reason, key_id=key_id, detail=error.detail, attempts=error.attempts
+    )

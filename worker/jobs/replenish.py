@@ -32,10 +32,12 @@ def run_once(ctx: JobContext) -> None:
     else:
         _replenish(ctx, campaigns)
     result = ctx.result
+    # A dry run replenished nothing: it says how many campaigns it would have asked for.
+    done = {"would_replenish" if ctx.dry_run else "replenished": result.succeeded}
     ctx.log.info(
         "replenish_completed",
         total_campaigns=result.total,
-        replenished=result.succeeded,
+        **done,
         failed=result.failed,
         skipped=result.details["skipped"],
         items_received=result.details["items_received"],

@@ -1,0 +1,190 @@
+"""The command line as users run it: pipes, exit codes, SERVICE_TYPE, --version, usage."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import version
+from typing import Any
+
+from scripts.fakes import Reply, Request, serving, usage_body
+from tests.conftest import BASE_ENV, ROOT, WorkerProcess
+from worker import db
+from worker.registry import JOBS
+
+
+def worker_env(**env: str) -> dict[str, str]:
+    """The environment a test child starts from: no database of the test runner's own."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
+    for name in ("DATABASE_URL", "SERVICE_TYPE"):
+        clean.pop(name, None)
+    return {**clean, **BASE_ENV, **env}
+
+
+def run_row(conn: db.Conn, job: str) -> dict[str, Any]:
+    [row] = conn.execute(
+        "SELECT status, total, succeeded, failed FROM worker_job_runs WHERE job = %s", (job,)
+    ).fetchall()
+    return dict(row)
+
+
+def test_a_closed_stdout_neither_breaks_nor_fails_the_run(db_url: str, conn: db.Conn) -> None:
+    # `worker quota --once | head -1`: the reader goes away after the first line.
+    conn.execute("INSERT INTO tavily_api_keys (api_key, plan_limit) VALUES ('tvly-pipe-1', 10)")
+    reader_gone = threading.Event()
+
+    def usage(request: Request) -> Reply:
+        reader_gone.wait(10)  # answer only once nobody reads the worker's stdout any more
+        return Reply(200, usage_body(15000, 500))
+
+    with serving(usage) as api:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "worker", "quota", "--once"],
+            cwd=ROOT,
+            env=worker_env(DATABASE_URL=db_url, TAVILY_USAGE_URL=f"{api.url}/usage"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.readline()
+        child.stdout.close()
+        reader_gone.set()
+        _, stderr = child.communicate(timeout=30)
+
+    assert child.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr
+    assert run_row(conn, "quota") == {"status": "success", "total": 1, "succeeded": 1, "failed": 0}
+
+
+def run_worker(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_version_prints_the_package_version() -> None:
+    done = run_worker("--version")
+
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"worker {version('worker')}\n", "")
+
+
+def test_a_mistyped_flag_shows_the_subcommands_usage() -> None:
+    done = run_worker("quota", "--onse")
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: worker quota [-h] [--once]")
+    assert "worker quota: error: unrecognized arguments: --onse" in done.stderr
+
+
+def test_service_type_picks_the_command_when_none_is_given(db_url: str, conn: db.Conn) -> None:
+    # The alias, as the entrypoint reads it; extra arguments pass through.
+    done = run_worker(
+        "--once",
+        SERVICE_TYPE="tavily_quota_updater",
+        DATABASE_URL=db_url,
+        TAVILY_USAGE_URL="http://127.0.0.1:9/usage",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert '"event": "tavily_quota_updater_starting"' in done.stdout
+    assert conn.execute("SELECT job FROM worker_job_runs").fetchall() == [{"job": "quota"}]
+
+
+def test_without_a_command_or_service_type_the_message_names_service_type() -> None:
+    done = run_worker()
+
+    assert done.returncode == 2
+    assert "SERVICE_TYPE" in done.stderr
+    assert "COMMAND" in done.stderr
+
+
+def test_all_without_a_producer_runs_every_other_job_and_says_which_it_left_out(
+    db_url: str, conn: db.Conn
+) -> None:
+    done = run_worker("all", "--once", DATABASE_URL=db_url)
+
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    disabled = [(e["job"], e["variable"]) for e in lines if e["event"] == "job_disabled"]
+    assert disabled == [("replenish", "REPLENISH_API_URL")]
+    ran = {row["job"] for row in conn.execute("SELECT job FROM worker_job_runs").fetchall()}
+    assert ran == set(JOBS) - {"replenish"}
+    assert run_worker("replenish", "--once", DATABASE_URL=db_url).returncode == 2
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+ONE_SHOT_COMMANDS = [
+    ("status",),
+    ("pause", "quota"),
+    ("resume", "quota"),
+    ("migrate",),
+    ("quota", "--once"),
+    ("run", "quota"),
+    ("run", "quota", "--request"),
+]
+
+
+def test_an_unreachable_database_gets_one_answer_from_every_command() -> None:
+    url = f"postgresql://app:s3cret-pw@127.0.0.1:{closed_port()}/app"
+    env = worker_env(DATABASE_URL=url)
+    env.pop("DB_CONNECT_TIMEOUT_SECONDS")  # one-shot commands wait at most 10 s by default
+    started = time.monotonic()
+    children = {
+        args: subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in ONE_SHOT_COMMANDS
+    }
+    try:
+        done = {
+            args: (child.communicate(timeout=30), child.returncode)
+            for args, child in children.items()
+        }
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait(5)
+
+    assert time.monotonic() - started < 20
+    for args, ((stdout, stderr), code) in done.items():
+        assert code == (2 if args == ("status",) else 1), (args, stdout, stderr)
+        # status keeps stdout for its table: its log lines go to stderr.
+        log_stream, human = (stderr, stdout) if args == ("status",) else (stdout, stderr)
+        events = [json.loads(line) for line in log_stream.splitlines() if line.startswith("{")]
+        [event] = [e for e in events if e["event"] == "database_unreachable"]
+        assert event["db_host"] == "127.0.0.1", args
+        errors = [line for line in stderr.splitlines() if not line.startswith("{")]
+        assert len(errors) == 1 and errors[0].startswith("worker: error: "), (args, stderr)
+        assert "db_host=127.0.0.1" in errors[0], args
+        assert "s3cret-pw" not in stdout + stderr, args
+        assert human == "" or args != ("status",), args
+
+
+def test_the_test_helper_notices_lines_no_test_expected() -> None:
+    printed = WorkerProcess(["--version"], {})
+    assert printed.wait() == 0
+    assert printed.noise() == [f"worker {version('worker')}\n"]
+    allowed = WorkerProcess(["--version"], {}, expect_noise=True)
+    assert allowed.wait() == 0
+    assert allowed.noise() == []
