@@ -147,8 +147,14 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, args: list[str], env: Mapping[str, str], *, expect_noise: bool = False
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        *,
+        expect_noise: bool = False,
+        launcher: list[str] | None = None,
     ) -> None:
+        """Start `python -m worker ARGS`, or `launcher` (a command line of its own) instead."""
         self.expect_noise = expect_noise
         # These print their answer on stdout (their log goes to stderr): only a traceback
         # there is noise.
@@ -160,7 +166,7 @@ class WorkerProcess:
         full_env.pop("DATABASE_URL", None)
         full_env.update({**BASE_ENV, **env})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", *args],
+            launcher or [sys.executable, "-m", "worker", *args],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.PIPE,

@@ -12,11 +12,9 @@ a handler taking the lock (the v1 handler hangs in most of its attempts)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 import psycopg
 
 from scripts.fakes import Reply, serving
-from tests.conftest import BASE_ENV, ROOT, WorkerProcess
+from tests.conftest import ROOT, WorkerProcess
 from tests.test_daemon import add_keys, key_states, quota_env, wait_until
 from worker import db
 
@@ -75,22 +73,7 @@ class TracedWorker(WorkerProcess):
     """The daemon started through TRACED_LAUNCHER; otherwise as `spawn` runs it."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES_"))}
-        full_env.pop("DATABASE_URL", None)
-        full_env.update({**BASE_ENV, **env})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", TRACED_LAUNCHER],
-            cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines = []
-        self.raw = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(["quota"], env, launcher=[sys.executable, "-c", TRACED_LAUNCHER])
 
 
 @dataclass(frozen=True)
