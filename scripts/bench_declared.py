@@ -37,7 +37,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import benchlib
 from benchlib import LoggedProcess, Report, log
@@ -60,7 +59,6 @@ SETTLE_S = 5.0
 MAX_IDLE_RSS_MB = 50.0
 WAIT_S = 60.0  # give up on an expected event after this long
 PYTHON_TARGET = "demoapp.tasks:nothing"
-T = TypeVar("T")
 
 RUN_JOBS = f"""
 [jobs.bench_command]
@@ -134,9 +132,9 @@ def time_runs(
     """Each worker run beside one bare run and one empty job, so all see the same noise."""
     samples: dict[str, list[float]] = {"worker": [], "bare": [], "empty": []}
     for i in range(WARMUP_RUNS + RUNS):
-        bare_ms, _ = timed(bare)
-        empty_ms, _ = timed(lambda: daemon.run_job(EMPTY_JOB, Mode.MANUAL))
-        run_ms, outcome = timed(lambda: daemon.run_job(spec, Mode.MANUAL))
+        bare_ms, _ = benchlib.timed(bare)
+        empty_ms, _ = benchlib.timed(lambda: daemon.run_job(EMPTY_JOB, Mode.MANUAL))
+        run_ms, outcome = benchlib.timed(lambda: daemon.run_job(spec, Mode.MANUAL))
         if i < WARMUP_RUNS:
             continue
         samples["bare"].append(bare_ms)
@@ -170,16 +168,9 @@ def judge(report: Report, kind: str, worker_ms: list[float], bare_ms: list[float
     )
 
 
-def timed(action: Callable[[], T]) -> tuple[float, T]:
-    """(milliseconds `action` took, what it returned)."""
-    started = time.perf_counter_ns()
-    value = action()
-    return (time.perf_counter_ns() - started) / 1e6, value
-
-
 def spread(values_ms: list[float]) -> str:
     ordered = sorted(values_ms)
-    p90 = ordered[math.ceil(0.9 * len(ordered)) - 1]
+    p90 = benchlib.nearest_rank(ordered, 0.9)
     return f"{statistics.median(ordered):.1f} / {p90:.1f} ms"
 
 

@@ -50,11 +50,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 import benchlib
 from benchlib import LoggedProcess, Report, Row, log
@@ -78,7 +76,6 @@ IDLE_S = 30.0
 MAX_IDLE_CPU_MS = 30.0
 STOP_WAIT_S = 10.0
 WAIT_S = 60.0  # give up on an expected event after this long
-T = TypeVar("T")
 FLUSH_SQL = "UPDATE bench_flush SET n = n + 1 WHERE id = 1"  # autocommit: one WAL flush
 JOBS_FILE = '[jobs.quota]\nschedule = "{schedule}"\non_start = false\n'
 
@@ -148,10 +145,10 @@ def time_runs(daemon: Daemon, database: Database) -> tuple[dict[str, list[float]
         conn.execute("CREATE TABLE bench_flush (id int PRIMARY KEY, n bigint NOT NULL)")
         conn.execute("INSERT INTO bench_flush VALUES (1, 0)")
         for i in range(WARMUP_RUNS + RUNS):
-            select_ms, _ = timed(lambda: conn.execute("SELECT 1").fetchone())
-            connect_ms, _ = timed(lambda: connect_select_close(database))
-            commit_ms, _ = timed(lambda: conn.execute(FLUSH_SQL))
-            run_ms, outcome = timed(lambda: daemon.run_job(EMPTY_JOB, Mode.MANUAL))
+            select_ms, _ = benchlib.timed(lambda: conn.execute("SELECT 1").fetchone())
+            connect_ms, _ = benchlib.timed(lambda: connect_select_close(database))
+            commit_ms, _ = benchlib.timed(lambda: conn.execute(FLUSH_SQL))
+            run_ms, outcome = benchlib.timed(lambda: daemon.run_job(EMPTY_JOB, Mode.MANUAL))
             if i < WARMUP_RUNS:
                 continue
             samples["select"].append(select_ms)
@@ -167,16 +164,9 @@ def connect_select_close(database: Database) -> None:
         conn.execute("SELECT 1").fetchone()
 
 
-def timed(action: Callable[[], T]) -> tuple[float, T]:
-    """(milliseconds `action` took, what it returned)."""
-    started = time.perf_counter_ns()
-    value = action()
-    return (time.perf_counter_ns() - started) / 1e6, value
-
-
 def spread(values_ms: list[float]) -> str:
     ordered = sorted(values_ms)
-    p99 = ordered[math.ceil(0.99 * len(ordered)) - 1]
+    p99 = benchlib.nearest_rank(ordered, 0.99)
     return f"{statistics.median(ordered):.3f} / {p99:.3f} ms"
 
 

@@ -6,7 +6,9 @@ one verdict line: `OK: all targets met` (exit 0) or `MISS: <what>` (exit 1).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,12 +17,12 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -41,6 +43,7 @@ FAKE_PLAN_USAGE = 500
 NEW_REMAINING = FAKE_PLAN_LIMIT - FAKE_PLAN_USAGE
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
@@ -180,8 +183,41 @@ def worker_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+# The runtime dependency set alone, as the image installs it (`uv sync --frozen --no-dev`):
+# a daemon's memory is measured as deployed. The development set adds packages that load
+# on import without being used (selenium's trio makes httpcore import its trio backend:
+# 3.4 MB).
+RUNTIME_ENV = ROOT / ".venv-runtime"
+
+
+@functools.cache
+def runtime_python() -> str:
+    """The interpreter of RUNTIME_ENV, synced from uv.lock on first use."""
+    log(f"syncing the runtime dependencies into {RUNTIME_ENV.name}")
+    subprocess.run(
+        ["uv", "sync", "--frozen", "--no-dev", "--no-install-project", "--quiet"],
+        cwd=ROOT,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(RUNTIME_ENV)},
+        check=True,
+    )
+    return str(RUNTIME_ENV / "bin" / "python")
+
+
+def timed(action: Callable[[], T]) -> tuple[float, T]:
+    """(milliseconds `action` took, what it returned)."""
+    started = time.perf_counter_ns()
+    value = action()
+    return (time.perf_counter_ns() - started) / 1e6, value
+
+
+def nearest_rank(ordered: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of sorted values (0.99: p99)."""
+    return ordered[math.ceil(fraction * len(ordered)) - 1]
+
+
 def worker_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "worker", *args]
+    """`python -m worker ARGS` on the runtime dependencies, from the repository root."""
+    return [runtime_python(), "-m", "worker", *args]
 
 
 class LoggedProcess:
