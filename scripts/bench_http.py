@@ -62,6 +62,11 @@ def main() -> int:
         f"{KEYS} keys at {LATENCY_MS:g} ms per call; passes are medians of {PASSES}; "
         f"{CLIENTS} clients each load / every {POLL_INTERVAL_S:g} s during the loaded passes."
     )
+    report.note(
+        "/ reads its data at most once a second (worker.web.DASHBOARD_FRESH_S), so most of "
+        "its 200 requests render a snapshot; /api/jobs and /jobs/JOB read the database "
+        "every time."
+    )
     return report.finish()
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ DB_CHECK_TIMEOUT_S = 2.0
 CLOSE_WAIT_S = 0.5  # the I/O thread's poll wakes on the trigger at once
 CONNECT_TIMEOUT_S = 5
 RECENT_RUNS = 20
+# The dashboard's data is read at most this often, however many browsers poll it: a page
+# that refreshes itself, open in twenty tabs, must not cost the jobs their database. Any
+# action taken through this endpoint clears it at once.
+DASHBOARD_FRESH_S = 1.0
 JOB_RUNS = 50
 MAX_RUNS_LIMIT = 500
 ALERTS = 50
@@ -228,6 +233,9 @@ class App:
         self.loopback = is_loopback(settings.http_host)
         self._templates: Any = None  # loaded on the first page view
         self._templates_lock = threading.Lock()
+        self._dashboard: tuple[float, DashboardData] | None = None
+        self._dashboard_lock = threading.Lock()
+        self._actions = 0  # counts actions: data read across one is not kept
         self.handlers: dict[str, Callable[..., Response]] = {
             "healthz": self.healthz,
             "metrics": self.metrics,
@@ -370,10 +378,7 @@ class App:
     # --- pages -------------------------------------------------------------------------
 
     def dashboard(self, request: Request) -> Response:
-        with self.connections.connection() as conn:
-            report = self.report(conn)
-            runs = conn.execute(db.query("web_recent_runs"), {"limit": RECENT_RUNS}).fetchall()
-            alerts = conn.execute(db.query("web_open_alerts"), {"limit": ALERTS}).fetchall()
+        report, runs, alerts = self.dashboard_data()
         zones = {entry.job: self.zone(entry) for entry in report.jobs}
         return self.render(
             "dashboard.html",
@@ -384,6 +389,23 @@ class App:
             notice=_notice(request),
             here=request.path,
         )
+
+    def dashboard_data(self) -> DashboardData:
+        """The jobs, recent runs and open alerts: read again once DASHBOARD_FRESH_S old."""
+        with self._dashboard_lock:
+            if self._dashboard and time.monotonic() - self._dashboard[0] < DASHBOARD_FRESH_S:
+                return self._dashboard[1]
+            actions = self._actions
+        read_at = time.monotonic()
+        with self.connections.connection() as conn:
+            report = self.report(conn)
+            runs = conn.execute(db.query("web_recent_runs"), {"limit": RECENT_RUNS}).fetchall()
+            alerts = conn.execute(db.query("web_open_alerts"), {"limit": ALERTS}).fetchall()
+        data = (report, runs, alerts)
+        with self._dashboard_lock:
+            if self._actions == actions:
+                self._dashboard = (read_at, data)
+        return data
 
     def job_page(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
@@ -476,6 +498,9 @@ class App:
         self, request: Request, done: str, subject: str, body: dict[str, Any], code: int = 200
     ) -> Response:
         """JSON for a script; for the dashboard's forms, back to the page they came from."""
+        with self._dashboard_lock:
+            self._dashboard = None  # the page it leads back to shows the change
+            self._actions += 1
         back = request.form.get("next")
         if back is None:
             return _json(body, code)
@@ -496,6 +521,9 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+DashboardData = tuple[status.Report, list[dict[str, Any]], list[dict[str, Any]]]
 
 
 def _same_origin(request: Request) -> bool:
