@@ -644,3 +644,36 @@ def test_batches_shrink_when_slow_down_to_100_rows(conn: db.Conn) -> None:
     assert left == set(kept)
     [completed] = events(logs, "cleanup_rule_completed")
     assert (completed["max_batch_size"], completed["min_batch_size"]) == (1000, 100)
+
+
+@pytest.mark.parametrize("id_type", ["bigserial", "uuid DEFAULT gen_random_uuid()"])
+@pytest.mark.parametrize("one_walk_max_rows", [0, 1_000_000], ids=["by_range", "by_id"])
+def test_both_batch_forms_delete_exactly_the_expired_rows(
+    conn: db.Conn, monkeypatch: pytest.MonkeyPatch, id_type: str, one_walk_max_rows: int
+) -> None:
+    # Small batches delete by id what one walk found, large ones by id range: force each.
+    monkeypatch.setattr(cleanup, "ONE_WALK_MAX_ROWS", one_walk_max_rows)
+    conn.execute(
+        sql.SQL("CREATE TABLE cleanup_test_forms (id {} PRIMARY KEY, seen_at timestamptz)").format(
+            sql.SQL(id_type)
+        )
+    )
+    try:
+        conn.execute(
+            "INSERT INTO cleanup_test_forms (seen_at)"
+            " SELECT CASE WHEN g % 3 = 0 THEN now() ELSE now() - interval '10 days' END"
+            " FROM generate_series(1, 100) g"
+        )
+        rule = cleanup.Rule("cleanup_test_forms", "seen_at", 7)
+        outcome = cleanup.delete_in_batches(
+            conn, rule, BatchSizer.fixed(7), lambda: False, get_logger()
+        )
+        left = conn.execute(
+            "SELECT count(*) AS n, bool_and(seen_at > now() - interval '1 day') AS all_live"
+            " FROM cleanup_test_forms"
+        ).fetchone()
+    finally:
+        conn.execute("DROP TABLE cleanup_test_forms")
+    assert (outcome.status, outcome.deleted) == ("completed", 67)
+    assert outcome.batches == 10  # 67 rows, 7 a batch
+    assert left == {"n": 33, "all_live": True}

@@ -27,6 +27,11 @@ HISTORY = "cleanup_history"
 # it keeps the locks it already took, so app requests touching those rows would queue
 # behind it. Failing the batch costs nothing: it rolls back and the next run retries.
 LOCK_TIMEOUT_MS = 1000
+# Up to this many rows a batch deletes by id what its one walk of the table found; beyond
+# it, by id range. Where expired rows are sparse, batches stay small (each walks many live
+# rows) and one walk instead of two halves their cost; where they are dense, batches grow
+# past it, and deleting a range beats looking up tens of thousands of ids.
+ONE_WALK_MAX_ROWS = 10_000
 
 COMPLETED = "completed"
 TABLE_MISSING = "table_missing"
@@ -265,11 +270,26 @@ def _delete_batch(
 ) -> tuple[int, Any, float]:
     """One batch in its own transaction: (rows deleted, its last id or None if final, seconds).
 
-    Pipelined: BEGIN, the settings and the bound query travel together, then the DELETE
-    and COMMIT, so a batch costs two round trips to the server instead of six.
+    A batch of up to ONE_WALK_MAX_ROWS rows walks the table once and deletes what it found
+    by id; a larger one (rows are dense: the sizer grew it) reads its bound, then deletes
+    the id range, which costs less than looking up that many ids one by one. Pipelined:
+    each takes one or two round trips to the server.
     """
     started = time.monotonic()
     after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
+    if params["offset"] < ONE_WALK_MAX_ROWS:
+        with conn.pipeline(), conn.transaction():
+            conn.execute(
+                db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"}
+            )
+            batch = conn.execute(
+                _rule_statement("cleanup_delete_walked", rule, after=after),
+                {**params, "limit": params["offset"] + 1},
+            )
+        row = batch.fetchone()
+        assert row is not None
+        last_id = row["last_id"] if row["matched"] > params["offset"] else None
+        return int(row["deleted"]), last_id, time.monotonic() - started
     with conn.pipeline(), conn.transaction():
         conn.execute(db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"})
         bound = conn.execute(

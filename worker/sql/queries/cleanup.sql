@@ -39,6 +39,24 @@ SELECT id FROM {table}
 OFFSET %(offset)s
  LIMIT 1;
 
+-- name: cleanup_delete_walked
+-- A small batch in one walk of the table in id order: the next n rows the rule matches
+-- after the previous batch's last id, deleted by id, the predicate checked again on each.
+-- Fewer than n matched: this was the final batch.
+WITH batch AS MATERIALIZED (
+    SELECT id FROM {table}
+     WHERE {predicate} {after}
+     ORDER BY id
+     LIMIT %(limit)s
+), gone AS (
+    DELETE FROM {table}
+     WHERE id = ANY(ARRAY(SELECT id FROM batch)) AND {predicate}
+    RETURNING 1
+)
+SELECT (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM batch) AS matched,
+       (SELECT count(*) FROM gone) AS deleted;
+
 -- name: cleanup_delete_range
 -- The predicate is checked again on every row: a token the app extended since the bound was
 -- read is not deleted.
