@@ -194,7 +194,7 @@ def _table_row(job: JobStatus) -> tuple[str, ...]:
         job.service,
         _clock(job.last_started_at),
         job.last_status or "never run",
-        _duration(job.duration_ms),
+        duration(job.duration_ms),
         counts,
         _clock(job.next_due_at),
         "yes" if job.paused else "no",
@@ -237,7 +237,8 @@ def _clock(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _duration(duration_ms: int | None) -> str:
+def duration(duration_ms: int | None) -> str:
+    """A run's duration for people: `4.2s`, `3m07s`, `-` when unknown."""
     if duration_ms is None:
         return "-"
     seconds = duration_ms / 1000

@@ -340,7 +340,7 @@ class App:
                 environment = Environment(
                     loader=PackageLoader("worker", "templates"), autoescape=True
                 )
-                environment.filters.update(utc=_utc, local=_local, duration=_duration)
+                environment.filters.update(utc=_utc, local=_local, duration=status.duration)
                 self._templates = environment
             return self._templates
 
@@ -569,13 +569,3 @@ def _local(moment: datetime | None, zone: str) -> str:
     if moment is None:
         return "-"
     return moment.astimezone(ZoneInfo(zone)).strftime(f"%Y-%m-%d %H:%M:%S {zone}")
-
-
-def _duration(duration_ms: int | None) -> str:
-    if duration_ms is None:
-        return "-"
-    seconds = duration_ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
