@@ -2,7 +2,7 @@
 
 The pooler tests put a real PgBouncer in transaction pooling mode (two server connections)
 between the worker and PostgreSQL: no session state, prepared statement or LISTEN may be
-relied on there (DESIGN.md section 3, "Connection poolers").
+relied on there (README, "Scheduling": connection poolers; ARCHITECTURE.md, invariant 6).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ EVERY_S = 2  # the jobs file's quota schedule in the replica test
 # first due time, inside the race `test_a_replica_starting_with_on_start_false_...` exposes.
 STAGGER_S = 1.25
 WINDOW_S = 12.0  # how long the replicas run, from the first one's start
-REQUEST_PICKUP_S = 5.0  # DESIGN.md section 3: a requested run is picked up within 5 s
+REQUEST_PICKUP_S = 5.0  # README "Scheduling": a requested run is picked up within 5 s
 PICKUP_SLACK_S = 1.0  # process exit, log pipe and claim on a busy machine
 
 

@@ -65,7 +65,7 @@ ATTEMPTS = 24
 EVENT_WAIT_ATTEMPTS = 12
 PARALLEL = 3  # two busy cores: a few at a time keeps the total near half a minute
 MAX_DELAY_S = 0.3
-IDLE_STOP_S = 1.0  # DESIGN.md section 7: exit within 1 s when idle
+IDLE_STOP_S = 1.0  # README "How it works": exit within a second when idle
 START_TIMEOUT_S = 60.0  # a traced start-up is slow
 
 

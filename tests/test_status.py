@@ -1,6 +1,6 @@
 """`worker status`: the registered jobs of the ledger, their health and the exit code.
 
-Expected schedules and periods are the contract's (DESIGN.md §3), written out here as
+Expected schedules and periods are the README's ("How it works"), written out here as
 literals: never derived from the code under test.
 """
 

@@ -1,5 +1,5 @@
--- Reference app tables (DESIGN §5). The app owns these in production; `worker migrate
--- --app-tables` creates the missing ones for local use, demos and tests.
+-- Reference app tables (README, "Command line"). The app owns these in production; `worker
+-- migrate --app-tables` creates the missing ones for local use, demos and tests.
 CREATE TABLE IF NOT EXISTS tavily_api_keys (
     id              bigserial PRIMARY KEY,
     api_key         text        NOT NULL UNIQUE,
