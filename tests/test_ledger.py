@@ -263,7 +263,6 @@ def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db
     ledger.finish(
         conn,
         claim,
-        claim.run,
         status=RunStatus.SUCCESS,
         result=JobResult(),
         duration_ms=1,

@@ -206,11 +206,11 @@ def peek_jobs(conn: Conn, jobs: list[str]) -> list[dict[str, Any]]:
     return conn.execute(db.query("peek_jobs"), {"jobs": jobs}).fetchall()
 
 
-def renew(conn: Conn, claim: Claim, run: Run, lease_s: float) -> bool:
+def renew(conn: Conn, claim: Claim, lease_s: float) -> bool:
     """Extend the lease; False when it was lost (expired and taken over, or released)."""
     row = conn.execute(
         db.query("renew_lease"),
-        {"job": claim.job, "owner": claim.owner, "run_id": run.id, "lease_s": lease_s},
+        {"job": claim.job, "owner": claim.owner, "run_id": claim.run.id, "lease_s": lease_s},
     ).fetchone()
     return row is not None
 
@@ -218,21 +218,20 @@ def renew(conn: Conn, claim: Claim, run: Run, lease_s: float) -> bool:
 def finish(
     conn: Conn,
     claim: Claim,
-    run: Run,
     *,
     status: RunStatus,
     result: JobResult,
     duration_ms: int,
     error: str | None,
 ) -> None:
-    """Write the run's outcome and release the lease, in one statement."""
+    """Write the outcome of the claim's run and release the lease, in one statement."""
     details: dict[str, Any] = dict(result.details)
     if result.failures:
         details["failures"] = result.failures
     conn.execute(
         db.query("finish_run"),
         {
-            "id": run.id,
+            "id": claim.run.id,
             "job": claim.job,
             "owner": claim.owner,
             "status": status.value,

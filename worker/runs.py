@@ -78,13 +78,12 @@ class Runner:
         except psycopg.Error as exc:
             self.log.error("job_start_failed", error=db.describe_error(exc))
             return RunStatus.FAILED
-        run = claimed.run
         for row in claimed.abandoned:
             self.log.warning("run_abandoned", abandoned_run_id=row["id"], pid=row["pid"])
-        with structlog.contextvars.bound_contextvars(run_id=run.id):
-            with LeaseKeeper(self, claimed, run) as keeper:
+        with structlog.contextvars.bound_contextvars(run_id=claimed.run.id):
+            with LeaseKeeper(self, claimed) as keeper:
                 finished = self._execute(conn, spec, claimed, keeper.lost.is_set)
-            self._record(conn, spec, claimed, run, finished)
+            self._record(conn, spec, claimed, finished)
         return finished.status
 
     def _execute(
@@ -140,24 +139,21 @@ class Runner:
             dry_run=self.dry_run,
         )
 
-    def _record(
-        self, conn: db.Conn, spec: JobSpec, claim: Claim, run: Run, finished: Finished
-    ) -> None:
+    def _record(self, conn: db.Conn, spec: JobSpec, claim: Claim, finished: Finished) -> None:
         try:
             with self._usable(conn, spec.name) as recording:
                 ledger.finish(
                     recording,
                     claim,
-                    run,
                     status=finished.status,
                     result=finished.result,
                     duration_ms=finished.duration_ms,
                     error=finished.error,
                 )
-                self._evaluate_alerts(recording, spec, run, finished)
+                self._evaluate_alerts(recording, spec, claim.run, finished)
         except psycopg.Error as exc:
             # The lease runs out; the next claim marks this row abandoned.
-            self.log.error("run_record_failed", run_id=run.id, error=db.describe_error(exc))
+            self.log.error("run_record_failed", run_id=claim.run.id, error=db.describe_error(exc))
             return
         self._heartbeat(spec, finished.status)
 
@@ -239,8 +235,8 @@ class LeaseKeeper:
     runner took it) sets `lost` at once and logs `lease_lost`: the run starts no more items.
     """
 
-    def __init__(self, runner: Runner, claim: Claim, run: Run) -> None:
-        self.runner, self.claim, self.run = runner, claim, run
+    def __init__(self, runner: Runner, claim: Claim) -> None:
+        self.runner, self.claim = runner, claim
         self.lost = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
@@ -260,13 +256,13 @@ class LeaseKeeper:
             while not self._done.wait(lease_s / 3):
                 try:
                     conn = conn or self.runner._connect(f"{self.claim.job}:lease")
-                    renewed = ledger.renew(conn, self.claim, self.run, lease_s)
+                    renewed = ledger.renew(conn, self.claim, lease_s)
                     error = None if renewed else "the lease expired and was taken over"
                 except psycopg.Error as exc:
                     error = db.describe_error(exc)
                 if error is not None:
                     self.runner.log.error(
-                        "lease_lost", job=self.claim.job, run_id=self.run.id, error=error
+                        "lease_lost", job=self.claim.job, run_id=self.claim.run.id, error=error
                     )
                     self.lost.set()
                     return
