@@ -189,16 +189,18 @@ class Daemon:
         rows = self._peek()
         if rows is None:
             return
+        ran = False
         for row in rows:
             if self.stopping:
                 return
             if (row["requested"] or row["next_due_at"] <= row["now"]) and not row["leased"]:
-                self._running = row["job"]
+                self._running, ran = row["job"], True
                 try:
                     self.runner.run(self._spec(row["job"]), Mode.SCHEDULED)
                 finally:
                     self._running, self._beat_at = None, time.monotonic()
-        rows = self._peek()
+        if ran:  # the runs moved their next due times: read them again
+            rows = self._peek()
         if rows is not None:
             self._set_wake_ups(rows)
 
