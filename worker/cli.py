@@ -6,7 +6,7 @@ import argparse
 import importlib.metadata
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -260,16 +260,39 @@ def _embedded_db(args: argparse.Namespace, config: Settings) -> int:
 
 
 def _migrate(config: Settings, *, app_tables: bool) -> int:
+    applied: list[str] = []
+    code = _on_database(
+        config,
+        "migrate",
+        lambda conn: applied.extend(db.migrate(conn, app_tables=app_tables)),
+        failed=("migrate_failed", "migrating"),
+    )
+    if code == EXIT_OK:
+        logs.get_logger().info("migrate_completed", applied=applied, app_tables=app_tables)
+    return code
+
+
+def _on_database(
+    config: Settings,
+    name: str,
+    work: Callable[[db.Conn], object],
+    *,
+    failed: tuple[str, str],
+    **fields: Any,
+) -> int:
+    """A one-shot command's database work: connect (within its wait), `work`, exit code.
+
+    `failed` is the event and the human wording (`migrating`...) of a statement that fails.
+    """
     log = logs.get_logger()
-    conn = service.connect(config, threading.Event(), log, "worker:migrate")
+    conn = service.connect(config, threading.Event(), log, f"worker:{name}")
     if isinstance(conn, int):
         return EXIT_FAILURE
     try:
         with conn:
-            applied = db.migrate(conn, app_tables=app_tables)
+            work(conn)
     except psycopg.Error as exc:
-        return _failed(log, "migrate_failed", "migrating", config, exc)
-    log.info("migrate_completed", applied=applied, app_tables=app_tables)
+        return _failed(log, *failed, config, exc, **fields)
     return EXIT_OK
 
 
@@ -298,33 +321,29 @@ def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -
 
 def _request_run(config: Settings, spec: JobSpec) -> int:
     log = logs.get_logger()
-    conn = service.connect(config, threading.Event(), log, "worker:request")
-    if isinstance(conn, int):
-        return EXIT_FAILURE
-    try:
-        with conn:
-            db.migrate(conn)
-            service.register(conn, config, [spec], log)
-            ledger.request_run(conn, spec.name)
-    except psycopg.Error as exc:
-        return _failed(log, "request_failed", "requesting a run in", config, exc, job=spec.name)
-    log.info("run_requested", job=spec.name)
-    return EXIT_OK
+
+    def request(conn: db.Conn) -> None:
+        db.migrate(conn)
+        service.register(conn, config, [spec], log)
+        ledger.request_run(conn, spec.name)
+
+    failed = ("request_failed", "requesting a run in")
+    code = _on_database(config, "request", request, failed=failed, job=spec.name)
+    if code == EXIT_OK:
+        log.info("run_requested", job=spec.name)
+    return code
 
 
 def _set_paused(config: Settings, job: str, *, paused: bool) -> int:
-    log = logs.get_logger()
-    conn = service.connect(config, threading.Event(), log, "worker:pause")
-    if isinstance(conn, int):
-        return EXIT_FAILURE
-    try:
-        with conn:
-            db.migrate(conn)
-            ledger.set_paused(conn, job, paused)
-    except psycopg.Error as exc:
-        return _failed(log, "pause_failed", "setting the pause flag in", config, exc, job=job)
-    log.info("job_paused_set" if paused else "job_resumed", job=job)
-    return EXIT_OK
+    def flag(conn: db.Conn) -> None:
+        db.migrate(conn)
+        ledger.set_paused(conn, job, paused)
+
+    failed = ("pause_failed", "setting the pause flag in")
+    code = _on_database(config, "pause", flag, failed=failed, job=job)
+    if code == EXIT_OK:
+        logs.get_logger().info("job_paused_set" if paused else "job_resumed", job=job)
+    return code
 
 
 def _usage_error(message: str) -> int:
