@@ -22,8 +22,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from worker import clients, db
+from worker.daemon import Daemon
 from worker.jobs.base import JobContext, JobResult
 from worker.logs import get_logger
+from worker.registry import SERVICES
 from worker.settings import Settings, from_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +132,22 @@ def make_context(
         alert=alert or (lambda **kw: None),
         dry_run=dry_run,
     )
+
+
+@pytest.fixture
+def daemon_for(db_url: str) -> Iterator[Callable[..., Daemon]]:
+    """In-process daemons of the `all` service on the test database, each a fresh
+    process's view (its own HTTP client, nothing registered yet); closed at the end."""
+    made: list[Daemon] = []
+
+    def make(**env: str) -> Daemon:
+        daemon = Daemon(make_settings(db_url, **env), SERVICES["all"])
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.http.close()
 
 
 def run_job_pass(job: Callable[[JobContext], None], ctx: JobContext) -> JobResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from tests.conftest import make_settings
 from worker import alerts, clients, db
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
-from worker.registry import SERVICES, JobSpec
+from worker.registry import JobSpec
 from worker.schedules import Interval
 
 HOOK_SECRET = "T0KEN-hook-c0ffee"  # chat webhooks carry their credential in the URL path
@@ -50,21 +50,6 @@ def one_in_four_fails(ctx: JobContext) -> None:
 
 def crash(ctx: JobContext) -> None:
     raise RuntimeError("boom")
-
-
-@pytest.fixture
-def daemon_for(db_url: str) -> Iterator[Callable[..., Daemon]]:
-    """Daemons of the `all` service on the test database; each is a fresh process's view."""
-    made: list[Daemon] = []
-
-    def make(**env: str) -> Daemon:
-        daemon = Daemon(make_settings(db_url, **env), SERVICES["all"])
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.http.close()
 
 
 def alert_rows(conn: db.Conn) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,12 @@ import structlog
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from tests.conftest import ROOT, WorkerProcess, make_settings
+from tests.conftest import ROOT, WorkerProcess
 from worker import db, ledger, schedules
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext, JobResult, RunStatus, Trigger
 from worker.ledger import Claim, Mode, Refusal
-from worker.registry import SERVICES, JobSpec
+from worker.registry import JobSpec
 from worker.schedules import Interval
 
 Spawn = Callable[..., WorkerProcess]
@@ -88,21 +88,6 @@ def check_values(conn: db.Conn, column: str) -> set[str]:
     ).fetchall()
     assert len(rows) == 1, rows
     return set(re.findall(r"'([^']*)'", rows[0]["definition"]))
-
-
-@pytest.fixture
-def daemon_for(db_url: str) -> Iterator[Callable[..., Daemon]]:
-    """In-process daemons of the `all` service on the test database."""
-    made: list[Daemon] = []
-
-    def make(**env: str) -> Daemon:
-        daemon = Daemon(make_settings(db_url, **env), SERVICES["all"])
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.http.close()
 
 
 def job_spec(run: Callable[[JobContext], None], name: str = JOB) -> JobSpec:
