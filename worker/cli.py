@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.replenish_api_token,
             config.database.password,
             env.get("WORKER_HTTP_TOKEN"),
-            *registry.tokens(config, env),
+            *(secret for spec in jobs.values() for secret in spec.secrets),
         ]
     )
     # `status` and `db` own stdout (a table, JSON, a URL, psql); their log lines go to stderr.

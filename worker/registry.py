@@ -34,6 +34,7 @@ class JobSpec:
     kind: str = "builtin"  # or a declared job's kind: http, command, python, sql
     # The variable the job cannot run without, when it is not set; None when it can run.
     missing: Callable[[Settings], str | None] = lambda s: None
+    secrets: tuple[str, ...] = ()  # values of its own to mask wherever text leaves the process
 
     def starts(self, settings: Settings) -> str:
         """What this job does when its service starts (ARCHITECTURE.md, "At start...")."""
@@ -139,11 +140,9 @@ def runnable(
 def jobs_of(service: str, settings: Settings | None = None) -> list[JobSpec]:
     """The jobs a service runs, in registration order (`all`: every job).
 
-    With `settings`, the jobs file's overrides apply; it must have been loaded by
-    `resolve` first (which raises ConfigError for a bad file).
+    With `settings`, as the jobs file configures them (`resolve`: ConfigError for a bad file).
     """
-    jobs = JOBS if settings is None else resolve(settings)
-    return [spec for spec in jobs.values() if service in (ALL, spec.service)]
+    return select(JOBS if settings is None else resolve(settings), service)
 
 
 def resolve(
@@ -167,16 +166,6 @@ def resolve(
     return jobs
 
 
-def tokens(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
-    """The values of every declared job's `token_env`: secrets to mask everywhere."""
-    if settings.jobs_file is None:
-        return []
-    source = os.environ if env is None else env
-    loaded = jobfile.load(settings.jobs_file, tuple(JOBS))
-    names = [job.action.token_env for job in loaded.declared if isinstance(job.action, HttpCall)]
-    return [source[name] for name in names if name and source.get(name)]
-
-
 def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: bool) -> JobSpec:
     token = None
     if isinstance(job.action, HttpCall) and job.action.token_env:
@@ -195,6 +184,7 @@ def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: b
         on_start=job.on_start,
         heartbeat_url=job.heartbeat_url,
         kind=job.kind,
+        secrets=(token,) if token else (),
     )
 
 
