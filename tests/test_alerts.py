@@ -333,18 +333,28 @@ def test_a_dead_heartbeat_receiver_is_logged_without_its_url(
 def test_alert_rule_errors_never_fail_the_run(
     conn: db.Conn, daemon_for: Callable[..., Daemon]
 ) -> None:
-    conn.execute("ALTER TABLE worker_alerts RENAME TO worker_alerts_away")
+    # The alert's row cannot be written (the run's own record reads the rules' state from
+    # worker_alerts, so the table itself stays).
+    conn.execute(
+        "CREATE FUNCTION refuse_alerts() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN RAISE EXCEPTION 'no alerts today'; END$$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse_alerts BEFORE INSERT ON worker_alerts"
+        " FOR EACH ROW EXECUTE FUNCTION refuse_alerts()"
+    )
     try:
         with serving() as ping, structlog.testing.capture_logs() as logs:
             daemon = daemon_for(HEARTBEAT_URL=ping.url)
             status = daemon.run_job(make_job(all_fail))
             pings = [r.path for r in ping.received("GET")]
     finally:
-        conn.execute("ALTER TABLE worker_alerts_away RENAME TO worker_alerts")
+        conn.execute("DROP TRIGGER refuse_alerts ON worker_alerts")
+        conn.execute("DROP FUNCTION refuse_alerts()")
 
     assert status == "failed"
     (failure,) = [e for e in logs if e["event"] == "alert_rules_failed"]
-    assert failure["error"] == "UndefinedTable"
+    assert failure["error"] == "RaiseException"
     assert pings == ["/fail"]
     row = conn.execute("SELECT status, failed FROM worker_job_runs").fetchone()
     assert row == {"status": "failed", "failed": 4}

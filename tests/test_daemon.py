@@ -16,13 +16,14 @@ from worker import db
 from worker.daemon import Daemon
 from worker.registry import SERVICES
 
+# The start-up run is dispatched by the loop, so it begins once the loop has started.
 SEED_EVENTS = [
     "tavily_quota_updater_starting",
     "running_initial_update",
+    "scheduler_loop_started",
     "tavily_keys_fetched",
     "tavily_quota_updated",
     "tavily_quota_update_completed",
-    "scheduler_loop_started",
 ]
 
 Spawn = Callable[..., WorkerProcess]
@@ -90,7 +91,7 @@ def test_starts_runs_at_start_logs_seed_events_and_stops_when_idle(
     keys = add_keys(conn, 3)
     with serving(lambda r: Reply(200, usage_body(1000, 100))) as server:
         worker = spawn("quota", env=quota_env(conn.info.dsn, server))
-        worker.wait_for("scheduler_loop_started")
+        worker.wait_for("job_finished")
         sent = worker.signal(signal.SIGTERM)
         code = worker.wait()
         exit_s = time.monotonic() - sent

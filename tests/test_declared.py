@@ -577,7 +577,7 @@ command = ["echo", "etl done"]
 
     second = spawn("jobs", env=env)
     second.wait_for("declared_job_finished", timeout_s=WAIT_S, job="daily_etl")
-    second.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
+    wait_until(lambda: run_rows(conn)[0]["status"] != "running")  # recorded, lease released
     ledger = conn.execute(
         "SELECT next_due_at > now() AS future, lease_owner FROM worker_jobs WHERE job = 'daily_etl'"
     ).fetchone()

@@ -186,7 +186,7 @@ def test_a_second_sigterm_while_a_run_is_busy_exits_at_once_with_1(
 
 def recording_blocked(conn: db.Conn) -> bool:
     row = conn.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'worker:quota%'"
+        "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'worker:%'"
         " AND wait_event_type = 'Lock'"
     ).fetchone()
     return row is not None

@@ -145,8 +145,13 @@ def evaluate_run(
     *,
     http: httpx.Client | None = None,
     log: Any = None,
+    latest: list[tuple[str, str]] | None = None,
 ) -> list[int]:
     """Apply the run-level rules to a recorded run; return the ids of the alerts raised.
+
+    `latest` is each rule's latest alert for the job as (rule, type), when the caller read
+    it already (`ledger.finish` does, in the statement that records the run); else it is
+    read here.
 
     One alert per streak: a rule is firing while its latest alert row for the job is not
     a JOB_RECOVERED, so worker_alerts alone holds the state. A breach while firing raises
@@ -155,7 +160,9 @@ def evaluate_run(
     """
     if run.status not in JUDGED_STATUSES:
         return []
-    firing = _firing_rules(conn, run.job)
+    if latest is None:
+        latest = _latest_rule_alerts(conn, run.job)
+    firing = {rule for rule, alert_type in latest if alert_type != RECOVERED}
     raised: list[int] = []
     for rule in RUN_RULES:
         change = _streak_change(rule, run, settings, firing=rule.name in firing)
@@ -199,16 +206,17 @@ def _streak_change(
     return None
 
 
-def _firing_rules(conn: Conn, job: str) -> set[str]:
+def rule_alert_filter() -> tuple[list[str], list[str]]:
+    """The run-level rules' names and the alert types that hold their streaks."""
+    return [rule.name for rule in RUN_RULES], [*(r.alert_type for r in RUN_RULES), RECOVERED]
+
+
+def _latest_rule_alerts(conn: Conn, job: str) -> list[tuple[str, str]]:
+    rules, types = rule_alert_filter()
     rows = conn.execute(
-        db.query("latest_rule_alerts"),
-        {
-            "job": job,
-            "rules": [rule.name for rule in RUN_RULES],
-            "types": [*(rule.alert_type for rule in RUN_RULES), RECOVERED],
-        },
+        db.query("latest_rule_alerts"), {"job": job, "rules": rules, "types": types}
     ).fetchall()
-    return {row["rule"] for row in rows if row["type"] != RECOVERED}
+    return [(row["rule"], row["type"]) for row in rows]
 
 
 def webhook_payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import psycopg
 import schedule
 
-from . import clients, db, ledger, service, signals
+from . import clients, db, service, signals
+from .dispatch import REQUEST_POLL_S, Dispatcher
 from .jobs.base import RunStatus
 from .ledger import Mode
 from .logs import get_logger
@@ -26,11 +24,11 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .web import Endpoint
 
-MAX_IDLE_WAIT_S = 60.0  # re-check the ledger at least this often, in case the wall clock jumps
-REQUEST_POLL_S = 5  # a run requested from elsewhere starts within this long
-WAKE_TAG = "wake"  # one-shot scheduler jobs that wake the loop at a job's next due time
-# /healthz: the loop ticks at least every REQUEST_POLL_S; silent this long, it is stuck.
-STALLED_AFTER_S = 2 * MAX_IDLE_WAIT_S
+MAX_IDLE_WAIT_S = REQUEST_POLL_S  # the loop wakes at least this often
+CLOCK_STEP_S = 1.0  # a wall clock that moved this much against the monotonic one stepped
+# /healthz: the loop wakes at least every REQUEST_POLL_S (runs are on the pool's threads, so
+# a long run never holds it); silent this long, it is stuck.
+STALLED_AFTER_S = 12 * REQUEST_POLL_S
 
 
 class Daemon:
@@ -53,14 +51,13 @@ class Daemon:
         self.scheduler = schedule.Scheduler()
         self.log = get_logger(service=service.name)
         self._stop = threading.Event()  # set by threads only, never inside a signal handler
+        self._nudge = threading.Event()  # wakes the loop: a stop, a run's end, a local request
         self._exited = threading.Event()
         self._announced = threading.Event()
         self._signal: str | None = None
-        self._conn: db.Conn | None = None  # the loop's own connection for ledger reads
-        self._ledger_down = False
         self._registered: set[str] = set()
         self._beat_at = time.monotonic()  # the loop's heartbeat, read by /healthz
-        self._running: str | None = None  # the job this loop is running, if any
+        self._dispatcher: Dispatcher | None = None  # the loop's, once it runs
         self._web: Endpoint | None = None
         self.runner = Runner(settings, self.http, self._stop, self.log, dry_run=dry_run)
 
@@ -68,17 +65,18 @@ class Daemon:
         """Ask for a graceful stop (called by the signal watcher thread, or by tests)."""
         self._signal = signal_name
         self._stop.set()
+        self._nudge.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def stalled(self) -> str | None:
-        """Why the loop looks dead, or None while it ticks; a run in progress counts as alive."""
+        """Why the loop looks dead, or None while it ticks (runs go on on other threads)."""
         if self.stopping:
             return "the daemon is stopping"
         silent_s = time.monotonic() - self._beat_at
-        if self._running is None and silent_s > STALLED_AFTER_S:
+        if silent_s > STALLED_AFTER_S:
             return f"the scheduler loop has not ticked for {silent_s:.0f} s"
         return None
 
@@ -122,8 +120,6 @@ class Daemon:
                 self._stop.set()  # releases the watcher thread
                 if self._web is not None:
                     self._web.close()
-                if self._conn is not None:
-                    self._conn.close()
                 self.http.close()
 
     def _prepare(self) -> int | None:
@@ -153,12 +149,16 @@ class Daemon:
             outcomes = [self.runner.run(spec, mode) for spec in self.jobs]
             self._log_stopped(statuses=[outcome.value for outcome in outcomes])
             return 1 if RunStatus.FAILED in outcomes else 0
+        self._dispatcher = Dispatcher(
+            self.settings, list(self.jobs), self.runner, self.log, self._nudge
+        )
         if not self._serve_http():
             return 1
         service.apply_on_start(self.settings, self.jobs, self.log)
-        self.scheduler.every(REQUEST_POLL_S).seconds.do(self._tick)
-        self._tick()
-        self._loop()
+        try:
+            self._loop()
+        finally:
+            self._dispatcher.drain()  # every run was asked to stop: wait for their records
         self._log_stopped()
         return 0
 
@@ -169,79 +169,44 @@ class Daemon:
         from . import web  # only a daemon with a port pays for the server's imports
 
         try:
-            self._web = web.serve(self.settings, stalled=self.stalled, log=self.log)
+            self._web = web.serve(
+                self.settings,
+                stalled=self.stalled,
+                log=self.log,
+                on_request=None if self._dispatcher is None else self._dispatcher.poke,
+            )
         except OSError as exc:
             self.log.error("http_listen_failed", port=self.settings.http_port, error=str(exc))
             return False
         return True
 
     def _loop(self) -> None:
-        self.log.info("scheduler_loop_started")
+        """Dispatch at each wake-up; wait on the monotonic clock for the next one."""
+        assert self._dispatcher is not None
+        self.log.info("scheduler_loop_started", concurrency=self.settings.concurrency)
+        self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
+        wall_offset_s = time.time() - time.monotonic()
         while not self.stopping:
             self._beat_at = time.monotonic()
+            wall_offset_s = self._follow_wall_clock(wall_offset_s)
             self.scheduler.run_pending()
+            if self._dispatcher.wait_s() <= 0:
+                self._dispatcher.dispatch(self._stop)
             idle_s = self.scheduler.idle_seconds
-            wait_s = MAX_IDLE_WAIT_S if idle_s is None else min(max(idle_s, 0.0), MAX_IDLE_WAIT_S)
-            self._stop.wait(wait_s)
+            wait_s = min(self._dispatcher.wait_s(), MAX_IDLE_WAIT_S, idle_s or MAX_IDLE_WAIT_S)
+            self._nudge.wait(max(wait_s, 0.0))
+            self._nudge.clear()
 
-    def _tick(self) -> None:
-        """Run every job that is due or requested, then set the wake-ups for the next ones."""
-        rows = self._peek()
-        if rows is None:
-            return
-        ran = False
-        for row in rows:
-            if self.stopping:
-                return
-            if (row["requested"] or row["next_due_at"] <= row["now"]) and not row["leased"]:
-                self._running, ran = row["job"], True
-                try:
-                    self.runner.run(self._spec(row["job"]), Mode.SCHEDULED)
-                finally:
-                    self._running, self._beat_at = None, time.monotonic()
-        if ran:  # the runs moved their next due times: read them again
-            rows = self._peek()
-        if rows is not None:
-            self._set_wake_ups(rows)
-
-    def _wake(self) -> type[schedule.CancelJob]:
-        self._tick()
-        return schedule.CancelJob
-
-    def _set_wake_ups(self, rows: list[dict[str, Any]]) -> None:
-        self.scheduler.clear(WAKE_TAG)
-        for row in rows:
-            next_due: datetime | None = row["next_due_at"]
-            if next_due is None:
-                continue
-            # `schedule` counts whole seconds: wake at the due second or just after it. A job
-            # still due after a tick failed to start; the poll retries it.
-            delay_s = math.ceil((next_due - row["now"]).total_seconds())
-            if 0 < delay_s < MAX_IDLE_WAIT_S:
-                self.scheduler.every(delay_s).seconds.do(self._wake).tag(WAKE_TAG)
-
-    def _peek(self) -> list[dict[str, Any]] | None:
-        """The ledger rows of this service's jobs; None (logged once) while unreachable."""
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = db.connect(
-                    self.settings.database, application_name=f"worker:{self.service.name}:loop"
-                )
-            rows = ledger.peek_jobs(self._conn, [spec.name for spec in self.jobs])
-        except psycopg.Error as exc:
-            if not self._ledger_down:
-                self.log.warning("ledger_unavailable", error=db.describe_error(exc))
-            self._ledger_down = True
-            if self._conn is not None:
-                self._conn.close()
-            return None
-        if self._ledger_down:
-            self.log.info("ledger_available")
-        self._ledger_down = False
-        return rows
-
-    def _spec(self, name: str) -> JobSpec:
-        return next(spec for spec in self.jobs if spec.name == name)
+    def _follow_wall_clock(self, offset_s: float) -> float:
+        """`schedule` counts on the wall clock: when it steps (NTP, a VM restored), set the
+        poll again from now so that it neither stalls for the size of the step nor bursts."""
+        now_offset_s = time.time() - time.monotonic()
+        if abs(now_offset_s - offset_s) > CLOCK_STEP_S:
+            self.log.warning("clock_stepped", step_s=round(now_offset_s - offset_s, 3))
+            assert self._dispatcher is not None
+            self.scheduler.clear()
+            self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
+        return now_offset_s
 
     def _log_stopped(self, **fields: Any) -> None:
         if self.stopping:

@@ -91,16 +91,19 @@ def register(conn: Conn, job: str, service: str, schedule: Schedule) -> dict[str
     return row
 
 
-def claim(conn: Conn, job: str, mode: Mode, lease_s: float) -> Claim | Refusal:
+def claim(
+    conn: Conn, job: str, mode: Mode, lease_s: float, seen: dict[str, Any] | None = None
+) -> Claim | Refusal:
     """Claim the job's due occurrence or waiting request and start its run, in one
     conditional statement.
 
     `next_due_at` moves to the first occurrence after now (missed ones coalesce into this
     run), the lease is taken and the run's row inserted; a paused job's occurrence is
     consumed without a run. The schedule is the one the ledger holds, so every replica
-    computes the same next time.
+    computes the same next time. `seen` is the job's row as the loop just read it
+    (`due_jobs`); without it the row is read first.
     """
-    row = conn.execute(db.query("peek_job"), {"job": job}).fetchone()
+    row = seen or conn.execute(db.query("peek_job"), {"job": job}).fetchone()
     if row is None or row["next_due_at"] is None:
         return Refusal.UNKNOWN
     due = row["next_due_at"] <= row["now"]
@@ -201,9 +204,21 @@ def request_run(conn: Conn, job: str) -> bool:
     return conn.execute(db.query("request_run"), {"job": job}).fetchone() is not None
 
 
-def peek_jobs(conn: Conn, jobs: list[str]) -> list[dict[str, Any]]:
-    """Each registered job's next due time, pause flag, waiting request and lease, with now."""
-    return conn.execute(db.query("peek_jobs"), {"jobs": jobs}).fetchall()
+@dataclass(frozen=True)
+class Due:
+    """What the loop reads each time it wakes: the database's clock, the jobs to claim now,
+    and the next future due time (None: no job of these services is due later)."""
+
+    now: datetime
+    next_wake: datetime | None
+    rows: list[dict[str, Any]]
+
+
+def due_jobs(conn: Conn, services: list[str], limit: int) -> Due:
+    """The unleased jobs of `services` due or requested now (at most `limit`), oldest first."""
+    rows = conn.execute(db.query("due_jobs"), {"services": services, "limit": limit}).fetchall()
+    jobs = [row for row in rows if row["job"] is not None]
+    return Due(rows[0]["now"], rows[0]["next_wake"], jobs)
 
 
 def renew(conn: Conn, claim: Claim, lease_s: float) -> bool:
@@ -223,12 +238,17 @@ def finish(
     result: JobResult,
     duration_ms: int,
     error: str | None,
-) -> None:
-    """Write the outcome of the claim's run and release the lease, in one statement."""
+    alert_rules: tuple[list[str], list[str]] = ([], []),
+) -> list[tuple[str, str]]:
+    """Write the outcome of the claim's run and release the lease, in one statement.
+
+    Returns the latest alert of each of `alert_rules` (rule names, alert types) for the job,
+    as (rule, type): the state the run's alert rules are judged against.
+    """
     details: dict[str, Any] = dict(result.details)
     if result.failures:
         details["failures"] = result.failures
-    conn.execute(
+    row = conn.execute(
         db.query("finish_run"),
         {
             "id": claim.run.id,
@@ -243,8 +263,12 @@ def finish(
             "details": Jsonb(details),
             "output": result.output,
             "result": None if result.result is None else Jsonb(result.result),
+            "alert_rules": alert_rules[0],
+            "alert_types": alert_rules[1],
         },
-    )
+    ).fetchone()
+    assert row is not None
+    return [(item["rule"], item["type"]) for item in row["latest_rule_alerts"]]
 
 
 def set_paused(conn: Conn, job: str, paused: bool) -> None:

@@ -52,7 +52,7 @@ class Runner:
     dry_run: bool = False
 
     def run(self, spec: JobSpec, mode: Mode) -> Outcome:
-        """Claim `spec` as `mode` asks and, if granted, run it; never raises.
+        """Claim `spec` as `mode` asks and, if granted, run it here; never raises.
 
         A job that breaks is recorded as failed and stays scheduled.
         """
@@ -67,23 +67,54 @@ class Runner:
             with conn:
                 if self.dry_run:
                     return self._execute(conn, spec, None).status
-                return self._claim_and_run(conn, spec, mode)
+                claimed = self.claim(conn, spec, mode)
+                if not isinstance(claimed, Claim):
+                    return claimed
+                return self.complete(spec, claimed, conn)
 
-    def _claim_and_run(self, conn: db.Conn, spec: JobSpec, mode: Mode) -> Outcome:
+    def claim(
+        self, conn: db.Conn, spec: JobSpec, mode: Mode, seen: dict[str, Any] | None = None
+    ) -> Claim | Outcome:
+        """Claim `spec` on `conn`: the claim, or why not (`failed` when the database refused).
+
+        `seen` is the job's ledger row as the caller just read it (the loop's `due_jobs`).
+        """
         try:
-            claimed = ledger.claim(conn, spec.name, mode, self.settings.lease_s)
-            if isinstance(claimed, Refusal):
-                self._log_refusal(spec, claimed, mode)
-                return claimed
+            claimed = ledger.claim(conn, spec.name, mode, self.settings.lease_s, seen)
         except psycopg.Error as exc:
-            self.log.error("job_start_failed", error=db.describe_error(exc))
+            self.log.error("job_start_failed", job=spec.name, error=db.describe_error(exc))
             return RunStatus.FAILED
+        if isinstance(claimed, Refusal):
+            self._log_refusal(spec, claimed, mode)
+            return claimed
         for row in claimed.abandoned:
-            self.log.warning("run_abandoned", abandoned_run_id=row["id"], pid=row["pid"])
-        with structlog.contextvars.bound_contextvars(run_id=claimed.run.id):
-            with LeaseKeeper(self, claimed) as keeper:
-                finished = self._execute(conn, spec, claimed, keeper.lost.is_set)
-            self._record(conn, spec, claimed, finished)
+            self.log.warning(
+                "run_abandoned", job=spec.name, abandoned_run_id=row["id"], pid=row["pid"]
+            )
+        return claimed
+
+    def complete(self, spec: JobSpec, claim: Claim, conn: db.Conn | None = None) -> RunStatus:
+        """Run a granted claim to its end and record it; never raises.
+
+        The run works on `conn`, or on a connection of its own (a run on a pool thread).
+        """
+        with structlog.contextvars.bound_contextvars(job=spec.name, run_id=claim.run.id):
+            if conn is not None:
+                return self._complete(conn, spec, claim)
+            try:
+                own = self._connect(spec.name)
+            except psycopg.OperationalError as exc:
+                # The run's row stays `running` until its lease expires and a claim marks it
+                # abandoned.
+                self.log.error("database_unavailable", error=db.describe_error(exc))
+                return RunStatus.FAILED
+            with own:
+                return self._complete(own, spec, claim)
+
+    def _complete(self, conn: db.Conn, spec: JobSpec, claim: Claim) -> RunStatus:
+        with LeaseKeeper(self, claim) as keeper:
+            finished = self._execute(conn, spec, claim, keeper.lost.is_set)
+        self._record(conn, spec, claim, finished)
         return finished.status
 
     def _execute(
@@ -142,15 +173,16 @@ class Runner:
     def _record(self, conn: db.Conn, spec: JobSpec, claim: Claim, finished: Finished) -> None:
         try:
             with self._usable(conn, spec.name) as recording:
-                ledger.finish(
+                latest = ledger.finish(
                     recording,
                     claim,
                     status=finished.status,
                     result=finished.result,
                     duration_ms=finished.duration_ms,
                     error=finished.error,
+                    alert_rules=alerts.rule_alert_filter(),
                 )
-                self._evaluate_alerts(recording, spec, claim.run, finished)
+                self._evaluate_alerts(recording, spec, claim.run, finished, latest)
         except psycopg.Error as exc:
             # The lease runs out; the next claim marks this row abandoned.
             self.log.error("run_record_failed", run_id=claim.run.id, error=db.describe_error(exc))
@@ -167,7 +199,14 @@ class Runner:
         with self._connect(job) as fresh:
             yield fresh
 
-    def _evaluate_alerts(self, conn: db.Conn, spec: JobSpec, run: Run, finished: Finished) -> None:
+    def _evaluate_alerts(
+        self,
+        conn: db.Conn,
+        spec: JobSpec,
+        run: Run,
+        finished: Finished,
+        latest: list[tuple[str, str]],
+    ) -> None:
         result = finished.result
         outcome = alerts.RunOutcome(
             spec.name,
@@ -178,7 +217,9 @@ class Runner:
             finished.duration_ms,
         )
         try:
-            alerts.evaluate_run(conn, self.settings, outcome, http=self.http, log=self.log)
+            alerts.evaluate_run(
+                conn, self.settings, outcome, http=self.http, log=self.log, latest=latest
+            )
         except Exception as exc:  # alerting must never fail the run it reports on
             self.log.error("alert_rules_failed", run_id=run.id, error=type(exc).__name__)
 

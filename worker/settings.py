@@ -92,6 +92,7 @@ class Settings:
     log_format: str = "json"
     run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start...")
     lease_s: float = 30.0
+    concurrency: int = 4  # runs at once per process (ARCHITECTURE.md, "The loop")
     database_pooler: str | None = None  # session | transaction; None: detected
     shutdown_grace_s: float = 5.0
     db_connect_timeout_s: float = 60.0
@@ -179,6 +180,7 @@ def from_env(
         ),
         run_on_start=r.parsed("RUN_ON_START", "true", parse_run_on_start),
         lease_s=r.number("LEASE_SECONDS", 30.0, minimum=3, maximum=24 * 3600),
+        concurrency=r.integer("WORKER_CONCURRENCY", 4, minimum=1, maximum=64),
         database_pooler=r.optional_choice("DATABASE_POOLER", ("session", "transaction")),
         shutdown_grace_s=r.number("SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0),
         db_connect_timeout_s=r.number("DB_CONNECT_TIMEOUT_SECONDS", 60.0, minimum=0),

@@ -118,13 +118,20 @@ class Endpoint:
         self.app.connections.close()
 
 
-def serve(settings: Settings, *, stalled: Callable[[], str | None], log: Any) -> Endpoint:
+def serve(
+    settings: Settings,
+    *,
+    stalled: Callable[[], str | None],
+    log: Any,
+    on_request: Callable[[], None] | None = None,
+) -> Endpoint:
     """Listen on WORKER_HTTP_HOST:WORKER_HTTP_PORT; raises OSError when the port is taken.
 
-    `stalled()` tells /healthz why the daemon's loop looks stuck, or None while it is alive.
+    `stalled()` tells /healthz why the daemon's loop looks stuck, or None while it is alive;
+    `on_request()` tells the loop that a run was requested here, so that it starts at once.
     """
     assert settings.http_port is not None
-    app = App(settings, stalled, log)
+    app = App(settings, stalled, log, on_request)
     sockets: dict[int, Any] = {}
     server = create_server(
         app,
@@ -222,10 +229,17 @@ class DatabaseCheck:
 class App:
     """The WSGI application: routing, access rules, then one handler per route."""
 
-    def __init__(self, settings: Settings, stalled: Callable[[], str | None], log: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stalled: Callable[[], str | None],
+        log: Any,
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.stalled = stalled
+        self.on_request = on_request
         self.connections = Connections(settings)
         self.database_check = DatabaseCheck(settings)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -483,6 +497,8 @@ class App:
             self.job_status(conn, job)
             ledger.request_run(conn, job)
         self.log.info("run_requested", job=job, via="http")
+        if self.on_request is not None:
+            self.on_request()  # this process's loop reads the ledger now, not at its poll
         return self.acted(request, "requested", job, {"job": job, "requested": True}, 202)
 
     def ack(self, request: Request, alert_id: int) -> Response:

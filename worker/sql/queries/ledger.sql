@@ -28,11 +28,25 @@ SELECT job, schedule, next_due_at, paused, run_requested_at, run_requested_by,
   FROM worker_jobs
  WHERE job = %(job)s;
 
--- name: peek_jobs
-SELECT job, next_due_at, paused, run_requested_at IS NOT NULL AS requested,
-       coalesce(lease_until > now(), false) AS leased, now() AS now
-  FROM worker_jobs
- WHERE job = ANY(%(jobs)s);
+-- name: due_jobs
+-- The loop's one read, whatever the number of jobs: the unleased jobs of its services that
+-- are due or requested (requests first, then the oldest occurrence), and the next future
+-- due time among them, its next wake-up. Two index probes (worker_jobs_service_due_idx,
+-- worker_jobs_requested_idx), so an idle loop reads as little with 10,000 jobs as with 10.
+SELECT t.now, t.next_wake, j.job, j.schedule, j.next_due_at, j.paused, j.run_requested_at,
+       j.run_requested_by, false AS leased
+  FROM (SELECT now() AS now,
+               (SELECT min(first.next_due_at)
+                  FROM unnest(%(services)s::text[]) AS s(service),
+                       LATERAL (SELECT next_due_at FROM worker_jobs
+                                 WHERE service = s.service AND next_due_at > now()
+                                 ORDER BY next_due_at LIMIT 1) AS first) AS next_wake) t
+  LEFT JOIN worker_jobs j
+    ON j.service = ANY(%(services)s)
+   AND (j.next_due_at <= t.now OR j.run_requested_at IS NOT NULL)
+   AND (j.lease_until IS NULL OR j.lease_until <= t.now)
+ ORDER BY j.run_requested_at NULLS LAST, j.next_due_at
+ LIMIT %(limit)s;
 
 -- name: claim_job
 -- The claim and the run's start, one statement. Granted only while no unexpired lease
@@ -135,7 +149,15 @@ WITH finished AS (
      WHERE job = %(job)s AND lease_owner = %(owner)s AND current_run_id = %(id)s
     RETURNING job
 )
-SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM released) AS released;
+SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM released) AS released,
+       -- the run-level alert rules firing for the job, for the rules that judge this run
+       -- (alerts.latest_rule_alerts, read here so that a run costs one statement less)
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('rule', rule, 'type', type)), '[]')
+          FROM (SELECT DISTINCT ON (metadata->>'rule') metadata->>'rule' AS rule, type
+                  FROM worker_alerts
+                 WHERE job = %(job)s AND type = ANY(%(alert_types)s)
+                   AND metadata->>'rule' = ANY(%(alert_rules)s)
+                 ORDER BY metadata->>'rule', id DESC) latest) AS latest_rule_alerts;
 
 -- name: set_paused
 INSERT INTO worker_jobs (job, paused, paused_at, updated_at)
