@@ -140,6 +140,19 @@ def test_sigterm_interrupts_every_run_in_progress_within_the_grace(
     worker = spawn("jobs", env=jobs_env(db_url, jobs, SHUTDOWN_GRACE_SECONDS="5"))
     wait_until(lambda: len(worker.events("job_started")) == 3)
     time.sleep(0.5)  # the three commands are past their start
+
+    # `status` says what runs now and how many runs a process takes at once.
+    table = spawn("status", env={"DATABASE_URL": db_url, "WORKER_CONCURRENCY": "3"})
+    assert table.wait(WAIT_S) == 0
+    text = "".join(table.raw)
+    assert "running now: sleeper_0, sleeper_1, sleeper_2" in text, text
+    assert "runs up to 3 jobs at once (WORKER_CONCURRENCY)" in text, text
+    as_json = spawn("status", "--json", env={"DATABASE_URL": db_url})
+    assert as_json.wait(WAIT_S) == 0
+    body = json.loads("".join(as_json.raw))
+    assert body["running"] == ["sleeper_0", "sleeper_1", "sleeper_2"]
+    assert body["concurrency"] == 4
+
     sent = worker.signal(signal.SIGTERM)
     code = worker.wait(WAIT_S)
     exit_s = time.monotonic() - sent

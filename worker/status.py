@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -56,17 +56,23 @@ class Report:
 
     checked_at: datetime
     jobs: list[JobStatus]
+    concurrency: int | None = None  # WORKER_CONCURRENCY where the report was made
 
     @property
     def healthy(self) -> bool:
         return all(job.healthy for job in self.jobs)
+
+    @property
+    def running(self) -> list[str]:
+        """The jobs with a run in progress (on any process)."""
+        return [job.job for job in self.jobs if job.last_status == "running"]
 
 
 def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
     """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
     try:
         with _connect(settings) as conn:
-            report = gather(conn, service)
+            report = replace(gather(conn, service), concurrency=settings.concurrency)
     except psycopg.Error as exc:
         # The URL may hold the password: name the host and the database, never the URL.
         error = db.describe_error(exc)
@@ -139,6 +145,8 @@ def report_dict(report: Report) -> dict[str, Any]:
     return {
         "healthy": report.healthy,
         "checked_at": iso(report.checked_at),
+        "running": report.running,
+        "concurrency": report.concurrency,
         "jobs": [job_dict(job) for job in report.jobs],
     }
 
@@ -217,6 +225,13 @@ def _verdict(report: Report) -> list[str]:
     if paused:
         lines.append(
             f"paused (skipped by every replica; not counted as unhealthy): {', '.join(paused)}"
+        )
+    if report.jobs:
+        lines.append(f"running now: {', '.join(report.running) or 'nothing'}")
+    if report.concurrency is not None:
+        lines.append(
+            f"each service process runs up to {report.concurrency} jobs at once "
+            "(WORKER_CONCURRENCY); a job never has two runs at a time"
         )
     return lines
 

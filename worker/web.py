@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -365,7 +366,7 @@ class App:
         return Response(html, mimetype="text/html", headers=headers)
 
     def report(self, conn: db.Conn) -> status.Report:
-        return status.gather(conn)
+        return replace(status.gather(conn), concurrency=self.settings.concurrency)
 
     def job_status(self, conn: db.Conn, job: str) -> status.JobStatus:
         found = [entry for entry in self.report(conn).jobs if entry.job == job]
