@@ -163,8 +163,13 @@ def table_rows(output: str) -> dict[str, list[str]]:
 
 
 def verdict(output: str) -> list[str]:
-    """The lines after the table's blank line."""
-    return output.split("\n\n", 1)[1].splitlines()
+    """The lines between the table and the capacity lines (each after a blank line)."""
+    return output.split("\n\n")[1].splitlines()
+
+
+def capacity(output: str) -> list[str]:
+    """The last lines: what runs now, and how many runs a process takes at once."""
+    return output.split("\n\n")[2].splitlines()
 
 
 def clock(moment: datetime) -> str:
@@ -232,6 +237,11 @@ def test_only_registered_jobs_appear_quota_alone_is_healthy(
     assert list(table_rows(out)) == ["quota"]
     assert table_rows(out)["quota"][-1] == "ok"
     assert verdict(out) == ["healthy"]
+    assert capacity(out) == [
+        "running now: nothing",
+        "each service process runs up to 4 jobs at once (WORKER_CONCURRENCY);"
+        " a job never has two runs at a time",
+    ]
 
 
 def test_no_registered_jobs_is_healthy_and_says_so(spawn: Spawn, db_url: str) -> None:

@@ -192,7 +192,7 @@ def render_table(report: Report) -> str:
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     ]
-    return "\n".join([*lines, "", *_verdict(report)]) + "\n"
+    return "\n".join([*lines, "", *_verdict(report), "", *_capacity(report)]) + "\n"
 
 
 def _table_row(job: JobStatus) -> tuple[str, ...]:
@@ -226,8 +226,12 @@ def _verdict(report: Report) -> list[str]:
         lines.append(
             f"paused (skipped by every replica; not counted as unhealthy): {', '.join(paused)}"
         )
-    if report.jobs:
-        lines.append(f"running now: {', '.join(report.running) or 'nothing'}")
+    return lines
+
+
+def _capacity(report: Report) -> list[str]:
+    """What runs now, and how many runs a process takes at once."""
+    lines = [f"running now: {', '.join(report.running) or 'nothing'}"] if report.jobs else []
     if report.concurrency is not None:
         lines.append(
             f"each service process runs up to {report.concurrency} jobs at once "
