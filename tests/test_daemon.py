@@ -299,7 +299,7 @@ def test_a_second_signal_exits_at_once_while_a_write_is_blocked(
         wait_until(
             lambda: bool(
                 conn.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker:quota'"
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker:run'"
                     " AND wait_event_type = 'Lock'"
                 ).fetchone()
             )

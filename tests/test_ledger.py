@@ -234,8 +234,9 @@ def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db
     lease_elsewhere(conn, "1 minute", job="leased_job")
 
     jobs = ["paused_job", "leased_job", "idle_job"]
-    assert ledger.request_startup_runs(conn, jobs) == ["idle_job"]
-    assert ledger.request_startup_runs(conn, jobs) == []  # a replica starting alongside
+    first = ledger.register_process(conn, "all", "test", 4)  # the claims below are its own
+    assert ledger.request_startup_runs(conn, jobs, first) == ["idle_job"]
+    assert ledger.request_startup_runs(conn, jobs, None) == []  # a replica starting alongside
     requested = {
         r["job"]: r["run_requested_by"]
         for r in conn.execute("SELECT job, run_requested_by FROM worker_jobs ORDER BY job")
@@ -254,7 +255,10 @@ def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db
         error=None,
     )
     assert job_row(conn, "idle_job")["lease_owner"] is None
-    assert ledger.request_startup_runs(conn, jobs) == []
+    assert ledger.request_startup_runs(conn, jobs, None) == []  # `first` is alive
+    # A restart: the process whose start-up run that was is gone, so the start runs again.
+    ledger.deregister_process(conn, first)
+    assert ledger.request_startup_runs(conn, jobs, None) == ["idle_job"]
 
 
 @pytest.mark.parametrize(("mode", "due"), [(Mode.SCHEDULED, True), (Mode.ONCE, False)])

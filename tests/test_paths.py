@@ -41,7 +41,7 @@ def test_a_stop_that_overruns_the_grace_period_exits_1(
         wait_until(  # the worker's UPDATE waits on the app's row lock (for up to 2 s)
             lambda: bool(
                 conn.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker:quota'"
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker:run'"
                     " AND wait_event_type = 'Lock'"
                 ).fetchone()
             )

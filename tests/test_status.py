@@ -241,6 +241,7 @@ def test_only_registered_jobs_appear_quota_alone_is_healthy(
         "running now: nothing",
         "each service process runs up to 4 jobs at once (WORKER_CONCURRENCY);"
         " a job never has two runs at a time",
+        "no live process runs service quota (jobs: quota)",  # it registered, then stopped
     ]
 
 
@@ -575,6 +576,7 @@ def test_json_reports_schedule_next_due_cadence_and_health(
         "last_success_at": sessions["finished_at"].astimezone(UTC).isoformat(),
         "health": "ok",
         "healthy": True,
+        "service_alive": False,  # no process is alive: the test registered the jobs itself
     }
     assert "02:00" in cadence and "Asia/Shanghai" in cadence
     assert cadence != "cron 0 2 * * * Asia/Shanghai"

@@ -149,16 +149,18 @@ class Daemon:
             outcomes = [self.runner.run(spec, mode) for spec in self.jobs]
             self._log_stopped(statuses=[outcome.value for outcome in outcomes])
             return 1 if RunStatus.FAILED in outcomes else 0
+        process_id = service.start(self.settings, self.service.name, self.jobs, self.log)
         self._dispatcher = Dispatcher(
-            self.settings, list(self.jobs), self.runner, self.log, self._nudge
+            self.settings, list(self.jobs), self.runner, self.log, self._nudge, process_id
         )
         if not self._serve_http():
+            service.stop(self.settings, process_id, self.log)
             return 1
-        service.apply_on_start(self.settings, self.jobs, self.log)
         try:
             self._loop()
         finally:
             self._dispatcher.drain()  # every run was asked to stop: wait for their records
+            service.stop(self.settings, process_id, self.log)
         self._log_stopped()
         return 0
 

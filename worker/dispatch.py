@@ -25,6 +25,8 @@ from .settings import Settings
 
 REQUEST_POLL_S = 5  # the ledger is read at least this often: requests made elsewhere
 WAKE_MARGIN_S = 0.001  # wake this much after a due instant, never just before it
+# A read this close to the next poll carries the heartbeat instead (no read of its own).
+BEAT_EARLY = 0.8
 READ_EXTRA_ROWS = 16  # rows read beyond the free slots: saturation seen, paused ones consumed
 
 
@@ -43,6 +45,7 @@ class Dispatcher:
         runner: Runner,
         log: Any,
         nudge: threading.Event,
+        process_id: int | None = None,
     ) -> None:
         self.concurrency = settings.concurrency
         self._settings = settings
@@ -53,9 +56,10 @@ class Dispatcher:
         self._nudge = nudge  # set to wake the loop: a run ended, a local request
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="run")
         self._lock = threading.Lock()
-        self._running: dict[str, Future[RunStatus]] = {}
+        self._running: dict[str, tuple[Future[RunStatus], Claim]] = {}
+        self._process_id = process_id  # this process's worker_processes row
         self._wake_at = 0.0  # monotonic instant of the next read; 0: read now
-        self._read_at = -math.inf  # monotonic instant of the last read
+        self._beat_at = -math.inf  # monotonic instant of the last read that was a heartbeat
         self._clock: tuple[datetime, float] | None = None  # (database now, monotonic) at a read
         self._conn: db.Conn | None = None  # the loop's: reads and claims
         self._slots = threading.local()  # each pool thread's connection, kept between runs
@@ -81,9 +85,9 @@ class Dispatcher:
         self._nudge.set()
 
     def poll(self) -> None:
-        """The loop's periodic poll: read unless a read happened within the poll interval."""
+        """The loop's periodic poll: read, and beat, unless a read beat within the poll."""
         with self._lock:
-            if time.monotonic() - self._read_at >= REQUEST_POLL_S - WAKE_MARGIN_S:
+            if time.monotonic() - self._beat_at >= REQUEST_POLL_S - WAKE_MARGIN_S:
                 self._wake_at = 0.0
 
     def dispatch(self, stopping: threading.Event) -> None:
@@ -119,10 +123,11 @@ class Dispatcher:
                 conn.close()
 
     def _read(self, limit: int) -> ledger.Due | None:
+        beat = self._beat()
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = db.connect(self._settings.database, application_name="worker:loop")
-            due = ledger.due_jobs(self._conn, self._services, limit)
+            due = ledger.due_jobs(self._conn, self._services, limit, beat)
         except psycopg.Error as exc:
             self._lost_ledger(exc)
             return None
@@ -131,11 +136,29 @@ class Dispatcher:
             self._log.info("ledger_available")
         self._down = False
         with self._lock:
-            self._read_at, self._clock = read_at, (due.now, read_at)
-            self._wake_at = read_at + REQUEST_POLL_S
+            self._clock = (due.now, read_at)
+            self._beat_at = read_at if beat is not None else self._beat_at
+            self._wake_at = max(self._beat_at, read_at - REQUEST_POLL_S) + REQUEST_POLL_S
             if due.next_wake is not None:
                 self._wake_at = min(self._wake_at, self._monotonic(due.next_wake))
+            if due.reaped:
+                self._wake_at = 0.0  # their owed occurrences are claimable now
+        if due.reaped:
+            self._runner.report_reaped(self._conn, due.reaped)
         return due
+
+    def _beat(self) -> ledger.Beat | None:
+        """This read's heartbeat, when the last one is most of a poll old."""
+        if self._process_id is None:
+            return None
+        with self._lock:
+            if time.monotonic() - self._beat_at < REQUEST_POLL_S * BEAT_EARLY:
+                return None
+            running = [
+                {"job": job, "run_id": claim.run.id, "started_at": claim.run.started_at.isoformat()}
+                for job, (_, claim) in sorted(self._running.items())
+            ]
+        return ledger.Beat(self._process_id, running)
 
     def _claim(self, spec: JobSpec, row: dict[str, Any]) -> Claim | None:
         assert self._conn is not None
@@ -151,7 +174,7 @@ class Dispatcher:
     def _submit(self, spec: JobSpec, claim: Claim) -> None:
         with self._lock:
             future = self._pool.submit(self._run, spec, claim)
-            self._running[spec.name] = future
+            self._running[spec.name] = (future, claim)
         future.add_done_callback(lambda _: self._ended(claim))
 
     def _run(self, spec: JobSpec, claim: Claim) -> RunStatus:

@@ -15,12 +15,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import schedules
+from .schedules import Policy
 
 SERVICES = ("jobs", "quota", "cleanup", "replenish")
 ON_START = ("true", "missed", "false")
 KINDS = ("http", "command", "python", "sql")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-OVERRIDE_KEYS = ("schedule", "timezone", "on_start", "service", "heartbeat_url")
+# What a job does with a late occurrence, an overlapping one, and an owed one (every job).
+POLICY_KEYS = ("max_lateness", "overlap", "max_attempts")
+OVERRIDE_KEYS = ("schedule", "timezone", "on_start", "service", "heartbeat_url", *POLICY_KEYS)
 COMMON_KEYS = (
     "schedule",
     "timezone",
@@ -31,8 +34,19 @@ COMMON_KEYS = (
     "retry_delay",
     "heartbeat_url",
     "description",
+    *POLICY_KEYS,
 )
-DEFAULTS_KEYS = ("timezone", "service", "on_start", "timeout", "retries", "retry_delay")
+DEFAULTS_KEYS = (
+    "timezone",
+    "service",
+    "on_start",
+    "timeout",
+    "retries",
+    "retry_delay",
+    *POLICY_KEYS,
+)
+OVERLAP = ("queue", "skip")
+MAX_ATTEMPTS = 100
 KIND_EXTRAS = {"command": ("cwd", "env"), "python": ("kwargs",)}
 HTTP_KEYS = ("url", "method", "headers", "json", "token_env")
 DEFAULT_TIMEOUT = "1h"
@@ -57,6 +71,7 @@ class Override:
     on_start: str | None = None
     service: str | None = None
     heartbeat_url: str | None = None
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class Declared:
     retry_delay_s: int = 30
     heartbeat_url: str | None = None
     description: str | None = None
+    policy: Policy = field(default_factory=Policy)
 
     @property
     def kind(self) -> str:
@@ -166,6 +182,7 @@ def _override(name: str, entry: Mapping[str, Any]) -> Override:
         on_start=_on_start(entry.get("on_start")),
         service=entry.get("service"),
         heartbeat_url=entry.get("heartbeat_url"),
+        policy=_policy(where, entry) if any(k in entry for k in POLICY_KEYS) else None,
     )
 
 
@@ -205,6 +222,7 @@ def _declared(name: str, entry: Mapping[str, Any]) -> Declared:
         ),
         heartbeat_url=entry.get("heartbeat_url"),
         description=entry.get("description"),
+        policy=_policy(where, entry),
     )
 
 
@@ -264,6 +282,7 @@ def _check_common(where: str, entry: Mapping[str, Any]) -> None:
     for key in ("timeout", "retry_delay"):
         if key in entry:
             _duration(where, key, entry[key])
+    _policy(where, entry)
 
 
 def _check_choices(where: str, entry: Mapping[str, Any]) -> None:
@@ -278,6 +297,24 @@ def _check_choices(where: str, entry: Mapping[str, Any]) -> None:
         raise JobsFileError(f'{where}.on_start: must be true, false or "missed"')
     if "heartbeat_url" in entry and not _is_http_url(entry["heartbeat_url"]):
         raise JobsFileError(f"{where}.heartbeat_url: must be an http:// or https:// URL")
+
+
+def _policy(where: str, entry: Mapping[str, Any]) -> Policy:
+    """`max_lateness`, `overlap` and `max_attempts`, checked; the defaults where not set."""
+    lateness = entry.get("max_lateness")
+    overlap = entry.get("overlap", "queue")
+    if overlap not in OVERLAP:
+        raise JobsFileError(f'{where}.overlap: must be "queue" or "skip"')
+    attempts = entry.get("max_attempts", Policy().max_attempts)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 100:
+        raise JobsFileError(
+            f"{where}.max_attempts: must be a whole number from 1 to {MAX_ATTEMPTS}"
+        )
+    return Policy(
+        max_attempts=attempts,
+        max_lateness_s=None if lateness is None else _duration(where, "max_lateness", lateness),
+        overlap=overlap,
+    )
 
 
 def _check_schedule(where: str, text: str, timezone: str) -> None:

@@ -16,12 +16,17 @@ from psycopg.types.json import Jsonb
 from . import db, schedules
 from .db import Conn
 from .jobs.base import JobResult, RunStatus, Trigger
-from .schedules import Schedule
+from .schedules import DEFAULT_POLICY, Policy, Schedule
 
 # A start request is dropped when a start-up run of the job began this recently: replicas
 # started together (or a crash loop) make one run, not one each.
 STARTUP_REQUEST_WINDOW_S = 30
 
+
+# Every daemon refreshes its worker_processes row once a poll; one silent this many polls is
+# dead.
+POLL_S = 5
+PROCESS_DEAD_AFTER_POLLS = 3
 
 # RUN_ON_START=false leaves an occurrence this recent alone: a live replica's poll (5 s) or
 # whole-second wake-up may be about to claim it.
@@ -44,6 +49,7 @@ class Refusal(StrEnum):
     PAUSED = "paused"  # the occurrence or request was consumed without a run
     CLAIMED_ELSEWHERE = "claimed_elsewhere"
     UNKNOWN = "unknown"  # no service has registered the job
+    LATE = "late"  # the occurrence was later than the job's max_lateness: skipped
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Claim:
     paused: bool
     run: Run
     abandoned: list[dict[str, Any]]
+    attempt: int = 1
 
 
 def owner() -> str:
@@ -75,7 +82,9 @@ def owner() -> str:
     return f"{host}:{pid}"
 
 
-def register(conn: Conn, job: str, service: str, schedule: Schedule) -> dict[str, Any]:
+def register(
+    conn: Conn, job: str, service: str, schedule: Schedule, max_attempts: int = 3
+) -> dict[str, Any]:
     """Upsert the job's row; a changed schedule recomputes `next_due_at`."""
     now = _now(conn)
     row = conn.execute(
@@ -85,89 +94,140 @@ def register(conn: Conn, job: str, service: str, schedule: Schedule) -> dict[str
             "service": service,
             "schedule": schedule.text,
             "first_due": schedule.first_due(now),
+            "max_attempts": max_attempts,
         },
     ).fetchone()
     assert row is not None
     return row
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A claim that consumed an occurrence later than the job's `max_lateness`, no run."""
+
+    scheduled_for: datetime | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a claim does with a job's ledger row (`decide`): start a run as `trigger`,
+    serving `scheduled_for` as its `attempt`; or consume the occurrence without a run
+    (`refusal` set, `write` true: a paused job's, a late one); or nothing at all."""
+
+    trigger: Trigger | None = None
+    scheduled_for: datetime | None = None
+    attempt: int = 1
+    refusal: Refusal | None = None
+    write: bool = True
+    skipped: datetime | None = None  # the occurrence skipped as late
+
+
+def decide(row: dict[str, Any], mode: Mode, policy: Policy) -> Decision:
+    """The claim's rules, on the row as read (ARCHITECTURE.md, "Owed occurrences").
+
+    A due occurrence comes first (missed and owed ones coalesce into it), then an owed one
+    (`retry`: the same `scheduled_for`, `attempt` + 1), then a waiting request. An
+    occurrence later than the job's `max_lateness` is skipped; a paused job's occurrence
+    is consumed without a run, unless an operator asked for this run.
+    """
+    now, forced = row["now"], mode in (Mode.ONCE, Mode.MANUAL)
+    due = row["next_due_at"] <= now
+    requested = row["run_requested_at"] is not None and mode is not Mode.DUE
+    owed = row["owed_run_id"] is not None
+    if not (due or requested or owed or forced):
+        return Decision(refusal=Refusal.NOT_DUE, write=False)
+    if row["leased"]:
+        return Decision(refusal=Refusal.CLAIMED_ELSEWHERE, write=False)
+    late_due = due and policy.too_late(row["next_due_at"], now)
+    late_owed = owed and row["owed_for"] is not None and policy.too_late(row["owed_for"], now)
+    asked = Trigger(row["run_requested_by"] or Trigger.MANUAL) if requested else None
+    if forced:
+        decision = Decision(Trigger.MANUAL)
+    elif due and not late_due:
+        trigger = asked or Trigger.SCHEDULE
+        served = None if trigger is Trigger.MANUAL else row["next_due_at"]
+        decision = Decision(trigger, served)
+    elif owed and not late_owed:
+        decision = Decision(Trigger.RETRY, row["owed_for"], row["owed_attempt"] + 1)
+    elif asked is not None:
+        decision = Decision(asked)
+    else:
+        skipped = row["next_due_at"] if late_due else row["owed_for"]
+        return Decision(refusal=Refusal.LATE, skipped=skipped)
+    if not row["paused"] or (decision.trigger is Trigger.MANUAL and mode is not Mode.ONCE):
+        return decision
+    if not due and mode is Mode.ONCE:
+        return Decision(refusal=Refusal.PAUSED, write=False)  # nothing of the ledger's
+    return Decision(refusal=Refusal.PAUSED)
+
+
 def claim(
-    conn: Conn, job: str, mode: Mode, lease_s: float, seen: dict[str, Any] | None = None
-) -> Claim | Refusal:
-    """Claim the job's due occurrence or waiting request and start its run, in one
-    conditional statement.
+    conn: Conn,
+    job: str,
+    mode: Mode,
+    lease_s: float,
+    seen: dict[str, Any] | None = None,
+    policy: Policy = DEFAULT_POLICY,
+) -> Claim | Refusal | Skipped:
+    """Claim the job's due, owed or requested run and start it, in one conditional
+    statement: a Claim; else a Refusal (`paused`: the occurrence was consumed without a
+    run), or Skipped (the occurrence was later than the job's max_lateness).
 
     `next_due_at` moves to the first occurrence after now (missed ones coalesce into this
-    run), the lease is taken and the run's row inserted; a paused job's occurrence is
-    consumed without a run. The schedule is the one the ledger holds, so every replica
-    computes the same next time. `seen` is the job's row as the loop just read it
-    (`due_jobs`); without it the row is read first.
+    run), the lease is taken and the run's row inserted. The schedule is the one the ledger
+    holds, so every replica computes the same next time. `seen` is the job's row as the
+    loop just read it (`due_jobs`); without it the row is read first.
     """
     row = seen or conn.execute(db.query("peek_job"), {"job": job}).fetchone()
     if row is None or row["next_due_at"] is None:
         return Refusal.UNKNOWN
-    due = row["next_due_at"] <= row["now"]
-    requested = row["run_requested_at"] is not None and mode is not Mode.DUE
-    if not (due or requested or mode in (Mode.ONCE, Mode.MANUAL)):
-        return Refusal.NOT_DUE
-    if row["leased"]:
-        return Refusal.CLAIMED_ELSEWHERE
-    trigger = _trigger(mode, row, due=due, requested=requested)
-    runs = not row["paused"] or (trigger is Trigger.MANUAL and mode is not Mode.ONCE)
-    if not runs and not due and mode is Mode.ONCE:
-        return Refusal.PAUSED  # nothing of the ledger's to consume
-    # A manual run consumes a due occurrence too, but serves no occurrence of its own.
-    scheduled_for = row["next_due_at"] if due and trigger is not Trigger.MANUAL else None
-    params = _claim_params(row, mode, trigger, runs, scheduled_for, lease_s)
+    decision = decide(row, mode, policy)
+    if not decision.write:
+        assert decision.refusal is not None
+        return decision.refusal
+    params = _claim_params(row, mode, decision, lease_s)
     granted = conn.execute(db.query("claim_job"), params).fetchone()
     if granted is None:
-        return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it between our two reads
-    if not runs:
-        return Refusal.PAUSED
-    run = Run(granted["run_id"], granted["started_at"])
+        return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it after our read
+    if decision.refusal is Refusal.LATE:
+        return Skipped(decision.skipped)
+    if decision.trigger is None or granted["run_id"] is None:
+        assert decision.refusal is not None
+        return decision.refusal
     return Claim(
         job,
         params["owner"],
-        trigger,
-        scheduled_for,
+        decision.trigger,
+        decision.scheduled_for,
         params["next_due_at"],
         row["paused"],
-        run,
+        Run(granted["run_id"], granted["started_at"]),
         list(granted["abandoned"]),
+        decision.attempt,
     )
 
 
 def _claim_params(
-    row: dict[str, Any],
-    mode: Mode,
-    trigger: Trigger,
-    runs: bool,
-    scheduled_for: datetime | None,
-    lease_s: float,
+    row: dict[str, Any], mode: Mode, decision: Decision, lease_s: float
 ) -> dict[str, Any]:
     host, pid = db.process_identity()
+    trigger = decision.trigger or Trigger.SCHEDULE  # no run: the trigger is not written
     return {
         "job": row["job"],
         "next_due_at": schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"]),
-        "lease": runs,
+        "lease": decision.trigger is not None,
         "owner": owner(),
         "lease_s": lease_s,
         "seen_due": row["next_due_at"],
         "seen_paused": row["paused"],
+        "seen_owed": row["owed_run_id"],
         "forced": mode in (Mode.ONCE, Mode.MANUAL),
         "trigger": trigger.value,
         "host": host,
         "pid": pid,
-        "scheduled_for": scheduled_for,
+        "scheduled_for": decision.scheduled_for,
+        "attempt": decision.attempt,
     }
-
-
-def _trigger(mode: Mode, row: dict[str, Any], *, due: bool, requested: bool) -> Trigger:
-    if mode in (Mode.ONCE, Mode.MANUAL):
-        return Trigger.MANUAL
-    if requested:
-        return Trigger(row["run_requested_by"] or Trigger.MANUAL)
-    return Trigger.SCHEDULE
 
 
 def skip_missed(conn: Conn, job: str) -> datetime | None:
@@ -191,10 +251,20 @@ def skip_missed(conn: Conn, job: str) -> datetime | None:
     return row["next_due_at"] if cursor.rowcount == 1 else None
 
 
-def request_startup_runs(conn: Conn, jobs: list[str]) -> list[str]:
-    """RUN_ON_START=true: ask for a run of each job; returns the jobs a request was set for."""
+def request_startup_runs(conn: Conn, jobs: list[str], process_id: int | None) -> list[str]:
+    """RUN_ON_START=true: ask for a run of each job; returns the jobs a request was set for.
+
+    `process_id` is this process's `worker_processes` row: its own start-up runs do not
+    count as another live process's.
+    """
     rows = conn.execute(
-        db.query("request_startup_runs"), {"jobs": jobs, "window_s": STARTUP_REQUEST_WINDOW_S}
+        db.query("request_startup_runs"),
+        {
+            "jobs": jobs,
+            "window_s": STARTUP_REQUEST_WINDOW_S,
+            "process_id": process_id or 0,
+            "alive_s": PROCESS_DEAD_AFTER_POLLS * POLL_S,
+        },
     ).fetchall()
     return [row["job"] for row in rows]
 
@@ -207,18 +277,60 @@ def request_run(conn: Conn, job: str) -> bool:
 @dataclass(frozen=True)
 class Due:
     """What the loop reads each time it wakes: the database's clock, the jobs to claim now,
-    and the next future due time (None: no job of these services is due later)."""
+    the next future due time (None: no job of these services is due later), and the dead
+    runs this read reaped (`id, job, attempt, trigger, host, pid, owed, max_attempts`)."""
 
     now: datetime
     next_wake: datetime | None
     rows: list[dict[str, Any]]
+    reaped: list[dict[str, Any]]
 
 
-def due_jobs(conn: Conn, services: list[str], limit: int) -> Due:
-    """The unleased jobs of `services` due or requested now (at most `limit`), oldest first."""
-    rows = conn.execute(db.query("due_jobs"), {"services": services, "limit": limit}).fetchall()
+@dataclass(frozen=True)
+class Beat:
+    """A process's heartbeat, carried by its loop's read once a poll."""
+
+    process_id: int
+    running: list[dict[str, Any]]
+
+
+def due_jobs(conn: Conn, services: list[str], limit: int, beat: Beat | None = None) -> Due:
+    """The released jobs of `services` due, requested or owed now (at most `limit`), oldest
+    first; with `beat`, also the process's heartbeat and the reaping of dead runs."""
+    rows = conn.execute(
+        db.query("due_jobs"),
+        {
+            "services": services,
+            "limit": limit,
+            "beat": beat is not None,
+            "process_id": 0 if beat is None else beat.process_id,
+            "running": Jsonb([] if beat is None else beat.running),
+        },
+    ).fetchall()
     jobs = [row for row in rows if row["job"] is not None]
-    return Due(rows[0]["now"], rows[0]["next_wake"], jobs)
+    return Due(rows[0]["now"], rows[0]["next_wake"], jobs, list(rows[0]["reaped"]))
+
+
+def register_process(conn: Conn, service: str, version: str, concurrency: int) -> int:
+    """This daemon's `worker_processes` row (a dead one of the same host and pid goes)."""
+    host, pid = db.process_identity()
+    row = conn.execute(
+        db.query("register_process"),
+        {
+            "host": host,
+            "pid": pid,
+            "service": service,
+            "version": version,
+            "concurrency": concurrency,
+        },
+    ).fetchone()
+    conn.execute(db.query("prune_processes"))
+    assert row is not None
+    return int(row["id"])
+
+
+def deregister_process(conn: Conn, process_id: int) -> None:
+    conn.execute(db.query("deregister_process"), {"id": process_id})
 
 
 def renew(conn: Conn, claim: Claim, lease_s: float) -> bool:
@@ -239,9 +351,13 @@ def finish(
     duration_ms: int,
     error: str | None,
     alert_rules: tuple[list[str], list[str]] = ([], []),
+    owed: bool = False,
+    skip_to: datetime | None = None,
 ) -> list[tuple[str, str]]:
     """Write the outcome of the claim's run and release the lease, in one statement.
 
+    `owed`: the run's occurrence is owed (interrupted, attempts left). `skip_to`: with
+    overlap = skip, where an occurrence that fell due during the run moves to.
     Returns the latest alert of each of `alert_rules` (rule names, alert types) for the job,
     as (rule, type): the state the run's alert rules are judged against.
     """
@@ -265,6 +381,9 @@ def finish(
             "result": None if result.result is None else Jsonb(result.result),
             "alert_rules": alert_rules[0],
             "alert_types": alert_rules[1],
+            "owed": owed,
+            "skip_to": skip_to,
+            "seen_due": claim.next_due_at,
         },
     ).fetchone()
     assert row is not None

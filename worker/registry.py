@@ -11,7 +11,7 @@ from .db import Conn
 from .jobfile import HttpCall
 from .jobs import cleanup, declared, leases, quota, replenish
 from .jobs.base import JobContext
-from .schedules import Schedule
+from .schedules import DEFAULT_POLICY, Policy, Schedule
 from .settings import ConfigError, Settings
 
 
@@ -35,6 +35,7 @@ class JobSpec:
     # The variable the job cannot run without, when it is not set; None when it can run.
     missing: Callable[[Settings], str | None] = lambda s: None
     secrets: tuple[str, ...] = ()  # values of its own to mask wherever text leaves the process
+    policy: Policy = DEFAULT_POLICY  # late, overlapping and owed occurrences
 
     def starts(self, settings: Settings) -> str:
         """What this job does when its service starts (ARCHITECTURE.md, "At start...")."""
@@ -185,6 +186,7 @@ def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: b
         heartbeat_url=job.heartbeat_url,
         kind=job.kind,
         secrets=(token,) if token else (),
+        policy=job.policy,
     )
 
 
@@ -202,6 +204,7 @@ def _overridden(spec: JobSpec, override: jobfile.Override) -> JobSpec:
         service=override.service or spec.service,
         on_start=override.on_start or spec.on_start,
         heartbeat_url=override.heartbeat_url or spec.heartbeat_url,
+        policy=override.policy or spec.policy,
     )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -19,7 +20,8 @@ import psycopg
 import structlog
 
 from . import alerts, clients, db, ledger
-from .jobs.base import JobContext, JobResult, RunStatus
+from .jobs.base import JobContext, JobResult, RunStatus, Trigger
+from .lease import LeaseKeeper
 from .ledger import Claim, Mode, Refusal, Run
 from .registry import JobSpec
 from .settings import Settings
@@ -39,6 +41,9 @@ class Finished:
 
 # Refusals logged at info level for these modes (a person asked); debug for wake-ups.
 _ASKED = (Mode.ONCE, Mode.MANUAL, Mode.DUE)
+# Recording an outcome that failed is retried after these waits (doubling), within the lease.
+RECORD_RETRY_FIRST_S = 0.25
+RECORD_RETRY_MAX_S = 2.0
 
 
 @dataclass
@@ -80,10 +85,20 @@ class Runner:
         `seen` is the job's ledger row as the caller just read it (the loop's `due_jobs`).
         """
         try:
-            claimed = ledger.claim(conn, spec.name, mode, self.settings.lease_s, seen)
+            claimed = ledger.claim(conn, spec.name, mode, self.settings.lease_s, seen, spec.policy)
         except psycopg.Error as exc:
             self.log.error("job_start_failed", job=spec.name, error=db.describe_error(exc))
             return RunStatus.FAILED
+        if isinstance(claimed, ledger.Skipped):  # consumed without a run: too late
+            when = claimed.scheduled_for
+            self.log.warning(
+                "occurrence_skipped",
+                job=spec.name,
+                reason="late",
+                scheduled_for=None if when is None else when.isoformat(),
+                max_lateness_s=spec.policy.max_lateness_s,
+            )
+            return Refusal.LATE
         if isinstance(claimed, Refusal):
             self._log_refusal(spec, claimed, mode)
             return claimed
@@ -112,9 +127,9 @@ class Runner:
                 return self._complete(own, spec, claim)
 
     def _complete(self, conn: db.Conn, spec: JobSpec, claim: Claim) -> RunStatus:
-        with LeaseKeeper(self, claim) as keeper:
-            finished = self._execute(conn, spec, claim, keeper.lost.is_set)
-        self._record(conn, spec, claim, finished)
+        with LeaseKeeper(self.settings, claim, self.log) as keeper:
+            finished = self._execute(conn, spec, claim, keeper)
+        self._record(conn, spec, claim, finished, keeper.expires_at)
         return finished.status
 
     def _execute(
@@ -122,16 +137,17 @@ class Runner:
         conn: db.Conn,
         spec: JobSpec,
         claim: Claim | None,
-        lease_lost: Callable[[], bool] = lambda: False,
+        keeper: LeaseKeeper | None = None,
     ) -> Finished:
         result = JobResult()
-        ctx = self._context(conn, spec, result, lease_lost)
+        ctx = self._context(conn, spec, result, keeper)
         trigger = None if claim is None else claim.trigger.value
         scheduled_for = claim.scheduled_for if claim else None
         self.log.info(
             "job_started",
             trigger=trigger,
             scheduled_for=None if scheduled_for is None else scheduled_for.isoformat(),
+            attempt=claim.attempt if claim else None,
             paused=bool(claim and claim.paused),
             dry_run=self.dry_run,
         )
@@ -155,8 +171,9 @@ class Runner:
         return Finished(status, result, duration_ms, error)
 
     def _context(
-        self, conn: db.Conn, spec: JobSpec, result: JobResult, lease_lost: Callable[[], bool]
+        self, conn: db.Conn, spec: JobSpec, result: JobResult, keeper: LeaseKeeper | None
     ) -> JobContext:
+        lost = keeper.lost.is_set if keeper else lambda: False
         return JobContext(
             job=spec.name,
             conn=conn,
@@ -164,30 +181,125 @@ class Runner:
             http=self.http,
             log=self.log.bind(job=spec.name),
             result=result,
-            should_stop=lambda: self.stop.is_set() or lease_lost(),
+            should_stop=lambda: self.stop.is_set() or lost(),
             sleep=self._sleep,
             alert=partial(self._alert, conn, spec.name),
             dry_run=self.dry_run,
+            fence=keeper.fence() if keeper else None,
         )
 
-    def _record(self, conn: db.Conn, spec: JobSpec, claim: Claim, finished: Finished) -> None:
-        try:
-            with self._usable(conn, spec.name) as recording:
-                latest = ledger.finish(
-                    recording,
-                    claim,
-                    status=finished.status,
-                    result=finished.result,
-                    duration_ms=finished.duration_ms,
-                    error=finished.error,
-                    alert_rules=alerts.rule_alert_filter(),
-                )
-                self._evaluate_alerts(recording, spec, claim.run, finished, latest)
-        except psycopg.Error as exc:
-            # The lease runs out; the next claim marks this row abandoned.
-            self.log.error("run_record_failed", run_id=claim.run.id, error=db.describe_error(exc))
-            return
+    def _record(
+        self, conn: db.Conn, spec: JobSpec, claim: Claim, finished: Finished, lease_ends: float
+    ) -> None:
+        """Write the outcome, retrying with backoff on a fresh connection while the lease
+        lasts (a database or pooler that blinked during the run loses no outcome)."""
+        owed, exhausted = self._owed(spec, claim, finished.status)
+        delay_s = RECORD_RETRY_FIRST_S
+        while True:
+            try:
+                with self._usable(conn, spec.name) as recording:
+                    latest = ledger.finish(
+                        recording,
+                        claim,
+                        status=finished.status,
+                        result=finished.result,
+                        duration_ms=finished.duration_ms,
+                        error=finished.error,
+                        alert_rules=alerts.rule_alert_filter(),
+                        owed=owed,
+                        skip_to=self._skip_to(spec, claim, finished),
+                    )
+                    self._evaluate_alerts(recording, spec, claim.run, finished, latest)
+                    if exhausted:
+                        self._exhausted(recording, spec, claim, finished.status)
+                break
+            except psycopg.Error as exc:
+                error = db.describe_error(exc)
+                if not isinstance(exc, psycopg.OperationalError) or (
+                    time.monotonic() + delay_s >= lease_ends
+                ):
+                    # The reaper marks the row abandoned once the lease has expired.
+                    self.log.error("run_record_failed", run_id=claim.run.id, error=error)
+                    return
+                self.log.warning("run_record_retrying", run_id=claim.run.id, error=error)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
+        if owed:
+            self.log.info("occurrence_owed", run_id=claim.run.id, attempt=claim.attempt)
         self._heartbeat(spec, finished.status)
+
+    def report_reaped(self, conn: db.Conn, runs: list[dict[str, Any]]) -> None:
+        """Log the dead runs a read reaped; raise JOB_ATTEMPTS_EXHAUSTED for each one that
+        was its occurrence's last attempt (never raises)."""
+        for run in runs:
+            self.log.warning(
+                "run_abandoned",
+                job=run["job"],
+                abandoned_run_id=run["id"],
+                host=run["host"],
+                pid=run["pid"],
+                attempt=run["attempt"],
+                owed=run["owed"],
+            )
+            last = run["max_attempts"] is not None and run["attempt"] >= run["max_attempts"]
+            if run["trigger"] == Trigger.MANUAL or not last:
+                continue
+            try:
+                self._alert(
+                    conn,
+                    run["job"],
+                    type="JOB_ATTEMPTS_EXHAUSTED",
+                    level="ERROR",
+                    message=(
+                        f"Job {run['job']}: run {run['id']} was abandoned (its process "
+                        f"stopped renewing its lease) on attempt {run['attempt']} of "
+                        f"{run['max_attempts']}; the occurrence is given up."
+                    ),
+                    metadata={
+                        "run_id": run["id"],
+                        "attempt": run["attempt"],
+                        "status": "abandoned",
+                    },
+                )
+            except psycopg.Error as exc:
+                self.log.error("alert_rules_failed", run_id=run["id"], error=db.describe_error(exc))
+
+    def _owed(self, spec: JobSpec, claim: Claim, status: RunStatus) -> tuple[bool, bool]:
+        """(owed, exhausted): an interrupted run's occurrence is owed while attempts remain;
+        the last attempt interrupted raises JOB_ATTEMPTS_EXHAUSTED. A manual run serves no
+        occurrence, and a failed run is not owed (the job ran and said no)."""
+        if status is not RunStatus.INTERRUPTED or claim.trigger is Trigger.MANUAL:
+            return False, False
+        left = claim.attempt < spec.policy.max_attempts
+        return left, not left
+
+    def _skip_to(self, spec: JobSpec, claim: Claim, finished: Finished) -> datetime | None:
+        """overlap = skip: the first occurrence after the run's end, for an occurrence that
+        fell due while it ran (the statement moves it only if one did)."""
+        if spec.policy.overlap != "skip":
+            return None
+        ended = claim.run.started_at + timedelta(milliseconds=finished.duration_ms)
+        return spec.schedule(self.settings).next_due(claim.next_due_at, ended)
+
+    def _exhausted(self, conn: db.Conn, spec: JobSpec, claim: Claim, status: RunStatus) -> None:
+        when = claim.scheduled_for.isoformat() if claim.scheduled_for else "its start-up run"
+        self._alert(
+            conn,
+            spec.name,
+            type="JOB_ATTEMPTS_EXHAUSTED",
+            level="ERROR",
+            message=(
+                f"Job {spec.name}: the occurrence {when} was {status.value} on each of its "
+                f"{claim.attempt} attempts (max_attempts {spec.policy.max_attempts}); it is "
+                "given up."
+            ),
+            metadata={
+                "run_id": claim.run.id,
+                "attempt": claim.attempt,
+                "scheduled_for": claim.scheduled_for.isoformat() if claim.scheduled_for else None,
+                "status": status.value,
+            },
+        )
 
     @contextlib.contextmanager
     def _usable(self, conn: db.Conn, job: str) -> Iterator[db.Conn]:
@@ -267,46 +379,3 @@ class Runner:
 
     def _connect(self, job: str) -> db.Conn:
         return db.connect(self.settings.database, application_name=f"worker:{job}")
-
-
-class LeaseKeeper:
-    """Renews a run's lease every LEASE_SECONDS / 3 from its own thread and connection.
-
-    A renewal that fails (the database is unreachable, or the lease expired and another
-    runner took it) sets `lost` at once and logs `lease_lost`: the run starts no more items.
-    """
-
-    def __init__(self, runner: Runner, claim: Claim) -> None:
-        self.runner, self.claim = runner, claim
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _keep(self) -> None:
-        lease_s = self.runner.settings.lease_s
-        conn: db.Conn | None = None
-        try:
-            while not self._done.wait(lease_s / 3):
-                try:
-                    conn = conn or self.runner._connect(f"{self.claim.job}:lease")
-                    renewed = ledger.renew(conn, self.claim, lease_s)
-                    error = None if renewed else "the lease expired and was taken over"
-                except psycopg.Error as exc:
-                    error = db.describe_error(exc)
-                if error is not None:
-                    self.runner.log.error(
-                        "lease_lost", job=self.claim.job, run_id=self.claim.run.id, error=error
-                    )
-                    self.lost.set()
-                    return
-        finally:
-            if conn is not None:
-                conn.close()

@@ -34,6 +34,23 @@ class ScheduleError(ValueError):
 
 
 @dataclass(frozen=True)
+class Policy:
+    """What a job does with a late, an overlapping and an owed occurrence (ARCHITECTURE.md,
+    "Owed occurrences"): the jobs file's `max_lateness`, `overlap` and `max_attempts`."""
+
+    max_attempts: int = 3  # runs per occurrence; the last interrupted one raises an alert
+    max_lateness_s: int | None = None  # an occurrence found later than this is skipped
+    overlap: str = "queue"  # queue: one run right after the previous; skip: none
+
+    def too_late(self, due: datetime, now: datetime) -> bool:
+        """Whether an occurrence due at `due`, found at `now`, is skipped as late."""
+        return self.max_lateness_s is not None and (now - due).total_seconds() > self.max_lateness_s
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
 class Interval:
     """Every `every_s` seconds, keeping the phase of the first due time."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, ledger
+from . import __version__, db, ledger
 from .logs import say_error
 from .registry import JobSpec
 from .settings import ConfigError, Settings
@@ -57,7 +57,7 @@ def register(conn: db.Conn, settings: Settings, jobs: Sequence[JobSpec], log: An
     """Upsert each job's ledger row; log its schedule and next due time."""
     for spec in jobs:
         schedule = spec.schedule(settings)
-        row = ledger.register(conn, spec.name, spec.service, schedule)
+        row = ledger.register(conn, spec.name, spec.service, schedule, spec.policy.max_attempts)
         log.info(
             "job_scheduled",
             job=spec.name,
@@ -67,16 +67,19 @@ def register(conn: db.Conn, settings: Settings, jobs: Sequence[JobSpec], log: An
         )
 
 
-def apply_on_start(settings: Settings, jobs: Sequence[JobSpec], log: Any) -> None:
-    """RUN_ON_START: request a run of each job (true), leave missed ones due (missed), or
-    move missed occurrences past now without a run (false). Never raises: the loop retries
-    anything the database did not take."""
+def start(settings: Settings, service: str, jobs: Sequence[JobSpec], log: Any) -> int | None:
+    """Register this process in `worker_processes`, then apply RUN_ON_START: request a run
+    of each job (true), leave missed ones due (missed), or move missed occurrences past now
+    without a run (false). Returns the process's row id (None if the database refused).
+    Never raises: the loop retries anything the database did not take."""
     requesting = [spec.name for spec in jobs if spec.starts(settings) == "true"]
     skipping = [spec.name for spec in jobs if spec.starts(settings) == "false"]
+    process_id = None
     try:
         with db.connect(settings.database, application_name="worker:start") as conn:
+            process_id = ledger.register_process(conn, service, __version__, settings.concurrency)
             if requesting:
-                requested = ledger.request_startup_runs(conn, requesting)
+                requested = ledger.request_startup_runs(conn, requesting, process_id)
                 log.info("running_initial_update", requested=requested)
             for name in skipping:
                 skipped = ledger.skip_missed(conn, name)
@@ -84,6 +87,18 @@ def apply_on_start(settings: Settings, jobs: Sequence[JobSpec], log: Any) -> Non
                     log.info("occurrences_skipped", job=name, missed_due_at=skipped.isoformat())
     except psycopg.Error as exc:
         log.error("start_requests_failed", error=db.describe_error(exc))
+    return process_id
+
+
+def stop(settings: Settings, process_id: int | None, log: Any) -> None:
+    """A clean stop deletes the process's row (a killed one's is found dead by its age)."""
+    if process_id is None:
+        return
+    try:
+        with db.connect(settings.database, application_name="worker:stop") as conn:
+            ledger.deregister_process(conn, process_id)
+    except psycopg.Error as exc:
+        log.warning("process_deregister_failed", error=db.describe_error(exc))
 
 
 def connect(

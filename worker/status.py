@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import psycopg
 
-from . import db, schedules
+from . import db, ledger, schedules
 from .logs import get_logger
 from .service import report_unreachable
 from .settings import Settings
@@ -44,6 +44,7 @@ class JobStatus:
     paused: bool
     last_success_at: datetime | None
     health: str
+    service_alive: bool | None = None  # a live process runs its service (None: unknown)
 
     @property
     def healthy(self) -> bool:
@@ -57,6 +58,24 @@ class Report:
     checked_at: datetime
     jobs: list[JobStatus]
     concurrency: int | None = None  # WORKER_CONCURRENCY where the report was made
+    processes: list[dict[str, Any]] = field(default_factory=list)  # worker_processes rows
+
+    @property
+    def live_services(self) -> set[str]:
+        """The services some live process runs (`all` runs every one)."""
+        return {p["service"] for p in self.processes if p["alive"]}
+
+    def service_alive(self, service: str) -> bool:
+        return bool(self.live_services & {service, "all"})
+
+    @property
+    def orphaned(self) -> dict[str, list[str]]:
+        """The jobs of each service that no live process runs, by service."""
+        orphans: dict[str, list[str]] = {}
+        for job in self.jobs:
+            if not self.service_alive(job.service):
+                orphans.setdefault(job.service, []).append(job.job)
+        return orphans
 
     @property
     def healthy(self) -> bool:
@@ -90,12 +109,25 @@ def gather(conn: db.Conn, service: str | None = None) -> Report:
         # The worker has never migrated this database to its ledger (status must not do
         # it silently): no service has registered a job yet.
         rows = []
+    processes = _processes(conn)
     if not rows:
         now = conn.execute(db.query("database_now")).fetchone()
         assert now is not None
-        return Report(now["checked_at"], [])
+        return Report(now["checked_at"], [], processes=processes)
     checked_at: datetime = rows[0]["checked_at"]
-    return Report(checked_at, [_judge(row, checked_at) for row in rows])
+    report = Report(checked_at, [_judge(row, checked_at) for row in rows], processes=processes)
+    jobs = [replace(job, service_alive=report.service_alive(job.service)) for job in report.jobs]
+    return replace(report, jobs=jobs)
+
+
+def _processes(conn: db.Conn) -> list[dict[str, Any]]:
+    try:
+        return conn.execute(
+            db.query("processes"),
+            {"dead_after_s": ledger.PROCESS_DEAD_AFTER_POLLS * ledger.POLL_S},
+        ).fetchall()
+    except psycopg.errors.UndefinedTable:  # a database no v3 process has migrated
+        return []
 
 
 def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
@@ -147,7 +179,19 @@ def report_dict(report: Report) -> dict[str, Any]:
         "checked_at": iso(report.checked_at),
         "running": report.running,
         "concurrency": report.concurrency,
+        "live_services": sorted(report.live_services),
         "jobs": [job_dict(job) for job in report.jobs],
+    }
+
+
+def process_dict(process: dict[str, Any]) -> dict[str, Any]:
+    """One row of `GET /api/processes`."""
+    return {
+        **{k: process[k] for k in ("id", "host", "pid", "service", "version", "concurrency")},
+        "started_at": iso(process["started_at"]),
+        "last_seen_at": iso(process["last_seen_at"]),
+        "alive": process["alive"],
+        "running": process["running"],
     }
 
 
@@ -168,6 +212,7 @@ def job_dict(job: JobStatus) -> dict[str, Any]:
         "last_success_at": iso(job.last_success_at),
         "health": job.health,
         "healthy": job.healthy,
+        "service_alive": job.service_alive,
     }
 
 
@@ -237,6 +282,11 @@ def _capacity(report: Report) -> list[str]:
             f"each service process runs up to {report.concurrency} jobs at once "
             "(WORKER_CONCURRENCY); a job never has two runs at a time"
         )
+    alive = sorted(report.live_services)
+    if alive:
+        lines.append(f"live processes run: {', '.join(alive)}")
+    for service, jobs in report.orphaned.items():
+        lines.append(f"no live process runs service {service} (jobs: {', '.join(jobs)})")
     return lines
 
 

@@ -77,6 +77,7 @@ URLS = Map(
         Rule("/api/jobs/<job>/runs", endpoint="api_job_runs", methods=["GET"]),
         Rule("/api/runs/<int:run_id>", endpoint="api_run", methods=["GET"]),
         Rule("/api/alerts", endpoint="api_alerts", methods=["GET"]),
+        Rule("/api/processes", endpoint="api_processes", methods=["GET"]),
         Rule("/api/jobs/<job>/pause", endpoint="pause", methods=["POST"]),
         Rule("/api/jobs/<job>/resume", endpoint="resume", methods=["POST"]),
         Rule("/api/jobs/<job>/run", endpoint="run", methods=["POST"]),
@@ -262,6 +263,7 @@ class App:
             "api_job_runs": self.api_job_runs,
             "api_run": self.api_run,
             "api_alerts": self.api_alerts,
+            "api_processes": self.api_processes,
             "pause": self.pause,
             "resume": self.resume,
             "run": self.run,
@@ -476,6 +478,11 @@ class App:
         with self.connections.connection() as conn:
             rows = conn.execute(db.query(query), {"limit": limit}).fetchall()
         return _json({"alerts": [_jsonable(row) for row in rows]})
+
+    def api_processes(self, request: Request) -> Response:
+        with self.connections.connection() as conn:
+            report = self.report(conn)
+        return _json({"processes": [status.process_dict(p) for p in report.processes]})
 
     # --- actions -----------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class Trigger(StrEnum):
     STARTUP = "startup"
     SCHEDULE = "schedule"
     MANUAL = "manual"
+    RETRY = "retry"  # an owed occurrence run again: the same scheduled_for, attempt + 1
 
 
 @dataclass
@@ -86,6 +87,37 @@ class ItemOutcome:
 
 AlertFn = Callable[..., None]
 
+# The SQLSTATE worker_fence() raises when the run no longer holds its job's lease.
+FENCE_SQLSTATE = "WK001"
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The run's lease as each of its transactions checks it (ARCHITECTURE.md, "Fencing")."""
+
+    job: str
+    run_id: int
+    owner: str
+    idle_timeout_ms: int
+    lost: Callable[[], None]  # called once a transaction found the lease gone
+
+    def check(self, conn: Conn) -> None:
+        """Inside a transaction: end it (SQLSTATE WK001) unless the lease is still ours."""
+        conn.execute(
+            db.query("fence_run"),
+            {
+                "job": self.job,
+                "run_id": self.run_id,
+                "owner": self.owner,
+                "idle_timeout_ms": self.idle_timeout_ms,
+            },
+        )
+
+
+def fenced_out(exc: BaseException) -> bool:
+    """Whether `exc` is worker_fence() refusing a write of a run that lost its lease."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate == FENCE_SQLSTATE
+
 
 @dataclass(frozen=True)
 class JobContext:
@@ -102,6 +134,18 @@ class JobContext:
     alert: AlertFn
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
+    fence: Fence | None = None  # None: no lease to check (a dry run)
+
+    @contextmanager
+    def transaction(self, conn: Conn | None = None) -> Iterator[Conn]:
+        """One item's transaction on `conn` (default: the context's), fenced: it commits
+        nothing once the run's lease was taken over, and a frozen process's is ended by the
+        server before the lease runs out."""
+        conn = conn or self.conn
+        with conn.transaction():
+            if self.fence is not None:
+                self.fence.check(conn)
+            yield conn
 
     def elapsed_s(self) -> float:
         """Seconds since the pass started, rounded for logs."""
@@ -119,6 +163,10 @@ class JobContext:
         except psycopg.Error as exc:
             if self.conn.broken:
                 raise
+            if fenced_out(exc) and self.fence is not None:
+                self.fence.lost()  # the run stops: should_stop() is now true
+                outcome.error = "lease_lost"
+                return
             outcome.error = db.describe_error(exc)
 
     @contextmanager

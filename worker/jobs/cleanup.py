@@ -14,7 +14,7 @@ from .. import db
 from ..batches import BatchSizer
 from ..db import Conn
 from ..settings import ConfigError, RetentionRule, Settings
-from .base import JobContext
+from .base import Fence, JobContext, fenced_out
 
 TOKENS = "cleanup_tokens"
 SESSIONS = "cleanup_sessions"
@@ -176,6 +176,7 @@ def delete_in_batches(
     log: Any,
     *,
     lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+    fence: Fence | None = None,
 ) -> RuleOutcome:
     """Delete every row `rule` matches, one transaction per batch, until none is left.
 
@@ -193,10 +194,14 @@ def delete_in_batches(
         size = sizer.size
         params["offset"] = size - 1
         try:
-            deleted, last_id, seconds = _delete_batch(conn, rule, params, lock_timeout_ms)
+            deleted, last_id, seconds = _delete_batch(conn, rule, params, lock_timeout_ms, fence)
         except psycopg.Error as exc:
             if conn.broken:
                 raise
+            if fenced_out(exc) and fence is not None:
+                fence.lost()  # the run lost its lease: this batch rolled back, stop here
+                outcome.status = INTERRUPTED
+                break
             outcome.status, outcome.error = FAILED, db.describe_error(exc)
             break
         outcome.record_batch(size, deleted, seconds)
@@ -243,7 +248,7 @@ def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
 
 def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
     sizer = BatchSizer.from_settings(ctx.settings)  # each rule learns its own table's pace
-    outcome = delete_in_batches(ctx.conn, rule, sizer, ctx.should_stop, ctx.log)
+    outcome = delete_in_batches(ctx.conn, rule, sizer, ctx.should_stop, ctx.log, fence=ctx.fence)
     if outcome.status == FAILED:
         ctx.result.fail(rule.name, "batch_failed", error=outcome.error, deleted=outcome.deleted)
     elif outcome.status != INTERRUPTED:
@@ -266,7 +271,7 @@ def _preview(ctx: JobContext, rule: Rule) -> dict[str, Any]:
 
 
 def _delete_batch(
-    conn: Conn, rule: Rule, params: dict[str, Any], lock_timeout_ms: int
+    conn: Conn, rule: Rule, params: dict[str, Any], lock_timeout_ms: int, fence: Fence | None
 ) -> tuple[int, Any, float]:
     """One batch in its own transaction: (rows deleted, its last id or None if final, seconds).
 
@@ -279,6 +284,8 @@ def _delete_batch(
     after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
     if params["offset"] < ONE_WALK_MAX_ROWS:
         with conn.pipeline(), conn.transaction():
+            if fence is not None:
+                fence.check(conn)
             conn.execute(
                 db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"}
             )
@@ -291,6 +298,8 @@ def _delete_batch(
         last_id = row["last_id"] if row["matched"] > params["offset"] else None
         return int(row["deleted"]), last_id, time.monotonic() - started
     with conn.pipeline(), conn.transaction():
+        if fence is not None:
+            fence.check(conn)
         conn.execute(db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"})
         bound = conn.execute(
             _rule_statement("cleanup_batch_bound", rule, after=after), params

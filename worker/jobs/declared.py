@@ -187,7 +187,7 @@ def _json_object(answer: clients.Answer) -> Any:
 
 
 def _sql(ctx: JobContext, statement: SqlStatement, timeout_s: int) -> Attempt:
-    with _cancelled_on_stop(ctx), ctx.guard() as outcome, ctx.conn.transaction():
+    with _cancelled_on_stop(ctx), ctx.guard() as outcome, ctx.transaction():
         ctx.conn.execute(
             "SELECT set_config('statement_timeout', %s, true)", (f"{timeout_s * 1000}ms",)
         )

@@ -44,7 +44,7 @@ def run_once(ctx: JobContext) -> None:
 
 def _release_batch(ctx: JobContext, size: int) -> int | None:
     """Release up to `size` leases; the number released, or None if the batch failed."""
-    with ctx.item("lease batch", "lease_recovery_batch_failed") as batch, ctx.conn.transaction():
+    with ctx.item("lease batch", "lease_recovery_batch_failed") as batch, ctx.transaction():
         cursor = ctx.conn.execute(db.query("release_expired_leases"), {"limit": size})
     if batch.failed:
         return None

@@ -85,7 +85,7 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
         return
     with (
         ctx.item(prefix, "tavily_quota_write_failed", key_id=key["id"], key_prefix=prefix) as write,
-        ctx.conn.transaction(),
+        ctx.transaction(),
     ):
         db.limit_lock_wait(ctx.conn, KEY_LOCK_TIMEOUT_MS)
         ctx.conn.execute(

@@ -141,7 +141,7 @@ def _store(
 def _write(ctx: JobContext, campaign: Campaign, items: list[str]) -> str | None:
     """Insert the items in the campaign's own transaction, unless its stock changed since
     the pass looked (then return why, writing nothing)."""
-    with ctx.conn.transaction():
+    with ctx.transaction():
         db.limit_lock_wait(ctx.conn, CAMPAIGN_LOCK_TIMEOUT_MS)
         changed = _stock_changed(ctx, campaign)
         if changed is None:

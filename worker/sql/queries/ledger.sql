@@ -7,11 +7,12 @@ SELECT now() AS now;
 
 -- name: register_job
 -- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
-INSERT INTO worker_jobs (job, service, schedule, next_due_at, updated_at)
-VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, now())
+INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, updated_at)
+VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, now())
 ON CONFLICT (job) DO UPDATE
    SET service = excluded.service,
        schedule = excluded.schedule,
+       max_attempts = excluded.max_attempts,
        next_due_at = CASE
            WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule
              OR worker_jobs.next_due_at IS NULL THEN excluded.next_due_at
@@ -22,19 +23,63 @@ ON CONFLICT (job) DO UPDATE
 RETURNING job, schedule, next_due_at, (xmax = 0) AS inserted;
 
 -- name: peek_job
-SELECT job, schedule, next_due_at, paused, run_requested_at, run_requested_by,
-       lease_owner, lease_until, coalesce(lease_until > now(), false) AS leased,
+-- The job's row as a claim judges it, with the owed run's occurrence and attempt.
+SELECT j.job, j.schedule, j.next_due_at, j.paused, j.run_requested_at, j.run_requested_by,
+       j.lease_owner, j.lease_until, coalesce(j.lease_until > now(), false) AS leased,
+       j.owed_run_id, o.scheduled_for AS owed_for, o.attempt AS owed_attempt,
        now() AS now
-  FROM worker_jobs
- WHERE job = %(job)s;
+  FROM worker_jobs j LEFT JOIN worker_job_runs o ON o.id = j.owed_run_id
+ WHERE j.job = %(job)s;
 
 -- name: due_jobs
--- The loop's one read, whatever the number of jobs: the unleased jobs of its services that
--- are due or requested (requests first, then the oldest occurrence), and the next future
--- due time among them, its next wake-up. Two index probes (worker_jobs_service_due_idx,
--- worker_jobs_requested_idx), so an idle loop reads as little with 10,000 jobs as with 10.
-SELECT t.now, t.next_wake, j.job, j.schedule, j.next_due_at, j.paused, j.run_requested_at,
-       j.run_requested_by, false AS leased
+-- The loop's one statement per wake-up, whatever the number of jobs: the jobs of its
+-- services that are due, requested or owed and whose lease is released (requests first,
+-- then the oldest occurrence), and the next future due time among them, its next
+-- wake-up. Index probes only (worker_jobs_service_due_idx, _requested_idx, _owed_idx), so
+-- an idle loop reads as little with 10,000 jobs as with 10.
+-- With `beat` (once a poll) the same statement is the process's heartbeat, and reaps
+-- dead runs of any service: a `running` row whose job holds no live lease for it is
+-- marked abandoned, its lease released, and its occurrence owed while attempts remain.
+-- The rows it returns are those before the reap: a reaped job is claimed at the next read.
+WITH beat AS (
+    UPDATE worker_processes
+       SET last_seen_at = now(), running = %(running)s
+     WHERE id = %(process_id)s AND %(beat)s
+    RETURNING id
+), dead AS (
+    SELECT r.id
+      FROM worker_job_runs r
+      LEFT JOIN worker_jobs j
+        ON j.job = r.job AND j.current_run_id = r.id AND j.lease_until > now()
+     WHERE %(beat)s AND r.status = 'running' AND j.job IS NULL
+       FOR UPDATE OF r SKIP LOCKED
+), abandoned AS (
+    UPDATE worker_job_runs r
+       SET status = 'abandoned', finished_at = now(),
+           duration_ms = (extract(epoch FROM now() - r.started_at) * 1000)::bigint,
+           error = 'its lease expired: the process running it stopped renewing it '
+                   '(killed, frozen, or cut off from the database)'
+      FROM dead
+     WHERE r.id = dead.id
+    RETURNING r.id, r.job, r.attempt, r.trigger, r.scheduled_for, r.host, r.pid
+), released AS (
+    UPDATE worker_jobs j
+       SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now(),
+           owed_run_id = CASE WHEN a.trigger <> 'manual' AND a.attempt < j.max_attempts
+                              THEN a.id ELSE j.owed_run_id END
+      FROM abandoned a
+     WHERE j.job = a.job AND j.current_run_id = a.id
+    RETURNING j.job, j.owed_run_id, j.max_attempts
+), reaped AS (
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'id', a.id, 'job', a.job, 'attempt', a.attempt, 'trigger', a.trigger,
+               'host', a.host, 'pid', a.pid, 'owed', coalesce(r.owed_run_id = a.id, false),
+               'max_attempts', r.max_attempts)), '[]'::jsonb) AS runs
+      FROM abandoned a LEFT JOIN released r ON r.job = a.job
+)
+SELECT t.now, t.next_wake, (SELECT runs FROM reaped) AS reaped,
+       j.job, j.schedule, j.next_due_at, j.paused, j.run_requested_at, j.run_requested_by,
+       false AS leased, j.owed_run_id, o.scheduled_for AS owed_for, o.attempt AS owed_attempt
   FROM (SELECT now() AS now,
                (SELECT min(first.next_due_at)
                   FROM unnest(%(services)s::text[]) AS s(service),
@@ -43,8 +88,9 @@ SELECT t.now, t.next_wake, j.job, j.schedule, j.next_due_at, j.paused, j.run_req
                                  ORDER BY next_due_at LIMIT 1) AS first) AS next_wake) t
   LEFT JOIN worker_jobs j
     ON j.service = ANY(%(services)s)
-   AND (j.next_due_at <= t.now OR j.run_requested_at IS NOT NULL)
-   AND (j.lease_until IS NULL OR j.lease_until <= t.now)
+   AND (j.next_due_at <= t.now OR j.run_requested_at IS NOT NULL OR j.owed_run_id IS NOT NULL)
+   AND j.lease_until IS NULL
+  LEFT JOIN worker_job_runs o ON o.id = j.owed_run_id
  ORDER BY j.run_requested_at NULLS LAST, j.next_due_at
  LIMIT %(limit)s;
 
@@ -61,6 +107,7 @@ WITH claimed AS (
        SET next_due_at = %(next_due_at)s,
            run_requested_at = NULL,
            run_requested_by = NULL,
+           owed_run_id = NULL,
            lease_owner = CASE WHEN %(lease)s THEN %(owner)s END,
            lease_until = CASE WHEN %(lease)s THEN now() + make_interval(secs => %(lease_s)s) END,
            current_run_id = CASE WHEN %(lease)s
@@ -69,8 +116,10 @@ WITH claimed AS (
      WHERE job = %(job)s
        AND next_due_at = %(seen_due)s
        AND paused = %(seen_paused)s
+       AND owed_run_id IS NOT DISTINCT FROM %(seen_owed)s
        AND (lease_until IS NULL OR lease_until <= now())
-       AND (next_due_at <= now() OR run_requested_at IS NOT NULL OR %(forced)s)
+       AND (next_due_at <= now() OR run_requested_at IS NOT NULL OR owed_run_id IS NOT NULL
+            OR %(forced)s)
     RETURNING job, current_run_id
 ), abandoned AS (
     UPDATE worker_job_runs
@@ -81,8 +130,9 @@ WITH claimed AS (
        AND EXISTS (SELECT 1 FROM claimed WHERE current_run_id IS NOT NULL)
     RETURNING id, host, pid
 ), run AS (
-    INSERT INTO worker_job_runs (id, job, trigger, status, host, pid, scheduled_for)
-    SELECT current_run_id, job, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s
+    INSERT INTO worker_job_runs (id, job, trigger, status, host, pid, scheduled_for, attempt)
+    SELECT current_run_id, job, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s,
+           %(attempt)s
       FROM claimed
      WHERE current_run_id IS NOT NULL
     RETURNING id, started_at
@@ -104,7 +154,9 @@ UPDATE worker_jobs
 
 -- name: request_startup_runs
 -- RUN_ON_START=true. Replicas starting together make one run per job: no request while
--- one is waiting, a run holds the lease, or a run of the job started moments ago.
+-- one is waiting, a run holds the lease, or a start-up run of the job began moments ago
+-- in another process that is still alive. A restart (the previous process gone) always
+-- runs.
 UPDATE worker_jobs j
    SET run_requested_at = now(), run_requested_by = 'startup', updated_at = now()
  WHERE j.job = ANY(%(jobs)s)
@@ -113,8 +165,11 @@ UPDATE worker_jobs j
    AND (j.lease_until IS NULL OR j.lease_until <= now())
    AND NOT EXISTS (
         SELECT 1 FROM worker_job_runs r
+          JOIN worker_processes p ON p.host = r.host AND p.pid = r.pid
          WHERE r.job = j.job AND r.trigger = 'startup'
-           AND r.started_at > now() - make_interval(secs => %(window_s)s))
+           AND r.started_at > now() - make_interval(secs => %(window_s)s)
+           AND p.id <> %(process_id)s
+           AND p.last_seen_at > now() - make_interval(secs => %(alive_s)s))
 RETURNING j.job;
 
 -- name: request_run
@@ -144,12 +199,20 @@ WITH finished AS (
      WHERE id = %(id)s AND status = 'running'
     RETURNING id
 ), released AS (
+    -- An interrupted run leaves its occurrence owed while attempts remain; with
+    -- overlap = skip an occurrence that fell due during the run moves on to `skip_to`.
     UPDATE worker_jobs
-       SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now()
+       SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now(),
+           owed_run_id = CASE WHEN %(owed)s AND EXISTS (SELECT 1 FROM finished)
+                              THEN %(id)s ELSE owed_run_id END,
+           next_due_at = CASE WHEN %(skip_to)s::timestamptz IS NOT NULL
+                               AND next_due_at = %(seen_due)s AND next_due_at <= now()
+                              THEN %(skip_to)s ELSE next_due_at END
      WHERE job = %(job)s AND lease_owner = %(owner)s AND current_run_id = %(id)s
-    RETURNING job
+    RETURNING job, next_due_at
 )
 SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM released) AS released,
+       (SELECT next_due_at FROM released) AS next_due_at,
        -- the run-level alert rules firing for the job, for the rules that judge this run
        -- (alerts.latest_rule_alerts, read here so that a run costs one statement less)
        (SELECT coalesce(jsonb_agg(jsonb_build_object('rule', rule, 'type', type)), '[]')
@@ -166,3 +229,25 @@ ON CONFLICT (job) DO UPDATE
    SET paused = excluded.paused,
        paused_at = CASE WHEN excluded.paused THEN coalesce(worker_jobs.paused_at, now()) END,
        updated_at = now();
+
+-- name: register_process
+-- A daemon's row, inserted at start. A row of this host and pid is a dead process's (a pid
+-- is one process at a time): it goes first.
+WITH gone AS (
+    DELETE FROM worker_processes WHERE host = %(host)s AND pid = %(pid)s
+)
+INSERT INTO worker_processes (host, pid, service, version, concurrency)
+VALUES (%(host)s, %(pid)s, %(service)s, %(version)s, %(concurrency)s)
+RETURNING id;
+
+-- name: deregister_process
+DELETE FROM worker_processes WHERE id = %(id)s;
+
+-- name: prune_processes
+-- Rows of processes not seen for a day: long dead, and of no interest to anyone.
+DELETE FROM worker_processes WHERE last_seen_at < now() - interval '1 day';
+
+-- name: fence_run
+-- First inside each item's transaction: ARCHITECTURE.md, "Fencing" (worker_fence() is
+-- created by migration 0005).
+SELECT worker_fence(%(job)s, %(run_id)s, %(owner)s, %(idle_timeout_ms)s);

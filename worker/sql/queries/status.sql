@@ -41,3 +41,11 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
 
 -- name: database_now
 SELECT now() AS checked_at;
+
+-- name: processes
+-- Every worker process that registered (ARCHITECTURE.md, "Processes"): alive while seen
+-- within `dead_after_s` (3 polls), else dead (killed, frozen, or cut off).
+SELECT id, host, pid, service, version, concurrency, started_at, last_seen_at, running,
+       last_seen_at > now() - make_interval(secs => %(dead_after_s)s) AS alive
+  FROM worker_processes
+ ORDER BY service, started_at, id;
