@@ -68,6 +68,25 @@ class PgBouncer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def restart(bouncer: PgBouncer, down_s: float) -> None:
+    """Stop PgBouncer (every client connection cut), wait `down_s`, start it again on the
+    same port with the same configuration."""
+    bouncer.proc.send_signal(signal.SIGTERM)
+    bouncer.proc.wait(STOP_TIMEOUT_S)
+    time.sleep(down_s)  # the outage itself: how long the pooler is away
+    uid, gid = _run_as()
+    with open(bouncer.workdir / "pgbouncer.log", "ab") as log:
+        bouncer.proc = subprocess.Popen(
+            [require_binary(), str(bouncer.workdir / "pgbouncer.ini")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            **_as_user(uid, gid),
+        )
+    if not _wait_until_accepting(bouncer):
+        pytest.fail(f"pgbouncer did not start again:\n{bouncer.log()}")
+
+
 def require_binary() -> str:
     """The pgbouncer binary; skip without it locally, fail without it in CI."""
     found = BINARY if os.path.exists(BINARY) else shutil.which("pgbouncer")

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests import pooler
 from tests.conftest import WorkerProcess
 from tests.webtools import Forwarder
 from worker import db
@@ -252,6 +253,28 @@ def test_a_database_outage_during_a_run_loses_neither_the_run_nor_its_outcome(
     assert worker.events("lease_renewal_failed") != []  # and the lease keeper reconnected
     assert worker.events("lease_lost") == [] and worker.events("run_record_failed") == []
     assert job_row(conn, "export")["lease_owner"] is None
+
+
+def test_a_pooler_restarted_during_a_run_loses_neither_the_run_nor_its_outcome(
+    tmp_path: Path, db_url: str, server_url: str, conn: db.Conn, spawn: Spawn
+) -> None:
+    jobs = write_jobs(
+        tmp_path,
+        '[jobs.export]\nschedule = "every 1h"\ncommand = ["sh", "-c", "sleep 4; echo ok"]\n',
+    )
+    with pooler.pgbouncer(server_url) as bouncer:
+        pooled = bouncer.url(conn.info.dbname)
+        worker = spawn("jobs", env=jobs_env(pooled, jobs, LEASE_SECONDS="9"))
+        worker.wait_for("job_started", job="export", timeout_s=WAIT_S)
+        time.sleep(2.5)
+        pooler.restart(bouncer, down_s=3.0)  # away from 2.5 s to 5.5 s: the outcome at 4 s
+        wait_until(lambda: runs_of(conn) and runs_of(conn)[0]["status"] != "running")
+        assert stop(worker) == 0
+
+    [run] = runs_of(conn)
+    assert (run["status"], run["output"]) == ("success", "ok\n")
+    assert worker.events("run_record_retrying") != []
+    assert worker.events("lease_lost") == [] and worker.events("run_record_failed") == []
 
 
 # --- 5. a frozen replica ---------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""The claim's rules as a pure function (`ledger.decide`): no database, milliseconds each."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from worker.jobs.base import Trigger
+from worker.ledger import Decision, Mode, Refusal, decide
+from worker.schedules import Policy
+
+NOW = datetime(2026, 12, 2, 2, 0, 30, tzinfo=UTC)
+DUE = NOW - timedelta(seconds=30)
+OWED_FOR = NOW - timedelta(hours=1)
+DEFAULT = Policy()
+
+
+def row(**fields: Any) -> dict[str, Any]:
+    """A job's ledger row as the loop reads it: not due, nothing owed or requested."""
+    base = {
+        "now": NOW,
+        "next_due_at": NOW + timedelta(hours=1),
+        "paused": False,
+        "leased": False,
+        "run_requested_at": None,
+        "run_requested_by": None,
+        "owed_run_id": None,
+        "owed_for": None,
+        "owed_attempt": None,
+    }
+    return {**base, **fields}
+
+
+def owed(**fields: Any) -> dict[str, Any]:
+    return row(owed_run_id=41, owed_for=OWED_FOR, owed_attempt=1, **fields)
+
+
+def test_nothing_due_owed_or_requested_writes_nothing() -> None:
+    assert decide(row(), Mode.SCHEDULED, DEFAULT) == Decision(refusal=Refusal.NOT_DUE, write=False)
+
+
+def test_a_due_occurrence_runs_as_its_first_attempt() -> None:
+    assert decide(row(next_due_at=DUE), Mode.SCHEDULED, DEFAULT) == Decision(
+        Trigger.SCHEDULE, DUE, 1
+    )
+
+
+def test_an_owed_occurrence_runs_again_as_the_next_attempt_of_the_same_occurrence() -> None:
+    assert decide(owed(), Mode.SCHEDULED, DEFAULT) == Decision(Trigger.RETRY, OWED_FOR, 2)
+
+
+def test_a_due_occurrence_supersedes_an_owed_one() -> None:
+    # Coalescing: a later occurrence is already due, so that one runs instead.
+    assert decide(owed(next_due_at=DUE), Mode.SCHEDULED, DEFAULT) == Decision(
+        Trigger.SCHEDULE, DUE, 1
+    )
+
+
+def test_an_owed_occurrence_is_run_whatever_the_start_request_says() -> None:
+    # RUN_ON_START=true set a request; the owed occurrence is what the start runs.
+    decision = decide(
+        owed(run_requested_at=NOW, run_requested_by="startup"), Mode.SCHEDULED, DEFAULT
+    )
+    assert decision == Decision(Trigger.RETRY, OWED_FOR, 2)
+
+
+def test_an_owed_start_up_run_is_retried_without_an_occurrence() -> None:
+    decision = decide(row(owed_run_id=7, owed_for=None, owed_attempt=2), Mode.DUE, DEFAULT)
+    assert decision == Decision(Trigger.RETRY, None, 3)
+
+
+def test_a_request_runs_when_nothing_is_due_or_owed() -> None:
+    asked = row(run_requested_at=NOW, run_requested_by="startup")
+    assert decide(asked, Mode.SCHEDULED, DEFAULT) == Decision(Trigger.STARTUP)
+    assert decide(asked, Mode.DUE, DEFAULT) == Decision(refusal=Refusal.NOT_DUE, write=False)
+
+
+def test_a_leased_job_is_left_alone() -> None:
+    assert decide(owed(leased=True), Mode.SCHEDULED, DEFAULT) == Decision(
+        refusal=Refusal.CLAIMED_ELSEWHERE, write=False
+    )
+
+
+@pytest.mark.parametrize("late_s", [61, 3600])
+def test_an_occurrence_later_than_max_lateness_is_consumed_without_a_run(late_s: int) -> None:
+    late = NOW - timedelta(seconds=late_s)
+    decision = decide(row(next_due_at=late), Mode.SCHEDULED, Policy(max_lateness_s=60))
+    assert decision == Decision(refusal=Refusal.LATE, skipped=late)
+
+
+def test_within_max_lateness_it_runs() -> None:
+    policy = Policy(max_lateness_s=60)
+    assert decide(row(next_due_at=DUE), Mode.SCHEDULED, policy).trigger is Trigger.SCHEDULE
+
+
+def test_a_late_occurrence_does_not_drop_a_waiting_request() -> None:
+    asked = row(
+        next_due_at=NOW - timedelta(hours=2), run_requested_at=NOW, run_requested_by="manual"
+    )
+    assert decide(asked, Mode.SCHEDULED, Policy(max_lateness_s=60)) == Decision(Trigger.MANUAL)
+
+
+def test_a_paused_jobs_due_or_owed_occurrence_is_consumed_without_a_run() -> None:
+    assert decide(row(next_due_at=DUE, paused=True), Mode.SCHEDULED, DEFAULT) == Decision(
+        refusal=Refusal.PAUSED
+    )
+    assert decide(owed(paused=True), Mode.SCHEDULED, DEFAULT) == Decision(refusal=Refusal.PAUSED)
+
+
+def test_an_operator_runs_a_paused_job() -> None:
+    paused = row(paused=True, run_requested_at=NOW, run_requested_by="manual")
+    assert decide(paused, Mode.SCHEDULED, DEFAULT) == Decision(Trigger.MANUAL)
+    assert decide(row(paused=True), Mode.MANUAL, DEFAULT) == Decision(Trigger.MANUAL)
+    assert decide(row(paused=True), Mode.ONCE, DEFAULT) == Decision(
+        refusal=Refusal.PAUSED, write=False
+    )
+
+
+def test_a_manual_run_serves_no_occurrence() -> None:
+    assert decide(owed(next_due_at=DUE), Mode.MANUAL, DEFAULT) == Decision(Trigger.MANUAL)
+
+
+def test_policy_lateness_is_strictly_later_than_the_limit() -> None:
+    policy = Policy(max_lateness_s=60)
+    assert not policy.too_late(NOW - timedelta(seconds=60), NOW)
+    assert policy.too_late(NOW - timedelta(seconds=60.5), NOW)
+    assert not Policy().too_late(NOW - timedelta(days=30), NOW)
