@@ -219,7 +219,21 @@ def test_a_run_now_through_this_processs_own_api_starts_at_once(
     assert answer.status_code == 202
     wait_until(lambda: len(runs_of(conn, "hourly")) == 1, timeout_s=4.0)
     started_s = time.monotonic() - asked
+
+    # The process lists itself, alive, with what it runs; the dashboard shows the same.
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    processes = httpx.get(f"http://127.0.0.1:{port}/api/processes", headers=bearer).json()
+    [me] = processes["processes"]
+    assert (me["service"], me["pid"], me["alive"], me["concurrency"]) == (
+        "jobs",
+        worker.proc.pid,
+        True,
+        4,
+    )
+    page = httpx.get(f"http://127.0.0.1:{port}/", headers=bearer).text
+    assert f'data-process="{me["id"]}"' in page and "alive" in page
     assert stop(worker) == 0
+    assert conn.execute("SELECT count(*) AS n FROM worker_processes").fetchone() == {"n": 0}
     assert started_s < 2.0, f"started {started_s:.2f}s after the request"
     assert runs_of(conn, "hourly")[0]["trigger"] == "manual"
 
