@@ -127,3 +127,10 @@ def test_policy_lateness_is_strictly_later_than_the_limit() -> None:
     assert not policy.too_late(NOW - timedelta(seconds=60), NOW)
     assert policy.too_late(NOW - timedelta(seconds=60.5), NOW)
     assert not Policy().too_late(NOW - timedelta(days=30), NOW)
+
+
+def test_every_kind_a_jobs_file_may_declare_has_a_runner_and_no_other() -> None:
+    from worker.jobfile import KINDS
+    from worker.jobs.declared import KIND_RUNNERS
+
+    assert sorted(KIND_RUNNERS) == sorted(KINDS)

@@ -781,3 +781,15 @@ def test_sigterm_while_a_declared_sql_statement_runs_cancels_it(
     assert took_s < GRACE_S, f"stopping took {took_s:.2f} s"
     only_run(conn, "slow_refresh", "interrupted")
     assert left_running == 0
+
+
+def test_a_kind_without_a_runner_is_refused_not_run_as_another() -> None:
+    from dataclasses import replace
+
+    from worker.jobfile import Declared, SqlStatement
+    from worker.jobs import declared
+
+    job = Declared("odd", SqlStatement("SELECT 1"), "every 1h")
+    odd = type("Odd", (), {})()
+    with pytest.raises(ValueError, match="no runner for the job kind"):
+        declared._attempt(None, replace(job, action=odd), None)  # type: ignore[arg-type]

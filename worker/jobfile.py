@@ -123,7 +123,7 @@ class Declared:
 
     @property
     def kind(self) -> str:
-        return _KIND_OF[type(self.action)]
+        return _KIND_OF.get(type(self.action), type(self.action).__name__)
 
 
 _KIND_OF: dict[type, str] = {

@@ -73,15 +73,41 @@ def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
 
 
 def _attempt(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
-    action = job.action
-    if isinstance(action, HttpCall):
-        return _http(ctx, action, token, job.timeout_s)
-    if isinstance(action, Command):
-        env = {**os.environ, **action.env}
-        return _child(ctx, list(action.argv), env, action.cwd, job.timeout_s)
-    if isinstance(action, PythonCall):
-        return _python(ctx, action, job.timeout_s)
-    return _sql(ctx, action, job.timeout_s)
+    """One try, by the runner of the job's kind; a kind without one is refused."""
+    runner = KIND_RUNNERS.get(job.kind)
+    if runner is None:
+        raise ValueError(f"no runner for the job kind {job.kind!r}")
+    return runner(ctx, job, token)
+
+
+def _run_http(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    assert isinstance(job.action, HttpCall)
+    return _http(ctx, job.action, token, job.timeout_s)
+
+
+def _run_command(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    assert isinstance(job.action, Command)
+    env = {**os.environ, **job.action.env}
+    return _child(ctx, list(job.action.argv), env, job.action.cwd, job.timeout_s)
+
+
+def _run_python(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    assert isinstance(job.action, PythonCall)
+    return _python(ctx, job.action, job.timeout_s)
+
+
+def _run_sql(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    assert isinstance(job.action, SqlStatement)
+    return _sql(ctx, job.action, job.timeout_s)
+
+
+# The kinds a jobs file may declare (jobfile.KINDS), each with its runner.
+KIND_RUNNERS: dict[str, Callable[[JobContext, Declared, str | None], Attempt]] = {
+    "http": _run_http,
+    "command": _run_command,
+    "python": _run_python,
+    "sql": _run_sql,
+}
 
 
 def _record(ctx: JobContext, job: Declared, attempt: Attempt) -> None:
