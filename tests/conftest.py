@@ -297,3 +297,14 @@ def spawn() -> Iterator[Callable[..., WorkerProcess]]:
         process.kill()
     noisy = {" ".join(p.proc.args[3:]): p.noise() for p in started if p.noise()}  # type: ignore[index]
     assert not noisy, f"worker processes printed what no test expected: {noisy}"
+
+
+# Tests that need PostgreSQL or start worker processes: the slow tier. The rest (pure rules,
+# parsing) is the fast tier: `uv run pytest -m "not slow"` answers in seconds.
+SLOW_FIXTURES = {"server_url", "database_url", "db_url", "conn", "spawn", "daemon_for"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

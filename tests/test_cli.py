@@ -12,6 +12,8 @@ import time
 from importlib.metadata import version
 from typing import Any
 
+import pytest
+
 from scripts.fakes import Reply, Request, serving, usage_body
 from tests.conftest import BASE_ENV, ROOT, WorkerProcess
 from worker import db
@@ -139,6 +141,7 @@ ONE_SHOT_COMMANDS = [
 ]
 
 
+@pytest.mark.slow  # starts a worker process per command, each waiting out its timeout
 def test_an_unreachable_database_gets_one_answer_from_every_command() -> None:
     url = f"postgresql://app:s3cret-pw@127.0.0.1:{closed_port()}/app"
     env = worker_env(DATABASE_URL=url)
