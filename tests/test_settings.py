@@ -255,3 +255,37 @@ def test_the_old_timeout_name_is_warned_about_once_at_start(
     assert (warning["variable"], warning["replacement"]) == ("HTTP_TIMEOUT", "HTTP_TIMEOUT_SECONDS")
     assert "HTTP_TIMEOUT " in warning["message"] and "HTTP_TIMEOUT_SECONDS" in warning["message"]
     assert warning["level"] == "warning"
+
+
+def readme_configuration_rows() -> dict[str, str]:
+    """`| `NAME` | default | meaning |` rows of the README's Configuration section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 3:
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def test_every_variable_is_declared_once_and_documented_with_its_default() -> None:
+    from worker.settings import VARIABLES
+
+    names = [var.name for var in VARIABLES]
+    fields = [var.field for var in VARIABLES]
+    assert len(set(names)) == len(names) and len(set(fields)) == len(fields)
+    readme = readme_configuration_rows()
+    assert sorted(readme) == sorted(names), "README's configuration table and VARIABLES differ"
+    for var in VARIABLES:
+        assert readme[var.name] == var.documented_default(), var.name
+
+
+def test_the_declared_defaults_are_what_an_empty_environment_gets(tmp_path: Path) -> None:
+    from worker.settings import VARIABLES
+
+    settings = from_env({"DATABASE_URL": "postgresql://db/app"})
+    for var in VARIABLES:
+        if var.name == "WORKER_JOBS_FILE":
+            continue  # the default file is read only where it exists
+        assert getattr(settings, var.field) == var.default, var.name

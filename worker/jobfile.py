@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from . import schedules
 from .schedules import Policy
+from .settings import SERVICE_NAMES
 
-SERVICES = ("jobs", "quota", "cleanup", "replenish")
+SERVICES = tuple(name for name in SERVICE_NAMES if name != "all")  # a job's own service
 ON_START = ("true", "missed", "false")
 KINDS = ("http", "command", "python", "sql")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -12,7 +12,7 @@ from .jobfile import HttpCall
 from .jobs import cleanup, declared, leases, quota, replenish
 from .jobs.base import JobContext
 from .schedules import DEFAULT_POLICY, Policy, Schedule
-from .settings import ConfigError, Settings
+from .settings import SERVICE_NAMES, ConfigError, Settings
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ SERVICES: dict[str, Service] = {
     "jobs": Service("jobs"),
     ALL: Service(ALL),
 }
+assert tuple(SERVICES) == SERVICE_NAMES, "settings.SERVICE_NAMES lists every service"
 
 # Names users already deploy with (SERVICE_TYPE), mapped to the service they mean.
 SERVICE_ALIASES = {"tavily_quota_updater": "quota"}

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from psycopg.conninfo import make_conninfo
@@ -18,7 +18,9 @@ from .schedules import check_timezone
 
 T = TypeVar("T")
 
-SERVICES = ("quota", "cleanup", "replenish", "jobs", "all")
+# Every service, by the name a command line or SERVICE_TYPE gives it: the one list
+# (registry.SERVICES describes each; `all` runs every job, `jobs` the jobs file's).
+SERVICE_NAMES = ("quota", "cleanup", "replenish", "jobs", "all")
 WEBHOOK_FORMATS = ("json", "slack", "discord", "dingtalk", "feishu", "wecom")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -84,61 +86,359 @@ class Deprecated:
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated configuration of one worker process."""
+    """The validated configuration of one worker process: one field per row of VARIABLES
+    (its default, bounds and meaning are there), plus the database and deprecations."""
 
     database: Database
-    environment: str = "development"
-    log_level: str = "INFO"
-    log_format: str = "json"
-    run_on_start: str = "true"  # true | missed | false (ARCHITECTURE.md, "At start...")
-    lease_s: float = 30.0
-    concurrency: int = 4  # runs at once per process (ARCHITECTURE.md, "The loop")
-    database_pooler: str | None = None  # session | transaction; None: detected
-    shutdown_grace_s: float = 5.0
-    db_connect_timeout_s: float = 60.0
-    schedule_timezone: str = "UTC"
-
-    tavily_usage_url: str = "https://api.tavily.com/usage"
-    http_timeout_s: float = 30.0
-    http_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_retries: int = 3
-    retry_base_delay_s: float = 2.0
-    quota_update_interval_hours: int = 1
-    quota_concurrency: int = 4
-
-    cleanup_at: str = "02:00"
-    cleanup_content_at: str = "02:30"
-    cleanup_batch_size: int = 5000
-    cleanup_batch_target_ms: int = 50
-    scrape_session_retention_days: int = 30
-    reddit_content_retention_days: int = 90
-    job_run_retention_days: int = 30
-    alert_retention_days: int = 90
-    cleanup_extra_rules: tuple[RetentionRule, ...] = ()
-
-    replenish_api_url: str | None = None
-    replenish_api_token: str | None = field(default=None, repr=False)
-    replenish_interval_minutes: int = 10
-    replenish_retry_times: int = 3
-    replenish_retry_delay_ms: int = 60_000
-    campaign_concurrency: int = 3
-    lease_recovery_interval_minutes: int = 5
-
-    alert_webhook_url: str | None = field(default=None, repr=False)
-    alert_webhook_format: str = "json"
-    alert_failure_rate: float = 0.2
-    alert_slow_run_s: float = 600.0
-    heartbeat_url: str | None = field(default=None, repr=False)
-    jobs_file: Path | None = None
+    environment: str
+    log_level: str
+    log_format: str
+    run_on_start: str  # true | missed | false (ARCHITECTURE.md, "At start...")
+    lease_s: float
+    concurrency: int  # runs at once per process (ARCHITECTURE.md, "The loop")
+    jobs_file: Path | None
+    database_pooler: str | None  # informational: the worker is pooler-safe either way
+    shutdown_grace_s: float
+    db_connect_timeout_s: float
+    schedule_timezone: str
+    http_timeout_s: float
+    http_max_body_bytes: int
+    max_retries: int
+    retry_base_delay_s: float
+    tavily_usage_url: str
+    quota_update_interval_hours: int
+    quota_concurrency: int
+    cleanup_at: str
+    cleanup_content_at: str
+    cleanup_batch_size: int
+    cleanup_batch_target_ms: int
+    scrape_session_retention_days: int
+    reddit_content_retention_days: int
+    job_run_retention_days: int
+    alert_retention_days: int
+    cleanup_extra_rules: tuple[RetentionRule, ...]
+    replenish_api_url: str | None
+    replenish_api_token: str | None = field(repr=False)
+    replenish_interval_minutes: int
+    replenish_retry_times: int
+    replenish_retry_delay_ms: int
+    campaign_concurrency: int
+    lease_recovery_interval_minutes: int
+    alert_webhook_url: str | None = field(repr=False)
+    alert_webhook_format: str
+    alert_failure_rate: float
+    alert_slow_run_s: float
+    heartbeat_url: str | None = field(repr=False)
+    http_port: int | None  # None: no HTTP endpoint (ARCHITECTURE.md, "The HTTP endpoint")
+    http_host: str
+    http_token: str | None = field(repr=False)
     deprecated: tuple[Deprecated, ...] = ()
-
-    http_port: int | None = None  # None: no HTTP endpoint (ARCHITECTURE.md, "The HTTP endpoint")
-    http_host: str = "127.0.0.1"
-    http_token: str | None = field(default=None, repr=False)
 
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+
+# How a variable's text becomes its value: (reader, variable name, default) -> value.
+Read = Callable[["_Reader", str, Any], Any]
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Read:
+    return lambda r, name, default: r.integer(name, default, minimum=minimum, maximum=maximum)
+
+
+def number(minimum: float | None = None, maximum: float | None = None) -> Read:
+    return lambda r, name, default: r.number(name, default, minimum=minimum, maximum=maximum)
+
+
+def choice(allowed: tuple[str, ...], *, upper: bool = False) -> Read:
+    return lambda r, name, default: r.choice(name, default, allowed, upper=upper)
+
+
+def parsed(parse: Callable[[str], Any]) -> Read:
+    return lambda r, name, default: r.parsed(name, default, parse)
+
+
+def _optional_choice(allowed: tuple[str, ...]) -> Read:
+    return lambda r, name, default: r.optional_choice(name, allowed)
+
+
+def _read(method: str) -> Read:
+    return lambda r, name, default: getattr(r, method)(name, default)
+
+
+def _read_optional(method: str) -> Read:
+    return lambda r, name, default: getattr(r, method)(name)
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: the one place its name, field, default, bounds (in
+    `read`) and meaning are written. The README's configuration table is checked against
+    these rows (tests/test_settings.py)."""
+
+    name: str
+    field: str
+    default: Any
+    read: Read
+    meaning: str
+    shown: str | None = None  # the README's default column, where it is not `default`
+
+    def documented_default(self) -> str:
+        """The default as the README's configuration table writes it."""
+        if self.shown is not None:
+            return self.shown
+        if self.default is None or self.default == ():
+            return "—"
+        value = self.default
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        return f"`{text}`"
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var(
+        "ENVIRONMENT",
+        "environment",
+        "development",
+        choice(("development", "staging", "production", "test")),
+        "the deployment",
+    ),
+    Var("LOG_LEVEL", "log_level", "INFO", choice(LOG_LEVELS, upper=True), "the least level logged"),
+    Var(
+        "LOG_FORMAT",
+        "log_format",
+        "json",
+        choice(("json", "console")),
+        "how lines are written",
+        shown="`json` (`console` on a terminal)",
+    ),
+    Var(
+        "RUN_ON_START",
+        "run_on_start",
+        "true",
+        parsed(lambda v: parse_run_on_start(v)),
+        "what a start does",
+    ),
+    Var("LEASE_SECONDS", "lease_s", 30.0, number(3, 24 * 3600), "a run's lease without renewal"),
+    Var("WORKER_CONCURRENCY", "concurrency", 4, integer(1, 64), "runs at once per process"),
+    Var(
+        "WORKER_JOBS_FILE",
+        "jobs_file",
+        Path("worker.toml"),
+        _read("jobs_file"),
+        "the jobs file",
+        shown="`./worker.toml` if present",
+    ),
+    Var(
+        "DATABASE_POOLER",
+        "database_pooler",
+        None,
+        _optional_choice(("session", "transaction")),
+        "informational: the pooler in front of the database",
+    ),
+    Var(
+        "SHUTDOWN_GRACE_SECONDS",
+        "shutdown_grace_s",
+        5.0,
+        number(0),
+        "how long a busy stop may take",
+    ),
+    Var(
+        "DB_CONNECT_TIMEOUT_SECONDS",
+        "db_connect_timeout_s",
+        60.0,
+        number(0),
+        "how long to retry the database at start",
+        shown="`60` (`10` for one-shot commands)",
+    ),
+    Var(
+        "SCHEDULE_TIMEZONE",
+        "schedule_timezone",
+        "UTC",
+        _read("timezone"),
+        "the zone of clock times and cron schedules",
+    ),
+    Var(
+        "HTTP_TIMEOUT_SECONDS",
+        "http_timeout_s",
+        30.0,
+        lambda r, n, d: _http_timeout(r)[0],
+        "seconds per HTTP attempt, as a whole",
+    ),
+    Var(
+        "HTTP_MAX_BODY_BYTES",
+        "http_max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+        integer(*MAX_BODY_BYTES_RANGE),
+        "the largest answer body read",
+        shown="`1048576` (1 MiB)",
+    ),
+    Var("MAX_RETRIES", "max_retries", 3, integer(1, 20), "attempts per Tavily key"),
+    Var("RETRY_BASE_DELAY_SECONDS", "retry_base_delay_s", 2.0, number(0), "first backoff delay"),
+    Var(
+        "TAVILY_USAGE_URL",
+        "tavily_usage_url",
+        "https://api.tavily.com/usage",
+        _read("url"),
+        "Tavily's usage endpoint",
+    ),
+    Var(
+        "QUOTA_UPDATE_INTERVAL_HOURS",
+        "quota_update_interval_hours",
+        1,
+        integer(1, 24 * 7),
+        "cadence of quota",
+    ),
+    Var("QUOTA_CONCURRENCY", "quota_concurrency", 4, integer(1, 64), "keys in flight at once"),
+    Var("CLEANUP_AT", "cleanup_at", "02:00", _read("clock"), "daily time of the cleanups"),
+    Var(
+        "CLEANUP_CONTENT_AT",
+        "cleanup_content_at",
+        "02:30",
+        _read("clock"),
+        "Sunday time of cleanup_content",
+    ),
+    Var(
+        "CLEANUP_BATCH_SIZE",
+        "cleanup_batch_size",
+        5000,
+        integer(1, 1_000_000),
+        "the batch size delete batches adapt from",
+    ),
+    Var(
+        "CLEANUP_BATCH_TARGET_MS",
+        "cleanup_batch_target_ms",
+        50,
+        integer(1, 10_000),
+        "how long each batch transaction should take",
+    ),
+    Var(
+        "SCRAPE_SESSION_RETENTION_DAYS",
+        "scrape_session_retention_days",
+        30,
+        integer(1),
+        "scrape sessions kept",
+    ),
+    Var(
+        "REDDIT_CONTENT_RETENTION_DAYS",
+        "reddit_content_retention_days",
+        90,
+        integer(1),
+        "Reddit content kept",
+    ),
+    Var("JOB_RUN_RETENTION_DAYS", "job_run_retention_days", 30, integer(1), "run history kept"),
+    Var("ALERT_RETENTION_DAYS", "alert_retention_days", 90, integer(1), "alerts kept"),
+    Var(
+        "CLEANUP_EXTRA_RULES",
+        "cleanup_extra_rules",
+        (),
+        parsed(lambda v: parse_extra_rules(v)),
+        "more retention rules",
+    ),
+    Var(
+        "REPLENISH_API_URL",
+        "replenish_api_url",
+        None,
+        _read_optional("optional_url"),
+        "the producer endpoint",
+    ),
+    Var(
+        "REPLENISH_API_TOKEN",
+        "replenish_api_token",
+        None,
+        _read_optional("optional"),
+        "the producer's bearer token",
+    ),
+    Var(
+        "REPLENISH_INTERVAL_MINUTES",
+        "replenish_interval_minutes",
+        10,
+        integer(1, 24 * 60),
+        "cadence of replenish",
+    ),
+    Var(
+        "REPLENISH_RETRY_TIMES", "replenish_retry_times", 3, integer(1, 20), "attempts per campaign"
+    ),
+    Var(
+        "REPLENISH_RETRY_DELAY_MS",
+        "replenish_retry_delay_ms",
+        60_000,
+        integer(0),
+        "wait between attempts",
+    ),
+    Var(
+        "CAMPAIGN_CONCURRENCY",
+        "campaign_concurrency",
+        3,
+        integer(1, 64),
+        "campaigns in flight at once",
+    ),
+    Var(
+        "LEASE_RECOVERY_INTERVAL_MINUTES",
+        "lease_recovery_interval_minutes",
+        5,
+        integer(1, 24 * 60),
+        "cadence of lease_recovery",
+    ),
+    Var(
+        "ALERT_WEBHOOK_URL",
+        "alert_webhook_url",
+        None,
+        _read_optional("optional_url"),
+        "where alerts are posted",
+    ),
+    Var(
+        "ALERT_WEBHOOK_FORMAT",
+        "alert_webhook_format",
+        "json",
+        choice(WEBHOOK_FORMATS),
+        "the webhook's payload shape",
+    ),
+    Var(
+        "ALERT_FAILURE_RATE",
+        "alert_failure_rate",
+        0.2,
+        number(0, 1),
+        "failed/total above which a run alerts",
+    ),
+    Var(
+        "ALERT_SLOW_RUN_SECONDS",
+        "alert_slow_run_s",
+        600.0,
+        number(0),
+        "a run slower than this alerts",
+    ),
+    Var(
+        "HEARTBEAT_URL",
+        "heartbeat_url",
+        None,
+        _read_optional("optional_url"),
+        "pinged after each run",
+    ),
+    Var(
+        "WORKER_HTTP_PORT",
+        "http_port",
+        None,
+        lambda r, n, d: r.http_port(),
+        "the HTTP endpoint's port",
+        shown="`PORT` when the platform sets it, else off",
+    ),
+    Var(
+        "WORKER_HTTP_HOST",
+        "http_host",
+        "127.0.0.1",
+        _read("host"),
+        "the address to listen on",
+        shown="`0.0.0.0` in production, else `127.0.0.1`",
+    ),
+    Var(
+        "WORKER_HTTP_TOKEN",
+        "http_token",
+        None,
+        parsed(lambda v: parse_token(v)),
+        "the HTTP endpoint's token",
+    ),
+)
 
 
 def load_environment(
@@ -159,76 +459,25 @@ def from_env(
     stdout_is_tty: bool = False,
     need_database: bool = True,
 ) -> Settings:
-    """Parse and validate every variable; raise ConfigError naming the first bad one.
-
-    Without `need_database` (commands that touch no database) no database is resolved.
+    """Parse and validate every variable of VARIABLES; raise ConfigError naming the first
+    bad one. Without `need_database` (commands that touch no database) none is resolved.
     """
     r = _Reader(env)
-    environment = r.choice(
-        "ENVIRONMENT", "development", ("development", "staging", "production", "test")
-    )
+    environment = VARIABLES[0].read(r, VARIABLES[0].name, VARIABLES[0].default)
     production = environment == "production" or bool(env.get("RAILWAY_ENVIRONMENT_NAME"))
-    http_timeout_s, deprecated = _http_timeout(r)
+    # Defaults that depend on where the worker runs.
+    defaults = {"LOG_FORMAT": "console" if stdout_is_tty else "json"}
+    if production:
+        defaults["WORKER_HTTP_HOST"] = "0.0.0.0"  # the platform routes to it
+    values = {
+        var.field: var.read(r, var.name, defaults.get(var.name, var.default)) for var in VARIABLES
+    }
     settings = Settings(
         database=(
             resolve_database(env, production=production) if need_database else Database("", "none")
         ),
-        environment=environment,
-        log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
-        log_format=r.choice(
-            "LOG_FORMAT", "console" if stdout_is_tty else "json", ("json", "console")
-        ),
-        run_on_start=r.parsed("RUN_ON_START", "true", parse_run_on_start),
-        lease_s=r.number("LEASE_SECONDS", 30.0, minimum=3, maximum=24 * 3600),
-        concurrency=r.integer("WORKER_CONCURRENCY", 4, minimum=1, maximum=64),
-        database_pooler=r.optional_choice("DATABASE_POOLER", ("session", "transaction")),
-        shutdown_grace_s=r.number("SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0),
-        db_connect_timeout_s=r.number("DB_CONNECT_TIMEOUT_SECONDS", 60.0, minimum=0),
-        schedule_timezone=r.timezone("SCHEDULE_TIMEZONE", "UTC"),
-        tavily_usage_url=r.url("TAVILY_USAGE_URL", "https://api.tavily.com/usage"),
-        http_timeout_s=http_timeout_s,
-        http_max_body_bytes=r.integer(
-            "HTTP_MAX_BODY_BYTES",
-            DEFAULT_MAX_BODY_BYTES,
-            minimum=MAX_BODY_BYTES_RANGE[0],
-            maximum=MAX_BODY_BYTES_RANGE[1],
-        ),
-        max_retries=r.integer("MAX_RETRIES", 3, minimum=1, maximum=20),
-        retry_base_delay_s=r.number("RETRY_BASE_DELAY_SECONDS", 2.0, minimum=0),
-        quota_update_interval_hours=r.integer(
-            "QUOTA_UPDATE_INTERVAL_HOURS", 1, minimum=1, maximum=24 * 7
-        ),
-        quota_concurrency=r.integer("QUOTA_CONCURRENCY", 4, minimum=1, maximum=64),
-        cleanup_at=r.clock("CLEANUP_AT", "02:00"),
-        cleanup_content_at=r.clock("CLEANUP_CONTENT_AT", "02:30"),
-        cleanup_batch_size=r.integer("CLEANUP_BATCH_SIZE", 5000, minimum=1, maximum=1_000_000),
-        cleanup_batch_target_ms=r.integer("CLEANUP_BATCH_TARGET_MS", 50, minimum=1, maximum=10_000),
-        scrape_session_retention_days=r.integer("SCRAPE_SESSION_RETENTION_DAYS", 30, minimum=1),
-        reddit_content_retention_days=r.integer("REDDIT_CONTENT_RETENTION_DAYS", 90, minimum=1),
-        job_run_retention_days=r.integer("JOB_RUN_RETENTION_DAYS", 30, minimum=1),
-        alert_retention_days=r.integer("ALERT_RETENTION_DAYS", 90, minimum=1),
-        cleanup_extra_rules=r.parsed("CLEANUP_EXTRA_RULES", (), parse_extra_rules),
-        replenish_api_url=r.optional_url("REPLENISH_API_URL"),
-        replenish_api_token=r.optional("REPLENISH_API_TOKEN"),
-        replenish_interval_minutes=r.integer(
-            "REPLENISH_INTERVAL_MINUTES", 10, minimum=1, maximum=24 * 60
-        ),
-        replenish_retry_times=r.integer("REPLENISH_RETRY_TIMES", 3, minimum=1, maximum=20),
-        replenish_retry_delay_ms=r.integer("REPLENISH_RETRY_DELAY_MS", 60_000, minimum=0),
-        campaign_concurrency=r.integer("CAMPAIGN_CONCURRENCY", 3, minimum=1, maximum=64),
-        lease_recovery_interval_minutes=r.integer(
-            "LEASE_RECOVERY_INTERVAL_MINUTES", 5, minimum=1, maximum=24 * 60
-        ),
-        alert_webhook_url=r.optional_url("ALERT_WEBHOOK_URL"),
-        alert_webhook_format=r.choice("ALERT_WEBHOOK_FORMAT", "json", WEBHOOK_FORMATS),
-        alert_failure_rate=r.number("ALERT_FAILURE_RATE", 0.2, minimum=0, maximum=1),
-        alert_slow_run_s=r.number("ALERT_SLOW_RUN_SECONDS", 600.0, minimum=0),
-        heartbeat_url=r.optional_url("HEARTBEAT_URL"),
-        jobs_file=r.jobs_file("WORKER_JOBS_FILE", Path("worker.toml")),
-        deprecated=deprecated,
-        http_port=r.http_port(),
-        http_host=r.host("WORKER_HTTP_HOST", "0.0.0.0" if production else "127.0.0.1"),
-        http_token=r.parsed("WORKER_HTTP_TOKEN", None, parse_token),
+        deprecated=_http_timeout(r)[1],
+        **values,
     )
     if service == "replenish" and not settings.replenish_api_url:  # `all` leaves the job out
         raise ConfigError(f"REPLENISH_API_URL is required by the {service} service")
@@ -401,16 +650,6 @@ class _Reader:
         if maximum is not None and value > maximum:  # type: ignore[operator]
             raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
     def choice(
         self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False
