@@ -247,7 +247,7 @@ def test_the_loops_read_costs_the_same_with_ten_thousand_jobs(conn: db.Conn) -> 
     )
     conn.execute("ANALYZE worker_jobs")
     plan = conn.execute(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + db.query("due_jobs"),
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + db.query("ledger.due_jobs"),
         {"services": ["jobs"], "limit": 20, "beat": False, "process_id": 0, "running": "[]"},
     ).fetchone()
     assert plan is not None

@@ -41,7 +41,7 @@ def raise_alert(
     if level not in LEVELS:
         raise ValueError(f"alert level must be one of {LEVELS}, got {level!r}")
     row = conn.execute(
-        db.query("insert_alert"),
+        db.query("alerts.insert_alert"),
         {
             "type": type,
             "level": level,
@@ -214,7 +214,7 @@ def rule_alert_filter() -> tuple[list[str], list[str]]:
 def _latest_rule_alerts(conn: Conn, job: str) -> list[tuple[str, str]]:
     rules, types = rule_alert_filter()
     rows = conn.execute(
-        db.query("latest_rule_alerts"), {"job": job, "rules": rules, "types": types}
+        db.query("alerts.latest_rule_alerts"), {"job": job, "rules": rules, "types": types}
     ).fetchall()
     return [(row["rule"], row["type"]) for row in rows]
 

@@ -92,11 +92,13 @@ def _queries() -> dict[str, str]:
     found: dict[str, str] = {}
     for entry in sorted(_sql_folder("queries").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
-            _parse_queries(entry.read_text(encoding="utf-8"), entry.name, found)
+            namespace = entry.name.removesuffix(".sql")
+            _parse_queries(entry.read_text(encoding="utf-8"), namespace, found)
     return found
 
 
-def _parse_queries(text: str, source: str, into: dict[str, str]) -> None:
+def _parse_queries(text: str, namespace: str, into: dict[str, str]) -> None:
+    """The named queries of one file, as `NAMESPACE.NAME` (the file's own table group)."""
     name: str | None = None
     lines: list[str] = []
     for line in [*text.splitlines(), "-- name: _end"]:
@@ -104,15 +106,16 @@ def _parse_queries(text: str, source: str, into: dict[str, str]) -> None:
         if match:
             if name is not None:
                 into[name] = "\n".join(lines).strip().rstrip(";")
-            name, lines = match.group(1), []
+            name, lines = f"{namespace}.{match.group(1)}", []
             if name in into:
-                raise ValueError(f"query {name!r} is defined twice ({source})")
+                raise ValueError(f"query {name!r} is defined twice")
         elif name is not None and not line.lstrip().startswith("--"):
             lines.append(line)
 
 
 def query(name: str) -> str:
-    """The SQL text of the named query (`-- name: NAME` in worker/sql/queries/*.sql)."""
+    """The SQL text of a named query, `FILE.NAME`: `-- name: NAME` in
+    worker/sql/queries/FILE.sql (`db.query("ledger.claim_job")`)."""
     try:
         return _queries()[name]
     except KeyError:

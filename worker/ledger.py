@@ -88,7 +88,7 @@ def register(
     """Upsert the job's row; a changed schedule recomputes `next_due_at`."""
     now = _now(conn)
     row = conn.execute(
-        db.query("register_job"),
+        db.query("ledger.register_job"),
         {
             "job": job,
             "service": service,
@@ -178,7 +178,7 @@ def claim(
     holds, so every replica computes the same next time. `seen` is the job's row as the
     loop just read it (`due_jobs`); without it the row is read first.
     """
-    row = seen or conn.execute(db.query("peek_job"), {"job": job}).fetchone()
+    row = seen or conn.execute(db.query("ledger.peek_job"), {"job": job}).fetchone()
     if row is None or row["next_due_at"] is None:
         return Refusal.UNKNOWN
     decision = decide(row, mode, policy)
@@ -186,7 +186,7 @@ def claim(
         assert decision.refusal is not None
         return decision.refusal
     params = _claim_params(row, mode, decision, lease_s)
-    granted = conn.execute(db.query("claim_job"), params).fetchone()
+    granted = conn.execute(db.query("ledger.claim_job"), params).fetchone()
     if granted is None:
         return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it after our read
     if decision.refusal is Refusal.LATE:
@@ -235,12 +235,12 @@ def skip_missed(conn: Conn, job: str) -> datetime | None:
 
     Returns the skipped due time, or None when nothing was missed.
     """
-    row = conn.execute(db.query("peek_job"), {"job": job}).fetchone()
+    row = conn.execute(db.query("ledger.peek_job"), {"job": job}).fetchone()
     if row is None or row["next_due_at"] is None or row["next_due_at"] > row["now"]:
         return None
     next_due_at = schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"])
     cursor = conn.execute(
-        db.query("skip_missed"),
+        db.query("ledger.skip_missed"),
         {
             "job": job,
             "next_due_at": next_due_at,
@@ -258,7 +258,7 @@ def request_startup_runs(conn: Conn, jobs: list[str], process_id: int | None) ->
     count as another live process's.
     """
     rows = conn.execute(
-        db.query("request_startup_runs"),
+        db.query("ledger.request_startup_runs"),
         {
             "jobs": jobs,
             "window_s": STARTUP_REQUEST_WINDOW_S,
@@ -271,7 +271,7 @@ def request_startup_runs(conn: Conn, jobs: list[str], process_id: int | None) ->
 
 def request_run(conn: Conn, job: str) -> bool:
     """Ask a running service to run `job` now (runs a paused job too); False if unknown."""
-    return conn.execute(db.query("request_run"), {"job": job}).fetchone() is not None
+    return conn.execute(db.query("ledger.request_run"), {"job": job}).fetchone() is not None
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,7 @@ def due_jobs(conn: Conn, services: list[str], limit: int, beat: Beat | None = No
     """The released jobs of `services` due, requested or owed now (at most `limit`), oldest
     first; with `beat`, also the process's heartbeat and the reaping of dead runs."""
     rows = conn.execute(
-        db.query("due_jobs"),
+        db.query("ledger.due_jobs"),
         {
             "services": services,
             "limit": limit,
@@ -315,7 +315,7 @@ def register_process(conn: Conn, service: str, version: str, concurrency: int) -
     """This daemon's `worker_processes` row (a dead one of the same host and pid goes)."""
     host, pid = db.process_identity()
     row = conn.execute(
-        db.query("register_process"),
+        db.query("ledger.register_process"),
         {
             "host": host,
             "pid": pid,
@@ -324,19 +324,19 @@ def register_process(conn: Conn, service: str, version: str, concurrency: int) -
             "concurrency": concurrency,
         },
     ).fetchone()
-    conn.execute(db.query("prune_processes"))
+    conn.execute(db.query("ledger.prune_processes"))
     assert row is not None
     return int(row["id"])
 
 
 def deregister_process(conn: Conn, process_id: int) -> None:
-    conn.execute(db.query("deregister_process"), {"id": process_id})
+    conn.execute(db.query("ledger.deregister_process"), {"id": process_id})
 
 
 def renew(conn: Conn, claim: Claim, lease_s: float) -> bool:
     """Extend the lease; False when it was lost (expired and taken over, or released)."""
     row = conn.execute(
-        db.query("renew_lease"),
+        db.query("ledger.renew_lease"),
         {"job": claim.job, "owner": claim.owner, "run_id": claim.run.id, "lease_s": lease_s},
     ).fetchone()
     return row is not None
@@ -365,7 +365,7 @@ def finish(
     if result.failures:
         details["failures"] = result.failures
     row = conn.execute(
-        db.query("finish_run"),
+        db.query("ledger.finish_run"),
         {
             "id": claim.run.id,
             "job": claim.job,
@@ -391,10 +391,10 @@ def finish(
 
 
 def set_paused(conn: Conn, job: str, paused: bool) -> None:
-    conn.execute(db.query("set_paused"), {"job": job, "paused": paused})
+    conn.execute(db.query("ledger.set_paused"), {"job": job, "paused": paused})
 
 
 def _now(conn: Conn) -> datetime:
-    row = conn.execute(db.query("ledger_now")).fetchone()
+    row = conn.execute(db.query("ledger.now")).fetchone()
     assert row is not None
     return row["now"]  # type: ignore[no-any-return]

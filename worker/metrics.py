@@ -91,12 +91,12 @@ class LedgerCollector(Collector):
     def _read_finished_runs(self, conn: db.Conn) -> None:
         totals = self._totals
         rows = conn.execute(
-            db.query("web_finished_runs"), {"since": totals.since, "overlap_s": OVERLAP_S}
+            db.query("web.finished_runs"), {"since": totals.since, "overlap_s": OVERLAP_S}
         ).fetchall()
         if totals.since is None:
             # The first scrape only marks where counting starts.
             totals.counted = {row["id"] for row in rows}
-            now = conn.execute(db.query("ledger_now")).fetchone()
+            now = conn.execute(db.query("ledger.now")).fetchone()
             assert now is not None
             totals.since = now["now"]
             return

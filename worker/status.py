@@ -104,16 +104,16 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
 def gather(conn: db.Conn, service: str | None = None) -> Report:
     """Read every registered job (of `service`, if given) and its runs in one query."""
     try:
-        rows = conn.execute(db.query("job_status"), {"service": service}).fetchall()
+        rows = conn.execute(db.query("status.job_status"), {"service": service}).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
         # The worker has never migrated this database to its ledger (status must not do
         # it silently): no service has registered a job yet.
         rows = []
     processes = _processes(conn)
     if not rows:
-        now = conn.execute(db.query("database_now")).fetchone()
+        now = conn.execute(db.query("ledger.now")).fetchone()
         assert now is not None
-        return Report(now["checked_at"], [], processes=processes)
+        return Report(now["now"], [], processes=processes)
     checked_at: datetime = rows[0]["checked_at"]
     report = Report(checked_at, [_judge(row, checked_at) for row in rows], processes=processes)
     jobs = [replace(job, service_alive=report.service_alive(job.service)) for job in report.jobs]
@@ -123,7 +123,7 @@ def gather(conn: db.Conn, service: str | None = None) -> Report:
 def _processes(conn: db.Conn) -> list[dict[str, Any]]:
     try:
         return conn.execute(
-            db.query("processes"),
+            db.query("status.processes"),
             {"dead_after_s": ledger.PROCESS_DEAD_AFTER_POLLS * ledger.POLL_S},
         ).fetchall()
     except psycopg.errors.UndefinedTable:  # a database no v3 process has migrated

@@ -416,8 +416,8 @@ class App:
         read_at = time.monotonic()
         with self.connections.connection() as conn:
             report = self.report(conn)
-            runs = conn.execute(db.query("web_recent_runs"), {"limit": RECENT_RUNS}).fetchall()
-            alerts = conn.execute(db.query("web_open_alerts"), {"limit": ALERTS}).fetchall()
+            runs = conn.execute(db.query("web.recent_runs"), {"limit": RECENT_RUNS}).fetchall()
+            alerts = conn.execute(db.query("web.open_alerts"), {"limit": ALERTS}).fetchall()
         data = (report, runs, alerts)
         with self._dashboard_lock:
             if self._actions == actions:
@@ -427,7 +427,7 @@ class App:
     def job_page(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
             entry = self.job_status(conn, job)
-            runs = conn.execute(db.query("web_job_runs"), {"job": job, "limit": JOB_RUNS})
+            runs = conn.execute(db.query("web.job_runs"), {"job": job, "limit": JOB_RUNS})
             rows = runs.fetchall()
         return self.render(
             "job.html",
@@ -446,7 +446,7 @@ class App:
 
     def fetch_run(self, run_id: int) -> dict[str, Any]:
         with self.connections.connection() as conn:
-            run = conn.execute(db.query("web_run"), {"id": run_id}).fetchone()
+            run = conn.execute(db.query("web.run"), {"id": run_id}).fetchone()
         if run is None:
             raise NotFound(f"no run {run_id}")
         return run
@@ -465,7 +465,7 @@ class App:
         limit = _limit(request, default=JOB_RUNS)
         with self.connections.connection() as conn:
             self.job_status(conn, job)
-            rows = conn.execute(db.query("web_job_runs"), {"job": job, "limit": limit})
+            rows = conn.execute(db.query("web.job_runs"), {"job": job, "limit": limit})
             return _json({"job": job, "runs": [_jsonable(row) for row in rows]})
 
     def api_run(self, request: Request, run_id: int) -> Response:
@@ -473,7 +473,7 @@ class App:
 
     def api_alerts(self, request: Request) -> Response:
         only_open = request.args.get("open", "0").lower() in ("1", "true", "yes")
-        query = "web_open_alerts" if only_open else "web_alerts"
+        query = "web.open_alerts" if only_open else "web.alerts"
         limit = _limit(request, default=ALERTS)
         with self.connections.connection() as conn:
             rows = conn.execute(db.query(query), {"limit": limit}).fetchall()
@@ -511,7 +511,7 @@ class App:
 
     def ack(self, request: Request, alert_id: int) -> Response:
         with self.connections.connection() as conn:
-            row = conn.execute(db.query("web_ack_alert"), {"id": alert_id}).fetchone()
+            row = conn.execute(db.query("web.ack_alert"), {"id": alert_id}).fetchone()
         if row is None:
             raise NotFound(f"no alert {alert_id}")
         self.log.info("alert_acknowledged", alert_id=alert_id, via="http")

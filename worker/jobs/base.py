@@ -104,7 +104,7 @@ class Fence:
     def check(self, conn: Conn) -> None:
         """Inside a transaction: end it (SQLSTATE WK001) unless the lease is still ours."""
         conn.execute(
-            db.query("fence_run"),
+            db.query("ledger.fence_run"),
             {
                 "job": self.job,
                 "run_id": self.run_id,

@@ -145,7 +145,7 @@ def clean_content(ctx: JobContext) -> None:
 def clean_history(ctx: JobContext) -> None:
     """One pass of `cleanup_history`: finished worker runs, old alerts, then CLEANUP_EXTRA_RULES."""
     settings = ctx.settings
-    not_running = sql.SQL(db.query("cleanup_not_running"))
+    not_running = sql.SQL(db.query("cleanup.not_running"))
     rules = [
         Rule("worker_job_runs", "started_at", settings.job_run_retention_days, only=not_running),
         Rule("worker_alerts", "created_at", settings.alert_retention_days),
@@ -221,7 +221,7 @@ def count_rows(conn: Conn, rule: Rule) -> int | None:
     """How many rows `rule` would delete now; None when its table does not exist."""
     if not _table_exists(conn, rule):
         return None
-    row = conn.execute(_rule_statement("cleanup_count_rows", rule), {"days": rule.days}).fetchone()
+    row = conn.execute(_rule_statement("count_rows", rule), {"days": rule.days}).fetchone()
     return int(row["n"]) if row else 0
 
 
@@ -281,16 +281,16 @@ def _delete_batch(
     each takes one or two round trips to the server.
     """
     started = time.monotonic()
-    after = sql.SQL(db.query("cleanup_after_id") if "after_id" in params else "")
+    after = sql.SQL(db.query("cleanup.after_id") if "after_id" in params else "")
     if params["offset"] < ONE_WALK_MAX_ROWS:
         with conn.pipeline(), conn.transaction():
             if fence is not None:
                 fence.check(conn)
             conn.execute(
-                db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"}
+                db.query("cleanup.batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"}
             )
             batch = conn.execute(
-                _rule_statement("cleanup_delete_walked", rule, after=after),
+                _rule_statement("delete_walked", rule, after=after),
                 {**params, "limit": params["offset"] + 1},
             )
         row = batch.fetchone()
@@ -300,26 +300,24 @@ def _delete_batch(
     with conn.pipeline(), conn.transaction():
         if fence is not None:
             fence.check(conn)
-        conn.execute(db.query("cleanup_batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"})
-        bound = conn.execute(
-            _rule_statement("cleanup_batch_bound", rule, after=after), params
-        ).fetchone()
+        conn.execute(db.query("cleanup.batch_settings"), {"lock_timeout": f"{lock_timeout_ms}ms"})
+        bound = conn.execute(_rule_statement("batch_bound", rule, after=after), params).fetchone()
         last_id = bound["id"] if bound else None
-        upto = sql.SQL(db.query("cleanup_upto_id") if bound else "")
+        upto = sql.SQL(db.query("cleanup.upto_id") if bound else "")
         deleting = conn.execute(
-            _rule_statement("cleanup_delete_range", rule, after=after, upto=upto),
+            _rule_statement("delete_range", rule, after=after, upto=upto),
             {**params, "upto_id": last_id},
         )
     return max(deleting.rowcount, 0), last_id, time.monotonic() - started
 
 
 def _rule_statement(query_name: str, rule: Rule, **parts: sql.Composable) -> sql.Composed:
-    predicate: sql.Composable = sql.SQL(db.query("cleanup_older_than")).format(
+    predicate: sql.Composable = sql.SQL(db.query("cleanup.older_than")).format(
         column=sql.Identifier(rule.column)
     )
     if rule.only is not None:
         predicate = sql.SQL("{} AND {}").format(predicate, rule.only)
-    return sql.SQL(db.query(query_name)).format(
+    return sql.SQL(db.query(f"cleanup.{query_name}")).format(
         table=rule.identifier(), predicate=predicate, **parts
     )
 
@@ -327,7 +325,7 @@ def _rule_statement(query_name: str, rule: Rule, **parts: sql.Composable) -> sql
 def _table_exists(conn: Conn, rule: Rule) -> bool:
     # Quoted exactly as the DELETE will quote it, so both resolve the same relation.
     relation = rule.identifier().as_string(conn)
-    row = conn.execute(db.query("cleanup_relation_exists"), {"relation": relation}).fetchone()
+    row = conn.execute(db.query("cleanup.relation_exists"), {"relation": relation}).fetchone()
     return bool(row and row["present"])
 
 
@@ -350,7 +348,7 @@ def _log_outcome(log: Any, outcome: RuleOutcome) -> None:
 def _extra_rule_problem(conn: Conn, rule: Rule) -> str | None:
     relation = rule.identifier().as_string(conn)
     row = conn.execute(
-        db.query("cleanup_describe_rule"), {"relation": relation, "column": rule.column}
+        db.query("cleanup.describe_rule"), {"relation": relation, "column": rule.column}
     ).fetchone()
     if row is None or not row["table_exists"]:
         return f"table {rule.relation} does not exist"

@@ -16,7 +16,7 @@ def run_once(ctx: JobContext) -> None:
     the stop flag checked between batches. Batches are sized as cleanup's are: from
     CLEANUP_BATCH_SIZE rows, adapting so each takes about CLEANUP_BATCH_TARGET_MS."""
     if ctx.dry_run:
-        row = ctx.conn.execute(db.query("count_expired_leases")).fetchone()
+        row = ctx.conn.execute(db.query("replenish.count_expired_leases")).fetchone()
         expired = row["n"] if row else 0
         ctx.result.details.update(would_release=expired)
         ctx.log.info("lease_recovery_would_release", expired=expired)
@@ -45,7 +45,7 @@ def run_once(ctx: JobContext) -> None:
 def _release_batch(ctx: JobContext, size: int) -> int | None:
     """Release up to `size` leases; the number released, or None if the batch failed."""
     with ctx.item("lease batch", "lease_recovery_batch_failed") as batch, ctx.transaction():
-        cursor = ctx.conn.execute(db.query("release_expired_leases"), {"limit": size})
+        cursor = ctx.conn.execute(db.query("replenish.release_expired_leases"), {"limit": size})
     if batch.failed:
         return None
     released = max(cursor.rowcount, 0)

@@ -25,7 +25,7 @@ def run_once(ctx: JobContext) -> None:
         ctx.should_stop,
         Bounds(settings.http_timeout_s, settings.http_max_body_bytes),
     )
-    count = ctx.conn.execute(db.query("count_quota_keys")).fetchone()
+    count = ctx.conn.execute(db.query("quota.count_quota_keys")).fetchone()
     ctx.log.info("tavily_keys_fetched", count=count["n"] if count else 0)
     result = ctx.result
     calls = map_unordered(
@@ -59,7 +59,7 @@ def _keys(ctx: JobContext) -> Iterator[dict[str, Any]]:
     after_id = 0
     while True:
         page = ctx.conn.execute(
-            db.query("fetch_quota_keys_page"), {"after_id": after_id, "limit": PAGE_SIZE}
+            db.query("quota.fetch_quota_keys_page"), {"after_id": after_id, "limit": PAGE_SIZE}
         ).fetchall()
         yield from page
         if len(page) < PAGE_SIZE:
@@ -89,7 +89,7 @@ def _store(ctx: JobContext, key: dict[str, Any], usage: Usage) -> None:
     ):
         db.limit_lock_wait(ctx.conn, KEY_LOCK_TIMEOUT_MS)
         ctx.conn.execute(
-            db.query("update_key_quota"),
+            db.query("quota.update_key_quota"),
             {"id": key["id"], "remaining_quota": usage.remaining, "plan_limit": usage.plan_limit},
         )
     if write.failed:

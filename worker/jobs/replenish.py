@@ -24,7 +24,7 @@ Campaign = dict[str, Any]
 def run_once(ctx: JobContext) -> None:
     """One pass: each low campaign asked once for its missing items, written in its own
     transaction; one alert at the end if some could not be replenished."""
-    campaigns = ctx.conn.execute(db.query("fetch_low_stock")).fetchall()
+    campaigns = ctx.conn.execute(db.query("replenish.fetch_low_stock")).fetchall()
     ctx.log.info("replenish_campaigns_fetched", count=len(campaigns))
     ctx.result.details.update(items_received=0, skipped=0)
     if ctx.dry_run:
@@ -146,7 +146,7 @@ def _write(ctx: JobContext, campaign: Campaign, items: list[str]) -> str | None:
         changed = _stock_changed(ctx, campaign)
         if changed is None:
             ctx.conn.execute(
-                db.query("insert_campaign_stock"),
+                db.query("replenish.insert_campaign_stock"),
                 {"campaign_id": campaign["id"], "payloads": items},
             )
     return changed
@@ -156,12 +156,12 @@ def _stock_changed(ctx: JobContext, campaign: Campaign) -> str | None:
     # Lock first, then read the version in a statement of its own: it then sees whatever
     # a replica (or the app) holding the lock before us committed.
     locked = ctx.conn.execute(
-        db.query("lock_active_campaign"), {"campaign_id": campaign["id"]}
+        db.query("replenish.lock_active_campaign"), {"campaign_id": campaign["id"]}
     ).fetchone()
     if locked is None:
         return "campaign_inactive"
     row = ctx.conn.execute(
-        db.query("current_stock_version"), {"campaign_id": campaign["id"]}
+        db.query("replenish.current_stock_version"), {"campaign_id": campaign["id"]}
     ).fetchone()
     if row is None or row["stock_version"] != campaign["stock_version"]:
         return "stock_changed"

@@ -2,19 +2,19 @@
 -- worker/jobs/cleanup.py fills with psycopg.sql.Identifier and SQL composed from this file,
 -- never with text taken from configuration.
 
--- name: cleanup_relation_exists
+-- name: relation_exists
 SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
 
--- name: cleanup_older_than
+-- name: older_than
 -- The cutoff is computed by PostgreSQL, never by the process clock.
 {column} < now() - make_interval(days => %(days)s)
 
--- name: cleanup_not_running
+-- name: not_running
 -- A `running` row is the live record of a run in progress (or of a dead process whose
 -- row the next run marks `abandoned`): it is never retention's to delete.
 status <> 'running'
 
--- name: cleanup_batch_settings
+-- name: batch_settings
 -- Inside a batch's transaction, both transaction-local. A lock wait longer than
 -- `lock_timeout` fails the batch (it rolls back alone) rather than making the app's requests
 -- queue behind our DELETE. The COMMIT returns without waiting for the WAL to reach disk (or
@@ -24,7 +24,7 @@ status <> 'running'
 SELECT set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('synchronous_commit', 'off', true);
 
--- name: cleanup_batch_bound
+-- name: batch_bound
 -- A batch is a range of ids: from just after the previous batch's last id (`{after}`; the
 -- first batch has no lower bound) up to the id of the n-th row the rule matches (OFFSET is
 -- n - 1). No row means fewer than n are left: the final batch then has no upper bound.
@@ -39,7 +39,7 @@ SELECT id FROM {table}
 OFFSET %(offset)s
  LIMIT 1;
 
--- name: cleanup_delete_walked
+-- name: delete_walked
 -- A small batch in one walk of the table in id order: the next n rows the rule matches
 -- after the previous batch's last id, deleted by id, the predicate checked again on each.
 -- Fewer than n matched: this was the final batch.
@@ -57,22 +57,22 @@ SELECT (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
        (SELECT count(*) FROM batch) AS matched,
        (SELECT count(*) FROM gone) AS deleted;
 
--- name: cleanup_delete_range
+-- name: delete_range
 -- The predicate is checked again on every row: a token the app extended since the bound was
 -- read is not deleted.
 DELETE FROM {table}
  WHERE {predicate} {after} {upto};
 
--- name: cleanup_after_id
+-- name: after_id
 AND id > %(after_id)s
 
--- name: cleanup_upto_id
+-- name: upto_id
 AND id <= %(upto_id)s
 
--- name: cleanup_count_rows
+-- name: count_rows
 SELECT count(*) AS n FROM {table} WHERE {predicate};
 
--- name: cleanup_describe_rule
+-- name: describe_rule
 -- What the start-up check needs to know about an extra rule's table: does it exist, the
 -- type of the rule's column, whether it has the `id` the batches select on, and whether
 -- this role may delete from it.

@@ -2,7 +2,7 @@
 -- ledger"). Every statement here is a single statement or a short transaction: nothing is
 -- session-scoped, so all of it works through a transaction-pooling PgBouncer.
 
--- name: ledger_now
+-- name: now
 SELECT now() AS now;
 
 -- name: register_job

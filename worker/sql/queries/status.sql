@@ -39,8 +39,6 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
    AND (%(service)s::text IS NULL OR %(service)s = 'all' OR j.service = %(service)s)
  ORDER BY j.service, j.job;
 
--- name: database_now
-SELECT now() AS checked_at;
 
 -- name: processes
 -- Every worker process that registered (ARCHITECTURE.md, "Processes"): alive while seen
