@@ -128,7 +128,7 @@ def limit_lock_wait(conn: Conn, timeout_ms: int) -> None:
     Transaction-local, so it ends with the transaction. Jobs use it so that a row the app
     keeps locked fails one item instead of stalling the whole pass behind it.
     """
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
+    conn.execute(query("db.lock_timeout"), {"timeout": f"{timeout_ms}ms"})
 
 
 def migrate(conn: Conn, *, app_tables: bool = False) -> list[str]:
@@ -141,18 +141,15 @@ def migrate(conn: Conn, *, app_tables: bool = False) -> list[str]:
     applied: list[str] = []
     with conn.transaction():
         conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, _MIGRATION_LOCK)
+            query("db.migration_lock"), {"namespace": LOCK_NAMESPACE, "name": _MIGRATION_LOCK}
         )
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS worker_schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in conn.execute("SELECT version FROM worker_schema_migrations")}
+        conn.execute(query("db.migrations_table"))
+        done = {r["version"] for r in conn.execute(query("db.migrations_applied"))}
         for name, sql_text in _migrations():
             if name in done:
                 continue
             conn.execute(sql_text.encode())
-            conn.execute("INSERT INTO worker_schema_migrations (version) VALUES (%s)", (name,))
+            conn.execute(query("db.migration_record"), {"version": name})
             applied.append(name)
         if app_tables:
             conn.execute(_sql_folder().joinpath("app_tables.sql").read_bytes())

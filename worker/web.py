@@ -221,7 +221,7 @@ class DatabaseCheck:
             with db.connect(
                 self._database, application_name="worker:healthz", connect_timeout_s=2
             ) as conn:
-                conn.execute("SELECT 1")
+                conn.execute(db.query("db.ping"))
             self._error = None
         except psycopg.Error as exc:
             self._error = f"database unavailable: {db.describe_error(exc)}"

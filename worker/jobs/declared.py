@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import clients
+from .. import clients, db
 from ..inflight import map_unordered
 from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
@@ -214,9 +214,7 @@ def _json_object(answer: clients.Answer) -> Any:
 
 def _sql(ctx: JobContext, statement: SqlStatement, timeout_s: int) -> Attempt:
     with _cancelled_on_stop(ctx), ctx.guard() as outcome, ctx.transaction():
-        ctx.conn.execute(
-            "SELECT set_config('statement_timeout', %s, true)", (f"{timeout_s * 1000}ms",)
-        )
+        ctx.conn.execute(db.query("db.statement_timeout"), {"timeout": f"{timeout_s * 1000}ms"})
         cursor = ctx.conn.execute(statement.sql.encode())
         rowcount = cursor.rowcount
     if outcome.error is not None:
