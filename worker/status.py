@@ -101,10 +101,12 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
 
 
-def gather(conn: db.Conn, service: str | None = None) -> Report:
-    """Read every registered job (of `service`, if given) and its runs in one query."""
+def gather(conn: db.Conn, service: str | None = None, *, job: str | None = None) -> Report:
+    """Read every registered job (of `service`, or only `job`, if given) and its runs in
+    one query."""
     try:
-        rows = conn.execute(db.query("status.job_status"), {"service": service}).fetchall()
+        params = {"service": service, "job": job}
+        rows = conn.execute(db.query("status.job_status"), params).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
         # The worker has never migrated this database to its ledger (status must not do
         # it silently): no service has registered a job yet.

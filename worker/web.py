@@ -65,25 +65,25 @@ NOTICES = {  # `?done=` after a form action -> the message shown; the subject is
     "acknowledged": "Alert {} acknowledged.",
 }
 
-URLS = Map(
-    [
-        Rule("/healthz", endpoint="healthz", methods=["GET"]),
-        Rule("/metrics", endpoint="metrics", methods=["GET"]),
-        Rule("/", endpoint="dashboard", methods=["GET"]),
-        Rule("/jobs/<job>", endpoint="job_page", methods=["GET"]),
-        Rule("/runs/<int:run_id>", endpoint="run_page", methods=["GET"]),
-        Rule("/api/jobs", endpoint="api_jobs", methods=["GET"]),
-        Rule("/api/jobs/<job>", endpoint="api_job", methods=["GET"]),
-        Rule("/api/jobs/<job>/runs", endpoint="api_job_runs", methods=["GET"]),
-        Rule("/api/runs/<int:run_id>", endpoint="api_run", methods=["GET"]),
-        Rule("/api/alerts", endpoint="api_alerts", methods=["GET"]),
-        Rule("/api/processes", endpoint="api_processes", methods=["GET"]),
-        Rule("/api/jobs/<job>/pause", endpoint="pause", methods=["POST"]),
-        Rule("/api/jobs/<job>/resume", endpoint="resume", methods=["POST"]),
-        Rule("/api/jobs/<job>/run", endpoint="run", methods=["POST"]),
-        Rule("/api/alerts/<int:alert_id>/ack", endpoint="ack", methods=["POST"]),
-    ]
+# Every route, once: its rule, the App method that answers it, its HTTP method.
+ROUTES = (
+    ("/healthz", "healthz", "GET"),
+    ("/metrics", "metrics", "GET"),
+    ("/", "dashboard", "GET"),
+    ("/jobs/<job>", "job_page", "GET"),
+    ("/runs/<int:run_id>", "run_page", "GET"),
+    ("/api/jobs", "api_jobs", "GET"),
+    ("/api/jobs/<job>", "api_job", "GET"),
+    ("/api/jobs/<job>/runs", "api_job_runs", "GET"),
+    ("/api/runs/<int:run_id>", "api_run", "GET"),
+    ("/api/alerts", "api_alerts", "GET"),
+    ("/api/processes", "api_processes", "GET"),
+    ("/api/jobs/<job>/pause", "pause", "POST"),
+    ("/api/jobs/<job>/resume", "resume", "POST"),
+    ("/api/jobs/<job>/run", "request_run", "POST"),
+    ("/api/alerts/<int:alert_id>/ack", "ack", "POST"),
 )
+URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
 
 
 def is_loopback(host: str) -> bool:
@@ -252,23 +252,6 @@ class App:
         self._dashboard: tuple[float, DashboardData] | None = None
         self._dashboard_lock = threading.Lock()
         self._actions = 0  # counts actions: data read across one is not kept
-        self.handlers: dict[str, Callable[..., Response]] = {
-            "healthz": self.healthz,
-            "metrics": self.metrics,
-            "dashboard": self.dashboard,
-            "job_page": self.job_page,
-            "run_page": self.run_page,
-            "api_jobs": self.api_jobs,
-            "api_job": self.api_job,
-            "api_job_runs": self.api_job_runs,
-            "api_run": self.api_run,
-            "api_alerts": self.api_alerts,
-            "api_processes": self.api_processes,
-            "pause": self.pause,
-            "resume": self.resume,
-            "run": self.run,
-            "ack": self.ack,
-        }
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -280,7 +263,8 @@ class App:
             endpoint, args = URLS.bind_to_environ(request.environ).match()
             if endpoint != "healthz":
                 self.check_access(request)
-            return self.handlers[str(endpoint)](request, **args)
+            handler: Callable[..., Response] = getattr(self, str(endpoint))
+            return handler(request, **args)
         except HTTPException as exc:
             return self.error(request, exc)
         except psycopg.Error as exc:
@@ -371,7 +355,7 @@ class App:
         return replace(status.gather(conn), concurrency=self.settings.concurrency)
 
     def job_status(self, conn: db.Conn, job: str) -> status.JobStatus:
-        found = [entry for entry in self.report(conn).jobs if entry.job == job]
+        found = status.gather(conn, job=job).jobs  # one job's row, not every job's
         if not found:
             raise NotFound(f"no job {job!r} in the ledger")
         return found[0]
@@ -500,7 +484,7 @@ class App:
         done = "paused" if paused else "resumed"
         return self.acted(request, done, job, {"job": job, "paused": paused})
 
-    def run(self, request: Request, job: str) -> Response:
+    def request_run(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
             self.job_status(conn, job)
             ledger.request_run(conn, job)

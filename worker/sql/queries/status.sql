@@ -37,6 +37,7 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
          ORDER BY started_at, id LIMIT 1) first ON true
  WHERE j.schedule IS NOT NULL
    AND (%(service)s::text IS NULL OR %(service)s = 'all' OR j.service = %(service)s)
+   AND (%(job)s::text IS NULL OR j.job = %(job)s)
  ORDER BY j.service, j.job;
 
 
