@@ -191,6 +191,45 @@ command = ["sh", "-c", "echo $$ > {child}; exec sleep 30"]
     assert stop(watcher) == 0
 
 
+def test_a_last_attempt_found_dead_gives_the_occurrence_up_with_an_alert(
+    tmp_path: Path, db_url: str, conn: db.Conn, spawn: Spawn
+) -> None:
+    child = tmp_path / "child.pid"
+    jobs = write_jobs(
+        tmp_path,
+        f"""
+[jobs.once_only]
+schedule = "every 1h"
+max_attempts = 1
+command = ["sh", "-c", "echo $$ > {child}; exec sleep 30"]
+""",
+    )
+    env = jobs_env(db_url, jobs, LEASE_SECONDS="3")
+    victim = spawn("jobs", env=env, expect_noise=True)
+    try:
+        wait_until(child.exists)
+        victim.kill()
+        watcher = spawn("jobs", env=jobs_env(db_url, jobs, LEASE_SECONDS="3", RUN_ON_START="false"))
+        wait_until(lambda: runs_of(conn)[0]["status"] == "abandoned")
+        alert = wait_until(
+            lambda: conn.execute(
+                "SELECT level, metadata FROM worker_alerts WHERE type = 'JOB_ATTEMPTS_EXHAUSTED'"
+            ).fetchone()
+        )
+        assert stop(watcher) == 0
+    finally:
+        kill_pid_in(child)
+    [dead] = runs_of(conn)
+    assert alert["level"] == "ERROR"
+    assert alert["metadata"] == {
+        "run_id": dead["id"],
+        "attempt": 1,
+        "scheduled_for": None,  # a start-up run serves no occurrence
+        "status": "abandoned",
+    }
+    assert job_row(conn, "once_only")["owed_run_id"] is None  # given up, not owed
+
+
 # --- 3. restart to force a run --------------------------------------------------------------
 
 

@@ -186,7 +186,7 @@ class Daemon:
         """Dispatch at each wake-up; wait on the monotonic clock for the next one."""
         assert self._dispatcher is not None
         self.log.info("scheduler_loop_started", concurrency=self.settings.concurrency)
-        self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
+        self._schedule_poll()
         wall_offset_s = time.time() - time.monotonic()
         while not self.stopping:
             self._beat_at = time.monotonic()
@@ -205,10 +205,14 @@ class Daemon:
         now_offset_s = time.time() - time.monotonic()
         if abs(now_offset_s - offset_s) > CLOCK_STEP_S:
             self.log.warning("clock_stepped", step_s=round(now_offset_s - offset_s, 3))
-            assert self._dispatcher is not None
             self.scheduler.clear()
-            self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
+            self._schedule_poll()
         return now_offset_s
+
+    def _schedule_poll(self) -> None:
+        """The one job of the `schedule` alarm clock: the dispatcher's poll, every 5 s."""
+        assert self._dispatcher is not None
+        self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
 
     def _log_stopped(self, **fields: Any) -> None:
         if self.stopping:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from .registry import JobSpec
 from .runs import Runner
 from .settings import Settings
 
-REQUEST_POLL_S = 5  # the ledger is read at least this often: requests made elsewhere
+REQUEST_POLL_S = ledger.POLL_S  # the ledger is read at least this often, and the heart beats
 WAKE_MARGIN_S = 0.001  # wake this much after a due instant, never just before it
 # A read this close to the next poll carries the heartbeat instead (no read of its own).
 BEAT_EARLY = 0.8
@@ -56,7 +56,7 @@ class Dispatcher:
         self._nudge = nudge  # set to wake the loop: a run ended, a local request
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="run")
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[Future[RunStatus], Claim]] = {}
+        self._running: dict[str, Claim] = {}  # the claims of the runs on the pool, by job
         self._process_id = process_id  # this process's worker_processes row
         self._wake_at = 0.0  # monotonic instant of the next read; 0: read now
         self._beat_at = -math.inf  # monotonic instant of the last read that was a heartbeat
@@ -156,7 +156,7 @@ class Dispatcher:
                 return None
             running = [
                 {"job": job, "run_id": claim.run.id, "started_at": claim.run.started_at.isoformat()}
-                for job, (_, claim) in sorted(self._running.items())
+                for job, claim in sorted(self._running.items())
             ]
         return ledger.Beat(self._process_id, running)
 
@@ -174,7 +174,7 @@ class Dispatcher:
     def _submit(self, spec: JobSpec, claim: Claim) -> None:
         with self._lock:
             future = self._pool.submit(self._run, spec, claim)
-            self._running[spec.name] = (future, claim)
+            self._running[spec.name] = claim
         future.add_done_callback(lambda _: self._ended(claim))
 
     def _run(self, spec: JobSpec, claim: Claim) -> RunStatus:

@@ -278,7 +278,8 @@ def request_run(conn: Conn, job: str) -> bool:
 class Due:
     """What the loop reads each time it wakes: the database's clock, the jobs to claim now,
     the next future due time (None: no job of these services is due later), and the dead
-    runs this read reaped (`id, job, attempt, trigger, host, pid, owed, max_attempts`)."""
+    runs this read reaped (`id, job, attempt, trigger, scheduled_for, host, pid, owed,
+    max_attempts`)."""
 
     now: datetime
     next_wake: datetime | None

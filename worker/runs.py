@@ -194,6 +194,7 @@ class Runner:
         """Write the outcome, retrying with backoff on a fresh connection while the lease
         lasts (a database or pooler that blinked during the run loses no outcome)."""
         owed, exhausted = self._owed(spec, claim, finished.status)
+        skip_to = self._skip_to(spec, claim, finished)
         delay_s = RECORD_RETRY_FIRST_S
         while True:
             try:
@@ -207,11 +208,20 @@ class Runner:
                         error=finished.error,
                         alert_rules=alerts.rule_alert_filter(),
                         owed=owed,
-                        skip_to=self._skip_to(spec, claim, finished),
+                        skip_to=skip_to,
                     )
                     self._evaluate_alerts(recording, spec, claim.run, finished, latest)
                     if exhausted:
-                        self._exhausted(recording, spec, claim, finished.status)
+                        when = claim.scheduled_for
+                        self._exhausted(
+                            recording,
+                            spec.name,
+                            run_id=claim.run.id,
+                            attempt=claim.attempt,
+                            max_attempts=spec.policy.max_attempts,
+                            scheduled_for=None if when is None else when.isoformat(),
+                            status=finished.status.value,
+                        )
                 break
             except psycopg.Error as exc:
                 error = db.describe_error(exc)
@@ -245,21 +255,14 @@ class Runner:
             if run["trigger"] == Trigger.MANUAL or not last:
                 continue
             try:
-                self._alert(
+                self._exhausted(
                     conn,
                     run["job"],
-                    type="JOB_ATTEMPTS_EXHAUSTED",
-                    level="ERROR",
-                    message=(
-                        f"Job {run['job']}: run {run['id']} was abandoned (its process "
-                        f"stopped renewing its lease) on attempt {run['attempt']} of "
-                        f"{run['max_attempts']}; the occurrence is given up."
-                    ),
-                    metadata={
-                        "run_id": run["id"],
-                        "attempt": run["attempt"],
-                        "status": "abandoned",
-                    },
+                    run_id=run["id"],
+                    attempt=run["attempt"],
+                    max_attempts=run["max_attempts"],
+                    scheduled_for=run["scheduled_for"],
+                    status=RunStatus.ABANDONED.value,
                 )
             except psycopg.Error as exc:
                 self.log.error("alert_rules_failed", run_id=run["id"], error=db.describe_error(exc))
@@ -281,23 +284,34 @@ class Runner:
         ended = claim.run.started_at + timedelta(milliseconds=finished.duration_ms)
         return spec.schedule(self.settings).next_due(claim.next_due_at, ended)
 
-    def _exhausted(self, conn: db.Conn, spec: JobSpec, claim: Claim, status: RunStatus) -> None:
-        when = claim.scheduled_for.isoformat() if claim.scheduled_for else "its start-up run"
+    def _exhausted(
+        self,
+        conn: db.Conn,
+        job: str,
+        *,
+        run_id: int,
+        attempt: int,
+        max_attempts: int,
+        scheduled_for: str | None,
+        status: str,
+    ) -> None:
+        """JOB_ATTEMPTS_EXHAUSTED: the last attempt of an occurrence ended `status`
+        (interrupted, or abandoned when the reaper found it dead); it is given up."""
+        when = scheduled_for or "its start-up run"
         self._alert(
             conn,
-            spec.name,
+            job,
             type="JOB_ATTEMPTS_EXHAUSTED",
             level="ERROR",
             message=(
-                f"Job {spec.name}: the occurrence {when} was {status.value} on each of its "
-                f"{claim.attempt} attempts (max_attempts {spec.policy.max_attempts}); it is "
-                "given up."
+                f"Job {job}: the occurrence {when} ended {status} on each of its {attempt} "
+                f"attempts (max_attempts {max_attempts}, last run {run_id}); it is given up."
             ),
             metadata={
-                "run_id": claim.run.id,
-                "attempt": claim.attempt,
-                "scheduled_for": claim.scheduled_for.isoformat() if claim.scheduled_for else None,
-                "status": status.value,
+                "run_id": run_id,
+                "attempt": attempt,
+                "scheduled_for": scheduled_for,
+                "status": status,
             },
         )
 

@@ -73,6 +73,7 @@ WITH beat AS (
 ), reaped AS (
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'id', a.id, 'job', a.job, 'attempt', a.attempt, 'trigger', a.trigger,
+               'scheduled_for', a.scheduled_for,
                'host', a.host, 'pid', a.pid, 'owed', coalesce(r.owed_run_id = a.id, false),
                'max_attempts', r.max_attempts)), '[]'::jsonb) AS runs
       FROM abandoned a LEFT JOIN released r ON r.job = a.job
