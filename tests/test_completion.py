@@ -22,51 +22,13 @@ import pytest
 
 from tests import pooler
 from tests.conftest import WorkerProcess
+from tests.jobruns import WAIT_S, job_row, jobs_env, runs_of, stop, wait_until, write_jobs
 from tests.webtools import Forwarder
 from worker import db
 
 Spawn = Callable[..., WorkerProcess]
-WAIT_S = 30.0
 CLOSED_URL = "http://127.0.0.1:9/usage"
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-
-
-def write_jobs(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "worker.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def jobs_env(db_url: str, jobs_file: Path, **extra: str) -> dict[str, str]:
-    return {"DATABASE_URL": db_url, "WORKER_JOBS_FILE": str(jobs_file), **extra}
-
-
-def runs_of(conn: db.Conn, job: str | None = None) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT id, job, status, trigger, attempt, scheduled_for, started_at, finished_at,"
-        "       pid, error, output, extract(epoch FROM started_at - scheduled_for) AS late_s"
-        "  FROM worker_job_runs WHERE %(job)s::text IS NULL OR job = %(job)s ORDER BY id",
-        {"job": job},
-    ).fetchall()
-
-
-def job_row(conn: db.Conn, job: str) -> dict[str, Any]:
-    row = conn.execute("SELECT *, now() AS now FROM worker_jobs WHERE job = %s", (job,)).fetchone()
-    assert row is not None
-    return row
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
-
-
-def stop(worker: WorkerProcess) -> int:
-    worker.signal(signal.SIGTERM)
-    return worker.wait(WAIT_S)
 
 
 def started_once(spawn: Spawn, env: dict[str, str]) -> None:

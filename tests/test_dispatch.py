@@ -17,42 +17,11 @@ from typing import Any
 import httpx
 
 from tests.conftest import WorkerProcess
+from tests.jobruns import WAIT_S, jobs_env, runs_of, stop, wait_until, write_jobs
 from worker import db, ledger
 
 Spawn = Callable[..., WorkerProcess]
-WAIT_S = 30.0
 TOKEN = "dispatch-token-Qx81vZt4"
-
-
-def write_jobs(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "worker.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def jobs_env(db_url: str, jobs_file: Path, **extra: str) -> dict[str, str]:
-    return {"DATABASE_URL": db_url, "WORKER_JOBS_FILE": str(jobs_file), **extra}
-
-
-def runs_of(conn: db.Conn, job: str | None = None) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT id, job, status, trigger, scheduled_for, started_at, finished_at, pid,"
-        "       extract(epoch FROM started_at - scheduled_for) AS late_s"
-        "  FROM worker_job_runs WHERE %(job)s::text IS NULL OR job = %(job)s ORDER BY id",
-        {"job": job},
-    ).fetchall()
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def stop(worker: WorkerProcess) -> int:
-    worker.signal(signal.SIGTERM)
-    return worker.wait(WAIT_S)
 
 
 def test_a_short_job_runs_on_time_beside_a_long_one(
