@@ -44,10 +44,10 @@ from benchlib import LoggedProcess, Report, log
 from worker import logs, registry
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
-from worker.ledger import Mode
 from worker.registry import SERVICES, JobSpec
 from worker.schedules import Interval
 from worker.settings import from_env
+from worker.vocab import Mode
 
 APPS = benchlib.ROOT / "tests" / "apps"
 RUNS = 50

@@ -60,10 +60,10 @@ from benchlib import LoggedProcess, Report, Row, log
 from worker import db, logs
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
-from worker.ledger import Mode
 from worker.registry import SERVICES, JobSpec
 from worker.schedules import Interval
 from worker.settings import Database, from_env
+from worker.vocab import Mode
 
 RUNS = 200
 WARMUP_RUNS = 20

@@ -1,4 +1,4 @@
-"""The claim's rules as a pure function (`ledger.decide`): no database, milliseconds each."""
+"""The claim's rules as a pure function (`claims.decide`): no database, milliseconds each."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from worker.jobs.base import Trigger
-from worker.ledger import Decision, Mode, Refusal, decide
+from worker.claims import Decision, decide
 from worker.schedules import Policy
+from worker.vocab import Mode, Refusal, Trigger
 
 NOW = datetime(2026, 12, 2, 2, 0, 30, tzinfo=UTC)
 DUE = NOW - timedelta(seconds=30)

@@ -18,7 +18,8 @@ import httpx
 
 from tests.conftest import WorkerProcess
 from tests.jobruns import WAIT_S, jobs_env, runs_of, stop, wait_until, write_jobs
-from worker import db, ledger
+from worker import db
+from worker.store import ledger
 
 Spawn = Callable[..., WorkerProcess]
 TOKEN = "dispatch-token-Qx81vZt4"

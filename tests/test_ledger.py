@@ -18,12 +18,13 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.conftest import ROOT, WorkerProcess
-from worker import db, ledger, schedules
+from worker import claims, db, schedules
 from worker.daemon import Daemon
-from worker.jobs.base import JobContext, JobResult, RunStatus, Trigger
-from worker.ledger import Claim, Mode, Refusal
+from worker.jobs.base import JobContext
 from worker.registry import JobSpec
 from worker.schedules import Interval
+from worker.store import ledger, processes
+from worker.vocab import Claim, Mode, Refusal, RunStatus, Trigger
 
 Spawn = Callable[..., WorkerProcess]
 JOB = "probe"
@@ -49,7 +50,7 @@ def run_rows(conn: db.Conn) -> list[dict[str, Any]]:
 
 
 def register(conn: db.Conn, job: str = JOB, every_s: int = 60) -> None:
-    ledger.register(conn, job, "all", schedules.Interval(every_s))
+    claims.register(conn, job, "all", schedules.Interval(every_s))
 
 
 def make_due(conn: db.Conn, ago: str = "3 hours 10 minutes", job: str = JOB) -> datetime:
@@ -113,19 +114,19 @@ def test_a_job_not_yet_due_is_not_claimed(conn: db.Conn) -> None:
     register(conn)
     before = job_row(conn)
 
-    assert ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.NOT_DUE
-    assert ledger.claim(conn, JOB, Mode.DUE, LEASE_S) is Refusal.NOT_DUE
+    assert claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.NOT_DUE
+    assert claims.claim(conn, JOB, Mode.DUE, LEASE_S) is Refusal.NOT_DUE
     after = job_row(conn)
     assert after["next_due_at"] == before["next_due_at"] > after["now"]
     assert after["lease_owner"] is None
-    assert ledger.claim(conn, "nobody_registered_me", Mode.ONCE, LEASE_S) is Refusal.UNKNOWN
+    assert claims.claim(conn, "nobody_registered_me", Mode.ONCE, LEASE_S) is Refusal.UNKNOWN
 
 
 def test_a_job_three_hours_late_is_claimed_once_and_keeps_its_phase(conn: db.Conn) -> None:
     register(conn, every_s=3600)
     due = make_due(conn, "3 hours 10 minutes")
 
-    claim = ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    claim = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
 
     assert isinstance(claim, Claim)
     assert (claim.trigger, claim.scheduled_for, claim.paused) == (Trigger.SCHEDULE, due, False)
@@ -133,11 +134,11 @@ def test_a_job_three_hours_late_is_claimed_once_and_keeps_its_phase(conn: db.Con
     # Missed occurrences coalesce into this run: the next is due + 4 h, 50 minutes from now.
     assert claim.next_due_at == row["next_due_at"] == due + 4 * HOUR
     assert row["now"] < row["next_due_at"] <= row["now"] + HOUR
-    assert row["lease_owner"] == claim.owner == ledger.owner()
+    assert row["lease_owner"] == claim.owner == claims.owner()
     assert row["now"] < row["lease_until"] <= row["now"] + timedelta(seconds=LEASE_S)
     # The occurrence is gone: no second claim, in any mode that waits for a due time.
-    assert ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.NOT_DUE
-    assert ledger.claim(conn, JOB, Mode.DUE, LEASE_S) is Refusal.NOT_DUE
+    assert claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.NOT_DUE
+    assert claims.claim(conn, JOB, Mode.DUE, LEASE_S) is Refusal.NOT_DUE
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -146,7 +147,7 @@ def test_a_held_lease_refuses_every_mode(conn: db.Conn, mode: Mode) -> None:
     due = make_due(conn, "5 minutes")
     lease_elsewhere(conn, "1 minute")
 
-    assert ledger.claim(conn, JOB, mode, LEASE_S) is Refusal.CLAIMED_ELSEWHERE
+    assert claims.claim(conn, JOB, mode, LEASE_S) is Refusal.CLAIMED_ELSEWHERE
     row = job_row(conn)
     assert (row["next_due_at"], row["lease_owner"]) == (due, "someone-else:1")
 
@@ -156,11 +157,11 @@ def test_an_expired_lease_is_claimable(conn: db.Conn) -> None:
     due = make_due(conn, "5 minutes")
     lease_elsewhere(conn, "-1 second")
 
-    claim = ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    claim = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
 
     assert isinstance(claim, Claim)
     assert claim.scheduled_for == due
-    assert job_row(conn)["lease_owner"] == ledger.owner()
+    assert job_row(conn)["lease_owner"] == claims.owner()
 
 
 @pytest.mark.parametrize("mode", [Mode.SCHEDULED, Mode.DUE, Mode.ONCE])
@@ -169,13 +170,13 @@ def test_a_paused_jobs_due_occurrence_is_consumed_without_a_run(conn: db.Conn, m
     due = make_due(conn, "5 minutes")
     pause(conn)
 
-    assert ledger.claim(conn, JOB, mode, LEASE_S) is Refusal.PAUSED
+    assert claims.claim(conn, JOB, mode, LEASE_S) is Refusal.PAUSED
     row = job_row(conn)
     assert row["next_due_at"] > row["now"]
     assert row["next_due_at"] == Interval(60).next_due(due, row["now"])
     assert (row["lease_owner"], row["lease_until"]) == (None, None)
     # Consumed: the next wake-up finds nothing due.
-    assert ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.NOT_DUE
+    assert claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.NOT_DUE
 
 
 def test_once_honours_the_pause_and_an_operators_manual_run_does_not(conn: db.Conn) -> None:
@@ -183,15 +184,15 @@ def test_once_honours_the_pause_and_an_operators_manual_run_does_not(conn: db.Co
     pause(conn)
     not_due = job_row(conn)["next_due_at"]
 
-    assert ledger.claim(conn, JOB, Mode.ONCE, LEASE_S) is Refusal.PAUSED
+    assert claims.claim(conn, JOB, Mode.ONCE, LEASE_S) is Refusal.PAUSED
     assert (job_row(conn)["next_due_at"], job_row(conn)["lease_owner"]) == (not_due, None)
 
-    claim = ledger.claim(conn, JOB, Mode.MANUAL, LEASE_S)
+    claim = claims.claim(conn, JOB, Mode.MANUAL, LEASE_S)
 
     assert isinstance(claim, Claim)
     assert (claim.trigger, claim.scheduled_for, claim.paused) == (Trigger.MANUAL, None, True)
     row = job_row(conn)
-    assert (row["next_due_at"], row["lease_owner"]) == (not_due, ledger.owner())
+    assert (row["next_due_at"], row["lease_owner"]) == (not_due, claims.owner())
 
 
 def test_a_run_requested_for_a_paused_job_is_claimed_by_the_next_wake_up(
@@ -202,13 +203,13 @@ def test_a_run_requested_for_a_paused_job_is_claimed_by_the_next_wake_up(
 
     assert ledger.request_run(conn, JOB) is True
     assert ledger.request_run(conn, "nobody_registered_me") is False
-    assert ledger.claim(conn, JOB, Mode.DUE, LEASE_S) is Refusal.NOT_DUE  # DUE ignores requests
-    claim = ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    assert claims.claim(conn, JOB, Mode.DUE, LEASE_S) is Refusal.NOT_DUE  # DUE ignores requests
+    claim = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
 
     assert isinstance(claim, Claim)
     assert (claim.trigger, claim.scheduled_for, claim.paused) == (Trigger.MANUAL, None, True)
     row = job_row(conn)
-    assert (row["run_requested_at"], row["lease_owner"]) == (None, ledger.owner())
+    assert (row["run_requested_at"], row["lease_owner"]) == (None, claims.owner())
 
 
 def test_a_request_waiting_behind_a_lease_runs_once_the_lease_is_released(
@@ -218,11 +219,11 @@ def test_a_request_waiting_behind_a_lease_runs_once_the_lease_is_released(
     lease_elsewhere(conn, "1 minute")
     ledger.request_run(conn, JOB)
 
-    assert ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.CLAIMED_ELSEWHERE
+    assert claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S) is Refusal.CLAIMED_ELSEWHERE
     assert job_row(conn)["run_requested_at"] is not None  # still waiting
     conn.execute("UPDATE worker_jobs SET lease_owner = NULL, lease_until = NULL")
 
-    claim = ledger.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    claim = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
     assert isinstance(claim, Claim) and claim.trigger is Trigger.MANUAL
     assert job_row(conn)["run_requested_at"] is None  # served: it runs once
 
@@ -234,9 +235,9 @@ def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db
     lease_elsewhere(conn, "1 minute", job="leased_job")
 
     jobs = ["paused_job", "leased_job", "idle_job"]
-    first = ledger.register_process(conn, "all", "test", 4)  # the claims below are its own
-    assert ledger.request_startup_runs(conn, jobs, first) == ["idle_job"]
-    assert ledger.request_startup_runs(conn, jobs, None) == []  # a replica starting alongside
+    first = processes.register(conn, "all", "test", 4)  # the claims below are its own
+    assert claims.request_startup_runs(conn, jobs, first) == ["idle_job"]
+    assert claims.request_startup_runs(conn, jobs, None) == []  # a replica starting alongside
     requested = {
         r["job"]: r["run_requested_by"]
         for r in conn.execute("SELECT job, run_requested_by FROM worker_jobs ORDER BY job")
@@ -244,21 +245,15 @@ def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db
     assert requested == {"idle_job": "startup", "leased_job": None, "paused_job": None}
 
     # The request runs once; a replica starting moments later asks for no second run.
-    claim = ledger.claim(conn, "idle_job", Mode.SCHEDULED, LEASE_S)
+    claim = claims.claim(conn, "idle_job", Mode.SCHEDULED, LEASE_S)
     assert isinstance(claim, Claim) and claim.trigger is Trigger.STARTUP
-    ledger.finish(
-        conn,
-        claim,
-        status=RunStatus.SUCCESS,
-        result=JobResult(),
-        duration_ms=1,
-        error=None,
-    )
+    record = ledger.RunRecord(RunStatus.SUCCESS, 1, 0, 0, 0, None, {}, None, None)
+    ledger.finish(conn, claim, record)
     assert job_row(conn, "idle_job")["lease_owner"] is None
-    assert ledger.request_startup_runs(conn, jobs, None) == []  # `first` is alive
+    assert claims.request_startup_runs(conn, jobs, None) == []  # `first` is alive
     # A restart: the process whose start-up run that was is gone, so the start runs again.
-    ledger.deregister_process(conn, first)
-    assert ledger.request_startup_runs(conn, jobs, None) == ["idle_job"]
+    processes.deregister(conn, first)
+    assert claims.request_startup_runs(conn, jobs, None) == ["idle_job"]
 
 
 @pytest.mark.parametrize(("mode", "due"), [(Mode.SCHEDULED, True), (Mode.ONCE, False)])
@@ -276,7 +271,7 @@ def test_eight_runners_claiming_at_once_get_exactly_one_claim(
         with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as own:
             start.wait(timeout=10)
             try:
-                outcome: Claim | Refusal | BaseException = ledger.claim(own, JOB, mode, LEASE_S)
+                outcome: Claim | Refusal | BaseException = claims.claim(own, JOB, mode, LEASE_S)
             except BaseException as exc:  # reported below, not lost in the thread
                 outcome = exc
         with lock:
@@ -289,10 +284,10 @@ def test_eight_runners_claiming_at_once_get_exactly_one_claim(
         thread.join(15)
 
     assert len(outcomes) == 8, outcomes
-    claims = [o for o in outcomes if isinstance(o, Claim)]
-    assert len(claims) == 1, outcomes
+    granted = [o for o in outcomes if isinstance(o, Claim)]
+    assert len(granted) == 1, outcomes
     assert all(
-        o in (Refusal.CLAIMED_ELSEWHERE, Refusal.NOT_DUE) for o in outcomes if o not in claims
+        o in (Refusal.CLAIMED_ELSEWHERE, Refusal.NOT_DUE) for o in outcomes if o not in granted
     )
 
 
@@ -427,7 +422,7 @@ def start_after_downtime(
     conn: db.Conn, spawn: Spawn, run_on_start: str
 ) -> tuple[WorkerProcess, datetime]:
     """Register quota as a previous process did, back-date it 3 h, start the daemon."""
-    ledger.register(conn, "quota", "quota", Interval(3600))
+    claims.register(conn, "quota", "quota", Interval(3600))
     due = make_due(conn, "3 hours", job="quota")
     worker = spawn(
         "quota",

@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from psycopg.types.json import Jsonb
 
-from . import clients, db
+from . import clients
 from .db import Conn
 from .settings import Settings
+from .store import alerts as store
 
 LEVELS = ("INFO", "WARNING", "ERROR")
 DISCORD_MAX_CHARS = 2000
@@ -40,17 +40,9 @@ def raise_alert(
     """
     if level not in LEVELS:
         raise ValueError(f"alert level must be one of {LEVELS}, got {level!r}")
-    row = conn.execute(
-        db.query("alerts.insert_alert"),
-        {
-            "type": type,
-            "level": level,
-            "job": job,
-            "message": message,
-            "metadata": Jsonb(metadata or {}),
-        },
-    ).fetchone()
-    assert row is not None
+    row = store.insert(
+        conn, type=type, level=level, job=job, message=message, metadata=metadata or {}
+    )
     alert = {
         "id": row["id"],
         "type": type,
@@ -213,10 +205,7 @@ def rule_alert_filter() -> tuple[list[str], list[str]]:
 
 def _latest_rule_alerts(conn: Conn, job: str) -> list[tuple[str, str]]:
     rules, types = rule_alert_filter()
-    rows = conn.execute(
-        db.query("alerts.latest_rule_alerts"), {"job": job, "rules": rules, "types": types}
-    ).fetchall()
-    return [(row["rule"], row["type"]) for row in rows]
+    return store.latest_rule_alerts(conn, job, rules, types)
 
 
 def webhook_payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:

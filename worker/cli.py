@@ -12,12 +12,12 @@ from typing import Any
 
 import psycopg
 
-from . import db, embedded, jobscheck, ledger, logs, registry, service, settings, status
+from . import db, embedded, jobscheck, logs, registry, service, settings, status
 from .daemon import Daemon
-from .jobs.base import RunStatus
-from .ledger import Refusal
 from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
+from .store import ledger
+from .vocab import Refusal, RunStatus
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
 ONE_SHOT_CONNECT_TIMEOUT_S = 10.0

@@ -14,12 +14,11 @@ import schedule
 
 from . import clients, db, service, signals
 from .dispatch import REQUEST_POLL_S, Dispatcher
-from .jobs.base import RunStatus
-from .ledger import Mode
 from .logs import get_logger
 from .registry import JobSpec, Service, jobs_of
-from .runs import Outcome, Runner
+from .runs import Runner
 from .settings import Settings
+from .vocab import Mode, Outcome, RunStatus
 
 if TYPE_CHECKING:
     from .web import Endpoint

@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -169,3 +170,10 @@ def _sql_folder(*parts: str) -> Traversable:
 def process_identity() -> tuple[str, int]:
     """(host, pid) recorded on run rows so an operator can find the process."""
     return os.uname().nodename, os.getpid()
+
+
+def now(conn: Conn) -> datetime:
+    """The database's clock: every replica judges due times by the same one."""
+    row = conn.execute(query("db.now")).fetchone()
+    assert row is not None
+    return row["now"]  # type: ignore[no-any-return]

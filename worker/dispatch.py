@@ -16,14 +16,14 @@ from typing import Any
 
 import psycopg
 
-from . import db, ledger
-from .jobs.base import RunStatus
-from .ledger import Claim, Mode
+from . import db
 from .registry import JobSpec
 from .runs import Runner
 from .settings import Settings
+from .store import ledger, processes
+from .vocab import Claim, Mode, RunStatus
 
-REQUEST_POLL_S = ledger.POLL_S  # the ledger is read at least this often, and the heart beats
+REQUEST_POLL_S = processes.POLL_S  # the ledger is read at least this often, and the heart beats
 WAKE_MARGIN_S = 0.001  # wake this much after a due instant, never just before it
 # A read this close to the next poll carries the heartbeat instead (no read of its own).
 BEAT_EARLY = 0.8

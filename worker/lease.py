@@ -11,10 +11,11 @@ from typing import Any
 
 import psycopg
 
-from . import db, ledger
+from . import db
 from .jobs.base import Fence
-from .ledger import Claim
 from .settings import Settings
+from .store import ledger
+from .vocab import Claim
 
 # A renewal that failed is tried again this soon (not a third of the lease later), while
 # the lease still has time left.

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import db, status
+from .store import reads
 
 DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
 # A run's finish is a short transaction; one that commits this long after a scrape read past
@@ -90,15 +91,11 @@ class LedgerCollector(Collector):
 
     def _read_finished_runs(self, conn: db.Conn) -> None:
         totals = self._totals
-        rows = conn.execute(
-            db.query("web.finished_runs"), {"since": totals.since, "overlap_s": OVERLAP_S}
-        ).fetchall()
+        rows = reads.finished_runs(conn, totals.since, OVERLAP_S)
         if totals.since is None:
             # The first scrape only marks where counting starts.
             totals.counted = {row["id"] for row in rows}
-            now = conn.execute(db.query("ledger.now")).fetchone()
-            assert now is not None
-            totals.since = now["now"]
+            totals.since = db.now(conn)
             return
         totals.add(rows)
         totals.since = max([totals.since, *(row["finished_at"] for row in rows)])

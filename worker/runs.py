@@ -19,14 +19,13 @@ import httpx
 import psycopg
 import structlog
 
-from . import alerts, clients, db, ledger
-from .jobs.base import JobContext, JobResult, RunStatus, Trigger
+from . import alerts, claims, clients, db
+from .jobs.base import JobContext, JobResult
 from .lease import LeaseKeeper
-from .ledger import Claim, Mode, Refusal, Run
 from .registry import JobSpec
 from .settings import Settings
-
-Outcome = RunStatus | Refusal
+from .store import ledger
+from .vocab import Claim, Mode, Outcome, Refusal, Run, RunStatus, Trigger
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,24 @@ class Finished:
     result: JobResult
     duration_ms: int
     error: str | None
+
+    def record(self) -> ledger.RunRecord:
+        """What the run's row keeps of it."""
+        result = self.result
+        details: dict[str, Any] = dict(result.details)
+        if result.failures:
+            details["failures"] = result.failures
+        return ledger.RunRecord(
+            status=self.status,
+            duration_ms=self.duration_ms,
+            total=result.total,
+            succeeded=result.succeeded,
+            failed=result.failed,
+            error=self.error,
+            details=details,
+            output=result.output,
+            result=result.result,
+        )
 
 
 # Refusals logged at info level for these modes (a person asked); debug for wake-ups.
@@ -85,11 +102,11 @@ class Runner:
         `seen` is the job's ledger row as the caller just read it (the loop's `due_jobs`).
         """
         try:
-            claimed = ledger.claim(conn, spec.name, mode, self.settings.lease_s, seen, spec.policy)
+            claimed = claims.claim(conn, spec.name, mode, self.settings.lease_s, seen, spec.policy)
         except psycopg.Error as exc:
             self.log.error("job_start_failed", job=spec.name, error=db.describe_error(exc))
             return RunStatus.FAILED
-        if isinstance(claimed, ledger.Skipped):  # consumed without a run: too late
+        if isinstance(claimed, claims.Skipped):  # consumed without a run: too late
             when = claimed.scheduled_for
             self.log.warning(
                 "occurrence_skipped",
@@ -202,10 +219,7 @@ class Runner:
                     latest = ledger.finish(
                         recording,
                         claim,
-                        status=finished.status,
-                        result=finished.result,
-                        duration_ms=finished.duration_ms,
-                        error=finished.error,
+                        finished.record(),
                         alert_rules=alerts.rule_alert_filter(),
                         owed=owed,
                         skip_to=skip_to,

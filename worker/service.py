@@ -8,10 +8,11 @@ from typing import Any
 
 import psycopg
 
-from . import __version__, db, ledger
+from . import __version__, claims, db
 from .logs import say_error
 from .registry import JobSpec
 from .settings import ConfigError, Settings
+from .store import processes
 
 
 def prepare(
@@ -57,7 +58,7 @@ def register(conn: db.Conn, settings: Settings, jobs: Sequence[JobSpec], log: An
     """Upsert each job's ledger row; log its schedule and next due time."""
     for spec in jobs:
         schedule = spec.schedule(settings)
-        row = ledger.register(conn, spec.name, spec.service, schedule, spec.policy.max_attempts)
+        row = claims.register(conn, spec.name, spec.service, schedule, spec.policy.max_attempts)
         log.info(
             "job_scheduled",
             job=spec.name,
@@ -77,12 +78,12 @@ def start(settings: Settings, service: str, jobs: Sequence[JobSpec], log: Any) -
     process_id = None
     try:
         with db.connect(settings.database, application_name="worker:start") as conn:
-            process_id = ledger.register_process(conn, service, __version__, settings.concurrency)
+            process_id = processes.register(conn, service, __version__, settings.concurrency)
             if requesting:
-                requested = ledger.request_startup_runs(conn, requesting, process_id)
+                requested = claims.request_startup_runs(conn, requesting, process_id)
                 log.info("running_initial_update", requested=requested)
             for name in skipping:
-                skipped = ledger.skip_missed(conn, name)
+                skipped = claims.skip_missed(conn, name)
                 if skipped is not None:
                     log.info("occurrences_skipped", job=name, missed_due_at=skipped.isoformat())
     except psycopg.Error as exc:
@@ -96,7 +97,7 @@ def stop(settings: Settings, process_id: int | None, log: Any) -> None:
         return
     try:
         with db.connect(settings.database, application_name="worker:stop") as conn:
-            ledger.deregister_process(conn, process_id)
+            processes.deregister(conn, process_id)
     except psycopg.Error as exc:
         log.warning("process_deregister_failed", error=db.describe_error(exc))
 

@@ -9,10 +9,11 @@ from typing import Any, TextIO
 
 import psycopg
 
-from . import db, ledger, schedules
+from . import db, schedules
 from .logs import get_logger
 from .service import report_unreachable
 from .settings import Settings
+from .store import processes, reads
 
 STALE_AFTER_PERIODS = 2  # stale: no run that did its work within 2 x the job's period
 CONNECT_TIMEOUT_S = 5  # a HEALTHCHECK must answer quickly: no backoff, one short attempt
@@ -104,32 +105,14 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
 def gather(conn: db.Conn, service: str | None = None, *, job: str | None = None) -> Report:
     """Read every registered job (of `service`, or only `job`, if given) and its runs in
     one query."""
-    try:
-        params = {"service": service, "job": job}
-        rows = conn.execute(db.query("status.job_status"), params).fetchall()
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
-        # The worker has never migrated this database to its ledger (status must not do
-        # it silently): no service has registered a job yet.
-        rows = []
-    processes = _processes(conn)
+    rows = reads.job_status(conn, service, job)
+    live = processes.listed(conn)
     if not rows:
-        now = conn.execute(db.query("ledger.now")).fetchone()
-        assert now is not None
-        return Report(now["now"], [], processes=processes)
+        return Report(db.now(conn), [], processes=live)
     checked_at: datetime = rows[0]["checked_at"]
-    report = Report(checked_at, [_judge(row, checked_at) for row in rows], processes=processes)
+    report = Report(checked_at, [_judge(row, checked_at) for row in rows], processes=live)
     jobs = [replace(job, service_alive=report.service_alive(job.service)) for job in report.jobs]
     return replace(report, jobs=jobs)
-
-
-def _processes(conn: db.Conn) -> list[dict[str, Any]]:
-    try:
-        return conn.execute(
-            db.query("status.processes"),
-            {"dead_after_s": ledger.PROCESS_DEAD_AFTER_POLLS * ledger.POLL_S},
-        ).fetchall()
-    except psycopg.errors.UndefinedTable:  # a database no v3 process has migrated
-        return []
 
 
 def _judge(row: dict[str, Any], now: datetime) -> JobStatus:

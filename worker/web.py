@@ -38,9 +38,11 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import db, ledger, schedules, status
+from . import db, schedules, status
 from .metrics import LedgerCollector
 from .settings import Settings
+from .store import alerts as alert_store
+from .store import ledger, reads
 
 SERVER_THREADS = 4  # handler threads; each keeps at most one database connection
 CHANNEL_TIMEOUT_S = 30  # an idle or dribbling connection is closed after this long
@@ -400,8 +402,8 @@ class App:
         read_at = time.monotonic()
         with self.connections.connection() as conn:
             report = self.report(conn)
-            runs = conn.execute(db.query("web.recent_runs"), {"limit": RECENT_RUNS}).fetchall()
-            alerts = conn.execute(db.query("web.open_alerts"), {"limit": ALERTS}).fetchall()
+            runs = reads.recent_runs(conn, RECENT_RUNS)
+            alerts = alert_store.listed(conn, ALERTS, only_open=True)
         data = (report, runs, alerts)
         with self._dashboard_lock:
             if self._actions == actions:
@@ -411,8 +413,7 @@ class App:
     def job_page(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
             entry = self.job_status(conn, job)
-            runs = conn.execute(db.query("web.job_runs"), {"job": job, "limit": JOB_RUNS})
-            rows = runs.fetchall()
+            rows = reads.job_runs(conn, job, JOB_RUNS)
         return self.render(
             "job.html",
             job=entry,
@@ -430,7 +431,7 @@ class App:
 
     def fetch_run(self, run_id: int) -> dict[str, Any]:
         with self.connections.connection() as conn:
-            run = conn.execute(db.query("web.run"), {"id": run_id}).fetchone()
+            run = reads.run(conn, run_id)
         if run is None:
             raise NotFound(f"no run {run_id}")
         return run
@@ -449,18 +450,17 @@ class App:
         limit = _limit(request, default=JOB_RUNS)
         with self.connections.connection() as conn:
             self.job_status(conn, job)
-            rows = conn.execute(db.query("web.job_runs"), {"job": job, "limit": limit})
-            return _json({"job": job, "runs": [_jsonable(row) for row in rows]})
+            rows = reads.job_runs(conn, job, limit)
+        return _json({"job": job, "runs": [_jsonable(row) for row in rows]})
 
     def api_run(self, request: Request, run_id: int) -> Response:
         return _json(_jsonable(self.fetch_run(run_id)))
 
     def api_alerts(self, request: Request) -> Response:
         only_open = request.args.get("open", "0").lower() in ("1", "true", "yes")
-        query = "web.open_alerts" if only_open else "web.alerts"
         limit = _limit(request, default=ALERTS)
         with self.connections.connection() as conn:
-            rows = conn.execute(db.query(query), {"limit": limit}).fetchall()
+            rows = alert_store.listed(conn, limit, only_open=only_open)
         return _json({"alerts": [_jsonable(row) for row in rows]})
 
     def api_processes(self, request: Request) -> Response:
@@ -495,11 +495,11 @@ class App:
 
     def ack(self, request: Request, alert_id: int) -> Response:
         with self.connections.connection() as conn:
-            row = conn.execute(db.query("web.ack_alert"), {"id": alert_id}).fetchone()
-        if row is None:
+            acknowledged_at = alert_store.acknowledge(conn, alert_id)
+        if acknowledged_at is None:
             raise NotFound(f"no alert {alert_id}")
         self.log.info("alert_acknowledged", alert_id=alert_id, via="http")
-        body = {"id": alert_id, "acknowledged_at": status.iso(row["acknowledged_at"])}
+        body = {"id": alert_id, "acknowledged_at": status.iso(acknowledged_at)}
         return self.acted(request, "acknowledged", str(alert_id), body)
 
     def acted(

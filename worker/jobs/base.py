@@ -1,4 +1,4 @@
-"""What every job receives (JobContext), fills in (JobResult), and how a run can end (RunStatus)."""
+"""What every job receives (JobContext) and fills in (JobResult); the fence of its writes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -15,28 +14,10 @@ import psycopg
 from .. import db
 from ..db import Conn
 from ..settings import Settings
+from ..store import ledger
+from ..vocab import RunStatus
 
 MAX_DETAILED_FAILURES = 100
-
-
-class RunStatus(StrEnum):
-    """The statuses of a `worker_job_runs` row; the table's CHECK constraint lists the same."""
-
-    RUNNING = "running"
-    SUCCESS = "success"
-    PARTIAL = "partial"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    ABANDONED = "abandoned"
-
-
-class Trigger(StrEnum):
-    """Why a run started; the `trigger` column's CHECK constraint lists the same."""
-
-    STARTUP = "startup"
-    SCHEDULE = "schedule"
-    MANUAL = "manual"
-    RETRY = "retry"  # an owed occurrence run again: the same scheduled_for, attempt + 1
 
 
 @dataclass
@@ -103,15 +84,7 @@ class Fence:
 
     def check(self, conn: Conn) -> None:
         """Inside a transaction: end it (SQLSTATE WK001) unless the lease is still ours."""
-        conn.execute(
-            db.query("ledger.fence_run"),
-            {
-                "job": self.job,
-                "run_id": self.run_id,
-                "owner": self.owner,
-                "idle_timeout_ms": self.idle_timeout_ms,
-            },
-        )
+        ledger.fence(conn, self.job, self.run_id, self.owner, self.idle_timeout_ms)
 
 
 def fenced_out(exc: BaseException) -> bool:

@@ -1,5 +1,5 @@
--- Statements of no table group: settings local to a transaction, the health probe, and
--- the migrations' own bookkeeping (worker/db.py).
+-- Statements of no table group: settings local to a transaction, the health probe, the
+-- database's clock, and the migrations' own bookkeeping (worker/db.py).
 
 -- name: lock_timeout
 -- Inside a transaction: a lock wait longer than this fails the statement.
@@ -27,3 +27,7 @@ SELECT version FROM worker_schema_migrations;
 
 -- name: migration_record
 INSERT INTO worker_schema_migrations (version) VALUES (%(version)s);
+
+-- name: now
+-- The database's clock: every replica judges time by the same one.
+SELECT now() AS now;

@@ -2,9 +2,6 @@
 -- ledger"). Every statement here is a single statement or a short transaction: nothing is
 -- session-scoped, so all of it works through a transaction-pooling PgBouncer.
 
--- name: now
-SELECT now() AS now;
-
 -- name: register_job
 -- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
 INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, updated_at)
@@ -230,23 +227,6 @@ ON CONFLICT (job) DO UPDATE
    SET paused = excluded.paused,
        paused_at = CASE WHEN excluded.paused THEN coalesce(worker_jobs.paused_at, now()) END,
        updated_at = now();
-
--- name: register_process
--- A daemon's row, inserted at start. A row of this host and pid is a dead process's (a pid
--- is one process at a time): it goes first.
-WITH gone AS (
-    DELETE FROM worker_processes WHERE host = %(host)s AND pid = %(pid)s
-)
-INSERT INTO worker_processes (host, pid, service, version, concurrency)
-VALUES (%(host)s, %(pid)s, %(service)s, %(version)s, %(concurrency)s)
-RETURNING id;
-
--- name: deregister_process
-DELETE FROM worker_processes WHERE id = %(id)s;
-
--- name: prune_processes
--- Rows of processes not seen for a day: long dead, and of no interest to anyone.
-DELETE FROM worker_processes WHERE last_seen_at < now() - interval '1 day';
 
 -- name: fence_run
 -- First inside each item's transaction: ARCHITECTURE.md, "Fencing" (worker_fence() is

@@ -1,0 +1,75 @@
+-- The dashboard's, the JSON API's, /metrics' and `worker status`' reads of the ledger and
+-- the run history (ARCHITECTURE.md, "The HTTP endpoint"). Every query reads a bounded slice
+-- through an index: a page costs the same with a million runs as with ten.
+
+-- name: job_status
+-- `worker status` and the dashboard: every job some service has registered (of one service,
+-- or one job), with its latest runs, in one round trip, cheap enough for a container
+-- HEALTHCHECK every 30 s. Each lateral lookup walks (job, started_at desc).
+SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
+       latest.started_at  AS last_started_at,
+       latest.status      AS last_status,
+       latest.duration_ms AS duration_ms,
+       latest.succeeded   AS succeeded,
+       latest.failed      AS failed,
+       completed.status   AS last_completed_status,
+       ran.finished_at    AS last_success_at,
+       first.started_at   AS first_started_at,
+       now() AS checked_at
+  FROM worker_jobs j
+  LEFT JOIN LATERAL (
+        SELECT started_at, status, duration_ms, succeeded, failed
+          FROM worker_job_runs r WHERE r.job = j.job
+         ORDER BY started_at DESC, id DESC LIMIT 1) latest ON true
+  -- Interrupted and abandoned runs say nothing about whether the job works: skip them.
+  LEFT JOIN LATERAL (
+        SELECT status
+          FROM worker_job_runs r
+         WHERE r.job = j.job AND r.status IN ('success', 'partial', 'failed')
+         ORDER BY started_at DESC, id DESC LIMIT 1) completed ON true
+  -- A partial run did run (some items failed): it counts against staleness.
+  LEFT JOIN LATERAL (
+        SELECT finished_at
+          FROM worker_job_runs r
+         WHERE r.job = j.job AND r.status IN ('success', 'partial')
+         ORDER BY started_at DESC, id DESC LIMIT 1) ran ON true
+  -- How long the job has been trying: a first run still going is not yet stale.
+  LEFT JOIN LATERAL (
+        SELECT started_at
+          FROM worker_job_runs r WHERE r.job = j.job
+         ORDER BY started_at, id LIMIT 1) first ON true
+ WHERE j.schedule IS NOT NULL
+   AND (%(service)s::text IS NULL OR %(service)s = 'all' OR j.service = %(service)s)
+   AND (%(job)s::text IS NULL OR j.job = %(job)s)
+ ORDER BY j.service, j.job;
+
+-- name: job_runs
+-- One job's latest runs: walks (job, started_at desc).
+SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
+       failed, error, scheduled_for, host, pid
+  FROM worker_job_runs
+ WHERE job = %(job)s
+ ORDER BY started_at DESC, id DESC
+ LIMIT %(limit)s;
+
+-- name: recent_runs
+-- The latest runs of every job: walks (started_at) backwards.
+SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
+       failed, error, scheduled_for, host, pid
+  FROM worker_job_runs
+ ORDER BY started_at DESC
+ LIMIT %(limit)s;
+
+-- name: run
+SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
+       failed, error, scheduled_for, host, pid, details, output, result
+  FROM worker_job_runs
+ WHERE id = %(id)s;
+
+-- name: finished_runs
+-- Runs that ended since `since` (minus an overlap for transactions that committed late), for
+-- the /metrics counters: walks (finished_at). The caller skips the ids it already counted.
+SELECT id, job, status, duration_ms, succeeded, failed, finished_at, now() AS now
+  FROM worker_job_runs
+ WHERE finished_at > coalesce(%(since)s, now()) - make_interval(secs => %(overlap_s)s)
+   AND status <> 'running';

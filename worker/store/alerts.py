@@ -1,0 +1,46 @@
+"""`worker_alerts`: written by the alert path (`worker.alerts`), listed and acknowledged from
+the dashboard and the JSON API. One function per named query of `alerts.sql`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from .. import db
+from ..db import Conn
+
+
+def insert(
+    conn: Conn, *, type: str, level: str, job: str | None, message: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """The new row's `id` and `created_at`."""
+    row = conn.execute(
+        db.query("alerts.insert_alert"),
+        {"type": type, "level": level, "job": job, "message": message, "metadata": Jsonb(metadata)},
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def latest_rule_alerts(
+    conn: Conn, job: str, rules: list[str], types: list[str]
+) -> list[tuple[str, str]]:
+    """The latest alert of each of `rules` (of `types`) for the job, as (rule, type)."""
+    rows = conn.execute(
+        db.query("alerts.latest_rule_alerts"), {"job": job, "rules": rules, "types": types}
+    ).fetchall()
+    return [(row["rule"], row["type"]) for row in rows]
+
+
+def listed(conn: Conn, limit: int, *, only_open: bool = False) -> list[dict[str, Any]]:
+    """The latest alerts, newest first (only those nobody acknowledged, if asked)."""
+    name = "alerts.open_alerts" if only_open else "alerts.alerts"
+    return conn.execute(db.query(name), {"limit": limit}).fetchall()
+
+
+def acknowledge(conn: Conn, alert_id: int) -> datetime | None:
+    """Acknowledge the alert (again is harmless): when it was, or None if there is none."""
+    row = conn.execute(db.query("alerts.ack_alert"), {"id": alert_id}).fetchone()
+    return None if row is None else row["acknowledged_at"]

@@ -1,0 +1,51 @@
+"""`worker_processes`: one row per live daemon, refreshed by its loop's read once a poll
+(ARCHITECTURE.md, "Processes"). One function per named query of `processes.sql`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .. import db
+from ..db import Conn
+
+# Every daemon refreshes its row once a poll (the heartbeat rides on `ledger.due_jobs`); one
+# silent this many polls is dead.
+POLL_S = 5
+DEAD_AFTER_POLLS = 3
+DEAD_AFTER_S = POLL_S * DEAD_AFTER_POLLS
+
+
+def register(conn: Conn, service: str, version: str, concurrency: int) -> int:
+    """This daemon's row (a dead one of the same host and pid goes); rows silent for a day
+    are pruned on the way."""
+    host, pid = db.process_identity()
+    row = conn.execute(
+        db.query("processes.register_process"),
+        {
+            "host": host,
+            "pid": pid,
+            "service": service,
+            "version": version,
+            "concurrency": concurrency,
+        },
+    ).fetchone()
+    conn.execute(db.query("processes.prune_processes"))
+    assert row is not None
+    return int(row["id"])
+
+
+def deregister(conn: Conn, process_id: int) -> None:
+    conn.execute(db.query("processes.deregister_process"), {"id": process_id})
+
+
+def listed(conn: Conn) -> list[dict[str, Any]]:
+    """Every registered process, `alive` while seen within DEAD_AFTER_S; none on a database
+    no v3 process has migrated."""
+    try:
+        return conn.execute(
+            db.query("processes.list_processes"), {"dead_after_s": DEAD_AFTER_S}
+        ).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return []

@@ -1,0 +1,49 @@
+"""What `worker status`, the dashboard, the JSON API and `/metrics` read of the ledger and
+the run history: one function per named query of `reads.sql`, each a bounded slice
+through an index."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from .. import db
+from ..db import Conn
+
+
+def job_status(
+    conn: Conn, service: str | None = None, job: str | None = None
+) -> list[dict[str, Any]]:
+    """Every registered job (of `service`, or only `job`) with its latest runs; none on a
+    database the worker has never migrated (status must not migrate it silently)."""
+    try:
+        return conn.execute(
+            db.query("reads.job_status"), {"service": service, "job": job}
+        ).fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        return []
+
+
+def recent_runs(conn: Conn, limit: int) -> list[dict[str, Any]]:
+    """The latest runs of every job, newest first."""
+    return conn.execute(db.query("reads.recent_runs"), {"limit": limit}).fetchall()
+
+
+def job_runs(conn: Conn, job: str, limit: int) -> list[dict[str, Any]]:
+    """One job's latest runs, newest first."""
+    return conn.execute(db.query("reads.job_runs"), {"job": job, "limit": limit}).fetchall()
+
+
+def run(conn: Conn, run_id: int) -> dict[str, Any] | None:
+    """One run with its details, output and result."""
+    return conn.execute(db.query("reads.run"), {"id": run_id}).fetchone()
+
+
+def finished_runs(conn: Conn, since: datetime | None, overlap_s: float) -> list[dict[str, Any]]:
+    """Runs that ended since `since` minus `overlap_s` (since now, when None), with the
+    database's `now`: the /metrics counters' increments."""
+    return conn.execute(
+        db.query("reads.finished_runs"), {"since": since, "overlap_s": overlap_s}
+    ).fetchall()
