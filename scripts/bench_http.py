@@ -63,7 +63,7 @@ def main() -> int:
         f"{CLIENTS} clients each load / every {POLL_INTERVAL_S:g} s during the loaded passes."
     )
     report.note(
-        "/ reads its data at most once a second (worker.web.DASHBOARD_FRESH_S), so most of "
+        "/ reads its data at most once a second (worker.web.app.DASHBOARD_FRESH_S), so most of "
         "its 200 requests render a snapshot; /api/jobs and /jobs/JOB read the database "
         "every time."
     )

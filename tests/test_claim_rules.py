@@ -137,7 +137,7 @@ def test_every_kind_a_jobs_file_may_declare_has_a_runner_and_no_other() -> None:
 
 
 def test_every_route_is_answered_by_a_method_of_the_app() -> None:
-    from worker.web import ROUTES, URLS, App
+    from worker.web.app import ROUTES, URLS, App
 
     assert len(list(URLS.iter_rules())) == len(ROUTES)
     assert all(callable(getattr(App, handler, None)) for _, handler, _ in ROUTES)

@@ -411,3 +411,33 @@ def test_a_silent_loop_is_stalled(db_url: str) -> None:
     assert "has not ticked" in (daemon.stalled() or "")
     daemon.stop()
     assert daemon.stalled() == "the daemon is stopping"
+
+
+def test_the_dashboard_cache_reads_once_per_window_and_never_keeps_a_read_an_action_overtook() -> (
+    None
+):
+    from worker.web.cache import FreshCache
+
+    now = [100.0]
+    reads: list[int] = []
+    cache: FreshCache[int] = FreshCache(1.0, clock=lambda: now[0])
+
+    def read() -> int:
+        reads.append(len(reads))
+        return len(reads)
+
+    assert cache.get(read) == 1
+    now[0] += 0.5
+    assert cache.get(read) == 1  # fresh: no second read
+    now[0] += 0.6
+    assert cache.get(read) == 2  # a second old: read again
+    cache.clear()
+    assert cache.get(read) == 3  # an action clears it at once
+
+    def overtaken() -> int:
+        cache.clear()  # an action lands while this read is in flight
+        return read()
+
+    cache.clear()
+    assert cache.get(overtaken) == 4
+    assert cache.get(read) == 5  # the overtaken read was not kept

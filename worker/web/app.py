@@ -1,56 +1,41 @@
-"""The HTTP endpoint: /healthz, /metrics, the dashboard and its JSON API, on threads of its own.
-
-waitress buffers each request whole on its own I/O thread before a handler thread sees it, so
-a slow or hostile client holds one socket, never a job or the stop. Access rules, CSRF and
-escaping are in ARCHITECTURE.md, "The HTTP endpoint".
-"""
+"""The WSGI application: every route once (ROUTES), the access rules (`access.py`), then
+one handler per route: the pages, the JSON API and the actions. Escaping and the access
+rules are in ARCHITECTURE.md, "The HTTP endpoint"."""
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from waitress import wasyncore
-from waitress.server import create_server
-from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import (
     BadRequest,
-    Forbidden,
     HTTPException,
     InternalServerError,
     NotFound,
     ServiceUnavailable,
-    Unauthorized,
 )
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import db, schedules, status
-from .metrics import LedgerCollector
-from .settings import Settings
-from .store import alerts as alert_store
-from .store import ledger, reads
+from .. import db, schedules, status
+from ..metrics import LedgerCollector
+from ..settings import Settings
+from ..store import alerts as alert_store
+from ..store import ledger, reads
+from .access import Access
+from .cache import FreshCache
+from .connections import Connections, DatabaseCheck
 
-SERVER_THREADS = 4  # handler threads; each keeps at most one database connection
-CHANNEL_TIMEOUT_S = 30  # an idle or dribbling connection is closed after this long
-MAX_HEADER_BYTES = 16 * 1024
-MAX_BODY_BYTES = 16 * 1024  # the largest request is a small form
 DB_CHECK_TIMEOUT_S = 2.0
-CLOSE_WAIT_S = 0.5  # the I/O thread's poll wakes on the trigger at once
-CONNECT_TIMEOUT_S = 5
 RECENT_RUNS = 20
 # The dashboard's data is read at most this often, however many browsers poll it: a page
 # that refreshes itself, open in twenty tabs, must not cost the jobs their database. Any
@@ -59,7 +44,6 @@ DASHBOARD_FRESH_S = 1.0
 JOB_RUNS = 50
 MAX_RUNS_LIMIT = 500
 ALERTS = 50
-LOOPBACK_NAMES = ("localhost",)
 NOTICES = {  # `?done=` after a form action -> the message shown; the subject is escaped
     "paused": "Paused {}.",
     "resumed": "Resumed {}.",
@@ -87,147 +71,7 @@ ROUTES = (
 )
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
 
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a listen address or a Host header's name) is this machine only."""
-    name = host.strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-class Endpoint:
-    """The listener, its I/O thread and its handler threads; `close()` ends them all."""
-
-    def __init__(self, server: Any, sockets: dict[int, Any], app: App) -> None:
-        self._server = server
-        self._sockets = sockets  # the I/O thread's own map: the listener and every connection
-        self.app = app
-        self.port = int(server.effective_port)
-        self._thread = threading.Thread(target=server.run, name="http", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Close the listener and every connection; never waits for a handler in progress.
-
-        The sockets are closed on the I/O thread itself (its map is not thread-safe); with
-        its map empty, its loop ends.
-        """
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._sockets))
-        self._server.task_dispatcher.set_thread_count(0)
-        self._thread.join(CLOSE_WAIT_S)
-        self.app.connections.close()
-
-
-def serve(
-    settings: Settings,
-    *,
-    stalled: Callable[[], str | None],
-    log: Any,
-    on_request: Callable[[], None] | None = None,
-) -> Endpoint:
-    """Listen on WORKER_HTTP_HOST:WORKER_HTTP_PORT; raises OSError when the port is taken.
-
-    `stalled()` tells /healthz why the daemon's loop looks stuck, or None while it is alive;
-    `on_request()` tells the loop that a run was requested here, so that it starts at once.
-    """
-    assert settings.http_port is not None
-    app = App(settings, stalled, log, on_request)
-    sockets: dict[int, Any] = {}
-    server = create_server(
-        app,
-        map=sockets,
-        host=settings.http_host,
-        port=settings.http_port,
-        threads=SERVER_THREADS,
-        channel_timeout=CHANNEL_TIMEOUT_S,
-        max_request_header_size=MAX_HEADER_BYTES,
-        max_request_body_size=MAX_BODY_BYTES,
-        ident="worker",
-        expose_tracebacks=False,
-    )
-    endpoint = Endpoint(server, sockets, app)
-    log.info(
-        "http_listening",
-        host=settings.http_host,
-        port=endpoint.port,
-        token=settings.http_token is not None,
-        loopback=is_loopback(settings.http_host),
-    )
-    return endpoint
-
-
-class Connections:
-    """One database connection per handler thread, opened on first use and after it broke."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._database = settings.database
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[db.Conn] = []
-
-    @contextmanager
-    def connection(self) -> Iterator[db.Conn]:
-        conn: db.Conn | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            conn = db.connect(
-                self._database, application_name="worker:web", connect_timeout_s=CONNECT_TIMEOUT_S
-            )
-            self._local.conn = conn
-            with self._lock:
-                self._open = [c for c in self._open if not c.closed] + [conn]
-        try:
-            yield conn
-        except psycopg.OperationalError:
-            conn.close()
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._open:
-                conn.close()
-            self._open = []
-
-
-class DatabaseCheck:
-    """`SELECT 1` on a fresh connection, waited for at most a deadline.
-
-    The probe runs on a thread of its own, so a database that never answers costs one
-    waiting thread, never a handler; while one probe hangs, no second one is started.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._database = settings.database
-        self._lock = threading.Lock()
-        self._probe: threading.Thread | None = None
-        self._done = threading.Event()
-        self._error: str | None = None
-
-    def error(self, timeout_s: float) -> str | None:
-        """None when the database answered within `timeout_s`; else why it did not."""
-        with self._lock:
-            if self._probe is None or not self._probe.is_alive():
-                self._done = threading.Event()
-                self._probe = threading.Thread(target=self._run, args=(self._done,), daemon=True)
-                self._probe.start()
-            done = self._done
-        if not done.wait(timeout_s):
-            return f"the database did not answer within {timeout_s:g} s"
-        return self._error
-
-    def _run(self, done: threading.Event) -> None:
-        try:
-            with db.connect(
-                self._database, application_name="worker:healthz", connect_timeout_s=2
-            ) as conn:
-                conn.execute(db.query("db.ping"))
-            self._error = None
-        except psycopg.Error as exc:
-            self._error = f"database unavailable: {db.describe_error(exc)}"
-        done.set()
+DashboardData = tuple[status.Report, list[dict[str, Any]], list[dict[str, Any]]]
 
 
 class App:
@@ -238,22 +82,22 @@ class App:
         settings: Settings,
         stalled: Callable[[], str | None],
         log: Any,
+        connections: Connections,
+        database_check: DatabaseCheck,
         on_request: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
         self.stalled = stalled
         self.on_request = on_request
-        self.connections = Connections(settings)
-        self.database_check = DatabaseCheck(settings)
+        self.connections = connections
+        self.database_check = database_check
+        self.access = Access(settings.http_token, settings.http_host)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LedgerCollector(self.connections.connection))
-        self.loopback = is_loopback(settings.http_host)
         self._templates: Any = None  # loaded on the first page view
         self._templates_lock = threading.Lock()
-        self._dashboard: tuple[float, DashboardData] | None = None
-        self._dashboard_lock = threading.Lock()
-        self._actions = 0  # counts actions: data read across one is not kept
+        self.dashboard_cache: FreshCache[DashboardData] = FreshCache(DASHBOARD_FRESH_S)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -264,7 +108,7 @@ class App:
         try:
             endpoint, args = URLS.bind_to_environ(request.environ).match()
             if endpoint != "healthz":
-                self.check_access(request)
+                self.access.check(request)
             handler: Callable[..., Response] = getattr(self, str(endpoint))
             return handler(request, **args)
         except HTTPException as exc:
@@ -276,49 +120,6 @@ class App:
         except Exception:  # a bug in a handler: answer 500, keep serving, say where
             self.log.exception("http_handler_failed", path=request.path)
             return self.error(request, InternalServerError())
-
-    # --- access -------------------------------------------------------------------------
-
-    def check_access(self, request: Request) -> None:
-        """Raise 401/403 unless the request may go on (ARCHITECTURE.md, "The HTTP endpoint")."""
-        token = self.settings.http_token
-        if token is None:
-            self._check_tokenless(request)
-            by_script = False
-        else:
-            by_script = self._check_token(request, token)
-        if request.method == "POST" and not by_script and not _same_origin(request):
-            raise Forbidden(
-                "a form POST must come from this dashboard: its Origin or Referer must match "
-                "the Host (scripts: send Authorization: Bearer <WORKER_HTTP_TOKEN>)"
-            )
-
-    def _check_tokenless(self, request: Request) -> None:
-        if not self.loopback:
-            raise Forbidden(
-                "set WORKER_HTTP_TOKEN to use the dashboard, the API and /metrics on a "
-                "non-loopback address (WORKER_HTTP_HOST)"
-            )
-        # A page elsewhere could point its own name at 127.0.0.1 (DNS rebinding): without a
-        # token, only loopback names are served.
-        if not is_loopback(urlsplit(f"//{request.host}").hostname or ""):
-            raise Forbidden("without WORKER_HTTP_TOKEN, use http://localhost or 127.0.0.1")
-
-    def _check_token(self, request: Request, token: str) -> bool:
-        """True for a script's Bearer token; False for Basic (a browser sends it by itself)."""
-        auth = request.authorization
-        supplied = None
-        if auth is not None and auth.type == "bearer":
-            supplied = auth.token
-        elif auth is not None and auth.type == "basic":
-            supplied = auth.password
-        if supplied is None or not hmac.compare_digest(supplied.encode(), token.encode()):
-            raise Unauthorized(
-                "WORKER_HTTP_TOKEN is required: Authorization: Bearer <token>, "
-                "or HTTP Basic auth with the token as password",
-                www_authenticate=_BASIC_CHALLENGE,
-            )
-        return auth is not None and auth.type == "bearer"
 
     # --- errors and helpers ------------------------------------------------------------
 
@@ -394,21 +195,15 @@ class App:
         )
 
     def dashboard_data(self) -> DashboardData:
-        """The jobs, recent runs and open alerts: read again once DASHBOARD_FRESH_S old."""
-        with self._dashboard_lock:
-            if self._dashboard and time.monotonic() - self._dashboard[0] < DASHBOARD_FRESH_S:
-                return self._dashboard[1]
-            actions = self._actions
-        read_at = time.monotonic()
+        """The jobs, recent runs and open alerts, read again once DASHBOARD_FRESH_S old."""
+        return self.dashboard_cache.get(self.read_dashboard)
+
+    def read_dashboard(self) -> DashboardData:
         with self.connections.connection() as conn:
             report = self.report(conn)
             runs = reads.recent_runs(conn, RECENT_RUNS)
             alerts = alert_store.listed(conn, ALERTS, only_open=True)
-        data = (report, runs, alerts)
-        with self._dashboard_lock:
-            if self._actions == actions:
-                self._dashboard = (read_at, data)
-        return data
+        return report, runs, alerts
 
     def job_page(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
@@ -506,9 +301,7 @@ class App:
         self, request: Request, done: str, subject: str, body: dict[str, Any], code: int = 200
     ) -> Response:
         """JSON for a script; for the dashboard's forms, back to the page they came from."""
-        with self._dashboard_lock:
-            self._dashboard = None  # the page it leads back to shows the change
-            self._actions += 1
+        self.dashboard_cache.clear()  # the page it leads back to shows the change
         back = request.form.get("next")
         if back is None:
             return _json(body, code)
@@ -519,7 +312,6 @@ class App:
         return Response(status=303, headers={"Location": f"{back}{separator}{query}"})
 
 
-_BASIC_CHALLENGE = WWWAuthenticate("basic", {"realm": "worker", "charset": "UTF-8"})
 _CSP = (
     "default-src 'self'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; "
     "frame-ancestors 'none'"
@@ -529,17 +321,6 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-DashboardData = tuple[status.Report, list[dict[str, Any]], list[dict[str, Any]]]
-
-
-def _same_origin(request: Request) -> bool:
-    """The POST's Origin (or, lacking one, its Referer) names the host it was sent to."""
-    source = request.headers.get("Origin") or request.headers.get("Referer")
-    if not source or source == "null":
-        return False
-    return urlsplit(source).netloc.lower() == request.host.lower()
 
 
 def _notice(request: Request) -> str | None:
