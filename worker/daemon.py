@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,11 +48,9 @@ class Daemon:
         self.http = http or clients.build_http(settings.http_timeout_s)
         self.scheduler = schedule.Scheduler()
         self.log = get_logger(service=service.name)
-        self._stop = threading.Event()  # set by threads only, never inside a signal handler
         self._nudge = threading.Event()  # wakes the loop: a stop, a run's end, a local request
-        self._exited = threading.Event()
-        self._announced = threading.Event()
-        self._signal: str | None = None
+        self.shutdown = signals.Shutdown(settings.shutdown_grace_s, self.log, self._nudge)
+        self._stop = self.shutdown.event
         self._registered: set[str] = set()
         self._beat_at = time.monotonic()  # the loop's heartbeat, read by /healthz
         self._dispatcher: Dispatcher | None = None  # the loop's, once it runs
@@ -62,13 +59,11 @@ class Daemon:
 
     def stop(self, signal_name: str | None = None) -> None:
         """Ask for a graceful stop (called by the signal watcher thread, or by tests)."""
-        self._signal = signal_name
-        self._stop.set()
-        self._nudge.set()
+        self.shutdown.request(signal_name)
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self.shutdown.requested
 
     def stalled(self) -> str | None:
         """Why the loop looks dead, or None while it ticks (runs go on on other threads)."""
@@ -107,16 +102,10 @@ class Daemon:
     @contextmanager
     def _stoppable(self) -> Iterator[None]:
         """Signals handled (and the grace period enforced) while the block runs."""
-        watcher = threading.Thread(
-            target=self._watch_shutdown, name="shutdown-watcher", daemon=True
-        )
-        with signals.on_stop(self.stop):
-            watcher.start()
+        with self.shutdown.handling():
             try:
                 yield
             finally:
-                self._exited.set()
-                self._stop.set()  # releases the watcher thread
                 if self._web is not None:
                     self._web.close()
                 self.http.close()
@@ -185,8 +174,7 @@ class Daemon:
         """Dispatch at each wake-up; wait on the monotonic clock for the next one."""
         assert self._dispatcher is not None
         self.log.info("scheduler_loop_started", concurrency=self.settings.concurrency)
-        self._schedule_poll()
-        wall_offset_s = time.time() - time.monotonic()
+        wall_offset_s: float | None = None
         while not self.stopping:
             self._beat_at = time.monotonic()
             wall_offset_s = self._follow_wall_clock(wall_offset_s)
@@ -198,35 +186,20 @@ class Daemon:
             self._nudge.wait(max(wait_s, 0.0))
             self._nudge.clear()
 
-    def _follow_wall_clock(self, offset_s: float) -> float:
-        """`schedule` counts on the wall clock: when it steps (NTP, a VM restored), set the
-        poll again from now so that it neither stalls for the size of the step nor bursts."""
+    def _follow_wall_clock(self, offset_s: float | None) -> float:
+        """Set the `schedule` alarm clock's one job, the dispatcher's poll, at the start and
+        again from now whenever the wall clock steps (NTP, a VM restored): `schedule` counts
+        on the wall clock, and must neither stall for the size of the step nor burst."""
         now_offset_s = time.time() - time.monotonic()
-        if abs(now_offset_s - offset_s) > CLOCK_STEP_S:
+        if offset_s is not None and abs(now_offset_s - offset_s) > CLOCK_STEP_S:
             self.log.warning("clock_stepped", step_s=round(now_offset_s - offset_s, 3))
             self.scheduler.clear()
-            self._schedule_poll()
+            offset_s = None
+        if offset_s is None:
+            assert self._dispatcher is not None
+            self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
         return now_offset_s
 
-    def _schedule_poll(self) -> None:
-        """The one job of the `schedule` alarm clock: the dispatcher's poll, every 5 s."""
-        assert self._dispatcher is not None
-        self.scheduler.every(REQUEST_POLL_S).seconds.do(self._dispatcher.poll)
-
     def _log_stopped(self, **fields: Any) -> None:
-        if self.stopping:
-            self._announced.wait(1.0)  # the watcher logs received_shutdown_signal first
-        self.log.info(self.service.stopped_event, signal=self._signal, **fields)
-
-    def _watch_shutdown(self) -> None:
-        # Log the signal here rather than in the handler (no I/O in handlers), and enforce
-        # the grace period: if the run in progress does not end in time, end the process.
-        # PostgreSQL rolls back whatever transaction was open; nothing is half-written.
-        self._stop.wait()
-        if self._exited.is_set():
-            return
-        self.log.info("received_shutdown_signal", signal=self._signal)
-        self._announced.set()
-        if not self._exited.wait(self.settings.shutdown_grace_s):
-            self.log.error("shutdown_grace_exceeded", grace_seconds=self.settings.shutdown_grace_s)
-            os._exit(signals.FORCED_EXIT_CODE)
+        self.shutdown.announced()
+        self.log.info(self.service.stopped_event, signal=self.shutdown.signal, **fields)

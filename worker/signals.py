@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_CODE = 1
@@ -67,3 +68,55 @@ def _watch(reader: socket.socket, callback: Callable[[str], None]) -> None:
                 if received > 1:
                     os._exit(FORCED_EXIT_CODE)
                 callback(signal.Signals(signum).name)
+
+
+class Shutdown:
+    """A process's one stop: asked for by a signal (from the watcher thread) or a caller,
+    logged once off the handler, and bounded by the grace period. While `handling()` runs,
+    SIGTERM/SIGINT ask for it; if the block has not ended `grace_s` after the ask, the
+    process ends (PostgreSQL rolls back whatever transaction was open: nothing is
+    half-written)."""
+
+    def __init__(self, grace_s: float, log: Any, wake: threading.Event) -> None:
+        self.grace_s = grace_s
+        self.log = log
+        self.event = threading.Event()  # set by threads only, never inside a signal handler
+        self.signal: str | None = None
+        self._wake = wake  # the loop's: a stop wakes it at once
+        self._exited = threading.Event()
+        self._announced = threading.Event()
+
+    def request(self, signal_name: str | None = None) -> None:
+        self.signal = signal_name
+        self.event.set()
+        self._wake.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        watcher = threading.Thread(target=self._watch, name="shutdown-watcher", daemon=True)
+        with on_stop(self.request):
+            watcher.start()
+            try:
+                yield
+            finally:
+                self._exited.set()
+                self.event.set()  # releases the watcher thread
+
+    def announced(self) -> None:
+        """Wait (briefly) until the watcher logged the signal: it comes first in the log."""
+        if self.requested:
+            self._announced.wait(1.0)
+
+    def _watch(self) -> None:
+        self.event.wait()
+        if self._exited.is_set():
+            return
+        self.log.info("received_shutdown_signal", signal=self.signal)
+        self._announced.set()
+        if not self._exited.wait(self.grace_s):
+            self.log.error("shutdown_grace_exceeded", grace_seconds=self.grace_s)
+            os._exit(FORCED_EXIT_CODE)

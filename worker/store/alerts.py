@@ -36,8 +36,9 @@ def latest_rule_alerts(
 
 def listed(conn: Conn, limit: int, *, only_open: bool = False) -> list[dict[str, Any]]:
     """The latest alerts, newest first (only those nobody acknowledged, if asked)."""
-    name = "alerts.open_alerts" if only_open else "alerts.alerts"
-    return conn.execute(db.query(name), {"limit": limit}).fetchall()
+    if only_open:
+        return conn.execute(db.query("alerts.open_alerts"), {"limit": limit}).fetchall()
+    return conn.execute(db.query("alerts.alerts"), {"limit": limit}).fetchall()
 
 
 def acknowledge(conn: Conn, alert_id: int) -> datetime | None:
