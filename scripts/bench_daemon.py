@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable
 
 import benchlib
-from benchlib import LoggedProcess, Report, log
-from fakes import FakeServer, Reply, Request, serving, usage_body
+from benchlib import Report, log
+
+from tests.support.fakes import FakeServer, Reply, Request, serving, usage_body
+from tests.support.processes import WorkerProcess
 
 KEYS = 200
 CONCURRENCY = 4
@@ -51,11 +53,11 @@ def main() -> int:
     return report.finish()
 
 
-def start_daemon(url: str, api_url: str) -> LoggedProcess:
+def start_daemon(url: str, api_url: str) -> WorkerProcess:
     env = benchlib.worker_env(
         DATABASE_URL=url, TAVILY_USAGE_URL=api_url, QUOTA_CONCURRENCY=str(CONCURRENCY)
     )
-    return LoggedProcess(benchlib.worker_command("quota"), env)
+    return benchlib.worker_process(env, "quota")
 
 
 def answer_all(request: Request) -> Reply:
@@ -77,7 +79,7 @@ def answer_then_hang(count: int) -> Callable[[Request], Reply]:
     return responder
 
 
-def seconds_to_first_request(api: FakeServer, worker: LoggedProcess) -> float:
+def seconds_to_first_request(api: FakeServer, worker: WorkerProcess) -> float:
     deadline = time.monotonic() + WAIT_S
     while not api.received():
         if time.monotonic() > deadline or worker.proc.poll() is not None:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
-from benchlib import LoggedProcess, Report, log
+from benchlib import Report, log
 
 from worker import logs, registry
 from worker.daemon import Daemon
@@ -214,7 +214,7 @@ def measure_idle(url: str, tmp: str, report: Report) -> None:
     jobs_file.write_text(idle_jobs_file(), encoding="utf-8")
     env = benchlib.worker_env(DATABASE_URL=url, WORKER_JOBS_FILE=str(jobs_file))
     log(f"`python -m worker jobs` with {IDLE_JOBS} declared jobs, idle")
-    worker = LoggedProcess(benchlib.worker_command("jobs"), env)
+    worker = benchlib.worker_process(env, "jobs")
     try:
         worker.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
         time.sleep(SETTLE_S)  # the quantity measured: the daemon after it settles

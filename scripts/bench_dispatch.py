@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import LoggedProcess, Report, log
+from benchlib import Report, log
+
+from tests.support.processes import WorkerProcess
 
 SHORT_JOBS = 10
 SHORT_EVERY_S = 2
@@ -97,12 +99,12 @@ def jobs_file(folder: Path, text: str) -> Path:
 
 
 @contextmanager
-def jobs_daemons(url: str, jobs: Path, count: int = 1, **env: str) -> Iterator[list[LoggedProcess]]:
+def jobs_daemons(url: str, jobs: Path, count: int = 1, **env: str) -> Iterator[list[WorkerProcess]]:
     """`count` `python -m worker jobs` children, started together; SIGTERMed on leaving."""
     child_env = benchlib.worker_env(
         DATABASE_URL=url, WORKER_JOBS_FILE=str(jobs), LOG_LEVEL="INFO", **env
     )
-    daemons = [LoggedProcess(benchlib.worker_command("jobs"), child_env) for _ in range(count)]
+    daemons = [benchlib.worker_process(child_env, "jobs") for _ in range(count)]
     try:
         for daemon in daemons:
             daemon.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
@@ -276,7 +278,7 @@ def measure_scale(url: str, report: Report) -> None:
     )
 
 
-def per_replica(runs: list[dict[str, Any]], replicas: list[LoggedProcess]) -> list[int]:
+def per_replica(runs: list[dict[str, Any]], replicas: list[WorkerProcess]) -> list[int]:
     return [sum(1 for run in runs if run["pid"] == replica.pid) for replica in replicas]
 
 

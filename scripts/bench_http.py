@@ -27,7 +27,9 @@ import time
 
 import benchlib
 import httpx
-from benchlib import LoggedProcess, Report, log
+from benchlib import Report, log
+
+from tests.support.processes import WorkerProcess
 
 JOBS = 20
 RUNS = 1_000_000
@@ -87,7 +89,7 @@ def measure_idle_without_listener(url: str, api_url: str, report: Report) -> Non
     report.figure("idle RSS, listener off (for comparison)", f"{benchlib.mb(idle_kb):.1f} MB")
 
 
-def idle_rss_kb(daemon: LoggedProcess, url: str) -> int:
+def idle_rss_kb(daemon: WorkerProcess, url: str) -> int:
     """VmRSS once the daemon's start-up pass has ended and it has settled."""
     done = count_runs(url)
     daemon.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
@@ -96,7 +98,7 @@ def idle_rss_kb(daemon: LoggedProcess, url: str) -> int:
     return benchlib.status_kb(daemon.pid, "VmRSS") or 0
 
 
-def measure(daemon: LoggedProcess, url: str, base: str, report: Report) -> None:
+def measure(daemon: WorkerProcess, url: str, base: str, report: Report) -> None:
     idle_kb = idle_rss_kb(daemon, url)
     report.at_most("idle RSS, listener on", benchlib.mb(idle_kb), MAX_IDLE_RSS_MB, "MB", 1)
     with httpx.Client(base_url=base, timeout=30) as http:
@@ -252,13 +254,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_daemon(url: str, api_url: str, port: int | None) -> LoggedProcess:
+def start_daemon(url: str, api_url: str, port: int | None) -> WorkerProcess:
     env = benchlib.worker_env(DATABASE_URL=url, TAVILY_USAGE_URL=api_url, QUOTA_CONCURRENCY="4")
     env.pop("PORT", None)
     if port is not None:
         env["WORKER_HTTP_PORT"] = str(port)
     log("daemon start-up")
-    return LoggedProcess(benchlib.worker_command("quota"), env)
+    return benchlib.worker_process(env, "quota")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ from datetime import datetime
 from pathlib import Path
 
 import benchlib
-from benchlib import LoggedProcess, Report, Row, log
+from benchlib import Report, Row, log
 
+from tests.support.processes import WorkerProcess
 from worker import db, logs
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
@@ -266,12 +267,12 @@ def measure_idle(url: str, env: dict[str, str], report: Report) -> None:
     report.expect("runs while idle", runs_since(url, before), 0)
 
 
-def start_replicas(env: dict[str, str]) -> list[LoggedProcess]:
+def start_replicas(env: dict[str, str]) -> list[WorkerProcess]:
     """Start every replica at once; return when each has entered its loop."""
-    replicas: list[LoggedProcess] = []
+    replicas: list[WorkerProcess] = []
     try:
         for _ in range(REPLICAS):
-            replicas.append(LoggedProcess(benchlib.worker_command("quota"), env))
+            replicas.append(benchlib.worker_process(env, "quota"))
         for replica in replicas:
             try:
                 replica.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
@@ -288,7 +289,7 @@ def start_replicas(env: dict[str, str]) -> list[LoggedProcess]:
     return replicas
 
 
-def cpu_over(replicas: list[LoggedProcess], seconds: float) -> list[float]:
+def cpu_over(replicas: list[WorkerProcess], seconds: float) -> list[float]:
     """Each replica's CPU milliseconds over the next `seconds`."""
     before = [benchlib.cpu_seconds(replica.pid) for replica in replicas]
     time.sleep(seconds)
@@ -296,7 +297,7 @@ def cpu_over(replicas: list[LoggedProcess], seconds: float) -> list[float]:
     return [(end - start) * 1000 for start, end in zip(before, after, strict=True)]
 
 
-def terminate_all(replicas: list[LoggedProcess]) -> list[int | None]:
+def terminate_all(replicas: list[WorkerProcess]) -> list[int | None]:
     """SIGTERM to every replica at once, then each one's exit code (None: still running)."""
     for replica in replicas:
         replica.proc.send_signal(signal.SIGTERM)

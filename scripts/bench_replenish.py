@@ -1,7 +1,7 @@
 """Benchmark the replenish pass against its limit: campaigns x latency / concurrency.
 
 500 active campaigns, each low (low_watermark 10, target_stock 20, no stock: quantity 20), on an
-embedded PostgreSQL; a fake producer API (`scripts/fakes.py producer`) in its own process,
+embedded PostgreSQL; a fake producer API (`tests/support/fakes.py producer`) in its own process,
 answering every order after 50 ms; CAMPAIGN_CONCURRENCY=3.
 
 The worker's pass (`worker.jobs.replenish.run_once` with a real JobContext, in this process) is

@@ -7,14 +7,11 @@ one verdict line: `OK: all targets met` (exit 0) or `MISS: <what>` (exit 1).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -29,9 +26,11 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKES = ROOT / "scripts" / "fakes.py"
+FAKES = ROOT / "tests" / "support" / "fakes.py"
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `worker` importable even where it is not installed
+    sys.path.insert(0, str(ROOT))  # `worker` and `tests` importable from scripts/
+
+from tests.support.processes import WorkerProcess  # noqa: E402
 
 # Seeded keys start from these values; the fake usage API answers FAKE_PLAN_* (see fakes.py),
 # so a key the worker wrote has different values in all three columns.
@@ -171,7 +170,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 5.0) -> None:
 
 @contextmanager
 def fake_usage_process(latency_ms: float) -> Iterator[str]:
-    """`scripts/fakes.py usage` in its own process (its GIL apart from ours); yields its URL."""
+    """`tests/support/fakes.py usage` in its own process (its GIL apart from ours); yields its URL."""
     with fake_process(
         "usage",
         f"--latency-ms={latency_ms}",
@@ -244,66 +243,10 @@ def worker_command(*args: str) -> list[str]:
     return [runtime_python(), "-m", "worker", *args]
 
 
-class LoggedProcess:
-    """A child whose stdout JSON lines are collected by a reader thread."""
-
-    def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=dict(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._changed:
-                self.lines.append(event)
-                self._changed.notify_all()
-
-    def count(self, event: str) -> int:
-        with self._changed:
-            return sum(1 for line in self.lines if line.get("event") == event)
-
-    def wait_for(self, event: str, times: int = 1, timeout_s: float = 60.0) -> None:
-        """Block until `event` was logged `times` times; raise if it does not happen in time."""
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while sum(1 for line in self.lines if line.get("event") == event) < times:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
-                    raise RuntimeError(f"the worker did not log {event!r} x{times}")
-                self._changed.wait(min(remaining, 0.5))
-
-    def terminate_timed(self, timeout_s: float = 10.0) -> tuple[float, int | None]:
-        """SIGTERM; return (seconds until the process exited, exit code or None if it did not)."""
-        sent = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return time.monotonic() - sent, None
-        return time.monotonic() - sent, code
-
-    def close(self) -> None:
-        stop_process(self.proc)
-        self._reader.join(5)
+def worker_process(env: Mapping[str, str], *args: str) -> WorkerProcess:
+    """`python -m worker ARGS` on the runtime dependencies with exactly `env`, its log lines
+    collected (the tests' process helper)."""
+    return WorkerProcess(list(args), env, launcher=worker_command(*args), inherit_env=False)
 
 
 # --- /proc -------------------------------------------------------------------------------
@@ -415,7 +358,7 @@ def log(message: str) -> None:
 
 @contextmanager
 def fake_process(kind: str, *options: str) -> Iterator[str]:
-    """`scripts/fakes.py <kind> <options>` in its own process; yields its URL, ended on leaving."""
+    """`tests/support/fakes.py <kind> <options>` in its own process; yields its URL, ended on leaving."""
     proc = subprocess.Popen(
         [sys.executable, str(FAKES), kind, "--port=0", *options],
         stdout=subprocess.PIPE,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import structlog
 
-from scripts.fakes import Reply, dripped, serving
 from tests.conftest import make_settings
+from tests.support.fakes import Reply, dripped, serving
 from worker import alerts, clients, db
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from scripts.fakes import Reply, dripped, repeated, serving
 from tests.conftest import Sleeps
+from tests.support.fakes import Reply, dripped, repeated, serving
 from worker import clients
 from worker.clients import Bounds, CallFailed, RetryPolicy, Stopped
 

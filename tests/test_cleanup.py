@@ -13,7 +13,8 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from tests.conftest import WorkerProcess, make_context, make_settings, run_job_pass
+from tests.conftest import make_context, make_settings, run_job_pass
+from tests.support.processes import WorkerProcess
 from worker import db
 from worker.batches import BatchSizer
 from worker.daemon import Daemon

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from scripts.fakes import Reply, Request, serving, usage_body
-from tests.conftest import BASE_ENV, ROOT, WorkerProcess
+from tests.support.fakes import Reply, Request, serving, usage_body
+from tests.support.processes import BASE_ENV, ROOT, WorkerProcess
 from worker import db
 from worker.registry import JOBS
 

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from tests import pooler
-from tests.conftest import WorkerProcess
-from tests.jobruns import WAIT_S, job_row, jobs_env, runs_of, stop, wait_until, write_jobs
+from tests.support.jobruns import WAIT_S, job_row, jobs_env, runs_of, stop, wait_until, write_jobs
+from tests.support.processes import WorkerProcess
 from tests.webtools import Forwarder
 from worker import db
 

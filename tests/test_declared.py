@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from scripts.fakes import Reply, serving
-from tests.conftest import BASE_ENV, ROOT, WorkerProcess
+from tests.support import jobruns
+from tests.support.fakes import Reply, serving
+from tests.support.jobruns import WAIT_S, runs_of, wait_until, write_jobs
+from tests.support.processes import BASE_ENV, ROOT, WorkerProcess
 from worker import db
 
 Spawn = Callable[..., WorkerProcess]
@@ -32,7 +34,6 @@ TOKEN = "etl-token-7Qm2xV9pL4cR"
 HTTP_TOKEN = "dashboard-token-Zt81vQ"
 REPLENISH_TOKEN = "replenish-token-Hd52nW"
 DB_PASSWORD = "pg-password-Ka93sE"
-WAIT_S = 30.0  # the machine is shared and busy: generous, but every wait is bounded
 GRACE_S = float(BASE_ENV["SHUTDOWN_GRACE_SECONDS"])
 OUTPUT_MAX_BYTES = 64 * 1024
 
@@ -40,19 +41,9 @@ OUTPUT_MAX_BYTES = 64 * 1024
 # --- helpers ---
 
 
-def write_jobs(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "worker.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def jobs_env(db_url: str, jobs_file: Path, **extra: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": db_url,
-        "WORKER_JOBS_FILE": str(jobs_file),
-        "PYTHONPATH": str(APPS),
-        **extra,
-    }
+    """The shared environment, with the test apps' modules importable by python jobs."""
+    return jobruns.jobs_env(db_url, jobs_file, PYTHONPATH=str(APPS), **extra)
 
 
 def run_once(
@@ -64,16 +55,9 @@ def run_once(
     return worker, code, worker.stderr()
 
 
-def run_rows(conn: db.Conn, job: str | None = None) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT * FROM worker_job_runs WHERE %(job)s::text IS NULL OR job = %(job)s ORDER BY id",
-        {"job": job},
-    ).fetchall()
-
-
 def only_run(conn: db.Conn, job: str, status: str) -> dict[str, Any]:
     """The job's single run row, checked to be one item that ended `status`."""
-    rows = run_rows(conn, job)
+    rows = runs_of(conn, job)
     assert len(rows) == 1, rows
     row = rows[0]
     assert row["status"] == status, row
@@ -85,14 +69,6 @@ def only_run(conn: db.Conn, job: str, status: str) -> dict[str, Any]:
 def finished(worker: WorkerProcess, job: str) -> dict[str, Any]:
     [event] = [e for e in worker.events("declared_job_finished") if e["job"] == job]
     return event
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return value
 
 
 def process_state(pid: int) -> str | None:
@@ -486,7 +462,7 @@ http = {{ url = "{server.url}/hook", token_env = "ETL_TOKEN" }}
     http = only_run(conn, "echoed_http", "success")
     assert http["output"] == "HTTP 200\naccepted ***"
     logged = all_text(worker, stderr)
-    stored = json.dumps(run_rows(conn), default=str)
+    stored = json.dumps(runs_of(conn), default=str)
     alerts = json.dumps(conn.execute("SELECT * FROM worker_alerts").fetchall(), default=str)
     for secret in secrets:
         assert secret not in logged, f"{secret} reached the log"
@@ -568,7 +544,7 @@ command = ["echo", "etl done"]
     first.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
     first.signal(signal.SIGTERM)
     assert first.wait(WAIT_S) == 0
-    assert run_rows(conn) == []
+    assert runs_of(conn) == []
     missed = conn.execute(
         "UPDATE worker_jobs SET next_due_at = next_due_at - interval '1 day'"
         " WHERE job = 'daily_etl' RETURNING next_due_at"
@@ -577,7 +553,7 @@ command = ["echo", "etl done"]
 
     second = spawn("jobs", env=env)
     second.wait_for("declared_job_finished", timeout_s=WAIT_S, job="daily_etl")
-    wait_until(lambda: run_rows(conn)[0]["status"] != "running")  # recorded, lease released
+    wait_until(lambda: runs_of(conn)[0]["status"] != "running")  # recorded, lease released
     ledger = conn.execute(
         "SELECT next_due_at > now() AS future, lease_owner FROM worker_jobs WHERE job = 'daily_etl'"
     ).fetchone()
@@ -606,7 +582,7 @@ def test_a_builtin_override_changes_the_schedule_in_the_ledger(
     assert row is not None
     assert row["schedule"] == "cron */30 * * * * UTC"
     assert row["next_due_at"].minute in (0, 30)
-    assert [(r["job"], r["status"]) for r in run_rows(conn)] == [("quota", "success")]
+    assert [(r["job"], r["status"]) for r in runs_of(conn)] == [("quota", "success")]
     scheduled = [e for e in worker.events("job_scheduled") if e["job"] == "quota"]
     assert scheduled[0]["schedule"] == "cron */30 * * * * UTC"
 
@@ -662,7 +638,7 @@ env = {{ READY = "{ready}" }}
 """,
     )
     worker = spawn("jobs", env=jobs_env(conn.info.dsn, jobs))
-    wait_until(lambda: [r["status"] for r in run_rows(conn)] == ["running"])
+    wait_until(lambda: [r["status"] for r in runs_of(conn)] == ["running"])
     wait_until(ready.exists)
     sent = worker.signal(signal.SIGTERM)
     code = worker.wait(WAIT_S)

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import WorkerProcess
-from tests.jobruns import WAIT_S, jobs_env, runs_of, stop, wait_until, write_jobs
+from tests.support.jobruns import WAIT_S, jobs_env, runs_of, stop, wait_until, write_jobs
+from tests.support.processes import WorkerProcess
 from worker import db
 from worker.store import ledger
 

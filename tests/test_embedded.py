@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import BASE_ENV, ROOT, WorkerProcess
+from tests.support.processes import BASE_ENV, ROOT, WorkerProcess
 from worker import embedded
 from worker.settings import Database
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, make_settings
+from tests.conftest import make_settings
+from tests.support.processes import ROOT
 from worker import db
 from worker.logs import get_logger
 from worker.registry import JOBS

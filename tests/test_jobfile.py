@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, WorkerProcess
+from tests.support.processes import ROOT, WorkerProcess
 from worker import db
 from worker.jobfile import (
     Command,

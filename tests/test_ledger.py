@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,8 @@ import structlog
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from tests.conftest import ROOT, WorkerProcess
+from tests.support.jobruns import runs_of, stop
+from tests.support.processes import ROOT, WorkerProcess
 from worker import claims, db, schedules
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
@@ -41,12 +41,6 @@ def job_row(conn: db.Conn, job: str = JOB) -> dict[str, Any]:
     row = conn.execute("SELECT *, now() AS now FROM worker_jobs WHERE job = %s", (job,)).fetchone()
     assert row is not None, f"no ledger row for {job}"
     return row
-
-
-def run_rows(conn: db.Conn) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT id, job, trigger, status, scheduled_for, error FROM worker_job_runs ORDER BY id"
-    ).fetchall()
 
 
 def register(conn: db.Conn, job: str = JOB, every_s: int = 60) -> None:
@@ -303,7 +297,7 @@ def test_a_scheduled_run_records_its_occurrence_and_releases_the_lease(
     outcome = daemon_for().run_job(job_spec(three_items), Mode.SCHEDULED)
 
     assert outcome is RunStatus.SUCCESS
-    [run] = run_rows(conn)
+    [run] = runs_of(conn)
     assert (run["trigger"], run["status"], run["scheduled_for"]) == ("schedule", "success", due)
     row = job_row(conn)
     assert (row["lease_owner"], row["lease_until"], row["current_run_id"]) == (None, None, None)
@@ -321,7 +315,7 @@ def test_a_once_run_of_a_job_not_due_is_manual_and_leaves_the_schedule(
     next_due = job_row(conn)["next_due_at"]
     assert daemon.run_job(spec, Mode.ONCE) is RunStatus.SUCCESS
 
-    assert [(r["trigger"], r["scheduled_for"]) for r in run_rows(conn)] == [
+    assert [(r["trigger"], r["scheduled_for"]) for r in runs_of(conn)] == [
         ("manual", None),
         ("manual", None),
     ]
@@ -343,7 +337,7 @@ def test_a_paused_job_is_skipped_by_once_and_run_by_an_operator(
     assert [e["job"] for e in logs if e["event"] == "job_paused"] == [JOB]
     [started] = [e for e in logs if e["event"] == "job_started"]
     assert (started["trigger"], started["paused"]) == ("manual", True)
-    assert [(r["trigger"], r["status"]) for r in run_rows(conn)] == [("manual", "success")]
+    assert [(r["trigger"], r["status"]) for r in runs_of(conn)] == [("manual", "success")]
 
 
 def test_a_dead_runners_running_row_is_marked_abandoned(
@@ -363,7 +357,7 @@ def test_a_dead_runners_running_row_is_marked_abandoned(
         outcome = daemon_for().run_job(job_spec(three_items), Mode.SCHEDULED)
 
     assert outcome is RunStatus.SUCCESS
-    [abandoned, run] = run_rows(conn)
+    [abandoned, run] = runs_of(conn)
     assert (abandoned["id"], abandoned["status"]) == (dead["id"], "abandoned")
     assert abandoned["error"]
     assert (run["status"], run["trigger"]) == ("success", "schedule")
@@ -436,17 +430,12 @@ def start_after_downtime(
     return worker, due
 
 
-def stop(worker: WorkerProcess) -> None:
-    worker.signal(signal.SIGTERM)
-    assert worker.wait() == 0
-
-
 def test_run_on_start_true_makes_one_startup_run(conn: db.Conn, spawn: Spawn) -> None:
     worker, due = start_after_downtime(conn, spawn, "true")
     worker.wait_for("job_finished", status="success")
-    stop(worker)
+    assert stop(worker) == 0
 
-    assert [(r["trigger"], r["status"]) for r in run_rows(conn)] == [("startup", "success")]
+    assert [(r["trigger"], r["status"]) for r in runs_of(conn)] == [("startup", "success")]
     assert job_row(conn, "quota")["next_due_at"] == due + 4 * HOUR
     assert len(worker.events("job_started")) == 1
 
@@ -454,9 +443,9 @@ def test_run_on_start_true_makes_one_startup_run(conn: db.Conn, spawn: Spawn) ->
 def test_run_on_start_missed_runs_the_missed_occurrence_once(conn: db.Conn, spawn: Spawn) -> None:
     worker, due = start_after_downtime(conn, spawn, "missed")
     worker.wait_for("job_finished", status="success")
-    stop(worker)
+    assert stop(worker) == 0
 
-    assert [(r["trigger"], r["status"], r["scheduled_for"]) for r in run_rows(conn)] == [
+    assert [(r["trigger"], r["status"], r["scheduled_for"]) for r in runs_of(conn)] == [
         ("schedule", "success", due)
     ]
     assert job_row(conn, "quota")["next_due_at"] == due + 4 * HOUR
@@ -465,9 +454,9 @@ def test_run_on_start_missed_runs_the_missed_occurrence_once(conn: db.Conn, spaw
 def test_run_on_start_false_skips_missed_occurrences(conn: db.Conn, spawn: Spawn) -> None:
     worker, due = start_after_downtime(conn, spawn, "false")
     skipped = worker.wait_for("occurrences_skipped")
-    stop(worker)
+    assert stop(worker) == 0
 
-    assert run_rows(conn) == []
+    assert runs_of(conn) == []
     assert worker.events("job_started") == []
     assert (skipped["job"], datetime.fromisoformat(skipped["missed_due_at"])) == ("quota", due)
     row = job_row(conn, "quota")
@@ -526,7 +515,7 @@ def test_a_bad_jobs_file_exits_2_naming_the_key_and_writes_nothing(
     assert worker.wait() == 2
     assert named in worker.stderr()
     assert conn.execute("SELECT job FROM worker_jobs").fetchall() == []
-    assert run_rows(conn) == []
+    assert runs_of(conn) == []
 
 
 # --- upgrading a v1 database ---
@@ -613,7 +602,7 @@ def test_a_v1_database_upgrades_keeping_runs_and_pauses(server_url: str, spawn: 
             assert worker.wait() == 0
             assert worker.events("job_paused") != []
             assert worker.events("job_started") == []
-            assert len(run_rows(conn)) == len(V1_RUNS)
+            assert len(runs_of(conn)) == len(V1_RUNS)
             quota = job_row(conn, "quota")
             assert (quota["paused"], quota["schedule"]) == (True, "every 1h")
             assert quota["next_due_at"] > quota["now"]

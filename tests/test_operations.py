@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import structlog
 
-from scripts.fakes import FakeServer, Reply, Request, serving, usage_body
-from tests.conftest import WorkerProcess, make_settings
+from tests.conftest import make_settings
+from tests.support.fakes import FakeServer, Reply, Request, serving, usage_body
+from tests.support.processes import WorkerProcess
 from worker import db
 from worker.daemon import Daemon
 from worker.registry import JOBS, SERVICES

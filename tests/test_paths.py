@@ -10,8 +10,9 @@ from collections.abc import Callable
 import psycopg
 from structlog.testing import capture_logs
 
-from scripts.fakes import Reply, serving, usage_body
-from tests.conftest import WorkerProcess, make_context, make_settings, run_job_pass
+from tests.conftest import make_context, make_settings, run_job_pass
+from tests.support.fakes import Reply, serving, usage_body
+from tests.support.processes import WorkerProcess
 from tests.test_daemon import add_keys, quota_env, wait_until
 from tests.test_replenish import Producer, add_campaign, add_stock, run_pass
 from worker import db

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 import structlog
 
-from scripts.fakes import (
+from tests.conftest import Sleeps, make_context, make_settings, run_job_pass
+from tests.support.fakes import (
     FakeServer,
     Reply,
     Request,
@@ -23,13 +24,7 @@ from scripts.fakes import (
     serving,
     usage_body,
 )
-from tests.conftest import (
-    Sleeps,
-    WorkerProcess,
-    make_context,
-    make_settings,
-    run_job_pass,
-)
+from tests.support.processes import WorkerProcess
 from worker import db
 from worker.jobs import quota
 from worker.jobs.base import JobResult

@@ -15,8 +15,9 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from scripts.fakes import FakeServer, Reply, Request, repeated, serving
-from tests.conftest import Sleeps, WorkerProcess, make_context, make_settings, run_job_pass
+from tests.conftest import Sleeps, make_context, make_settings, run_job_pass
+from tests.support.fakes import FakeServer, Reply, Request, repeated, serving
+from tests.support.processes import WorkerProcess
 from worker import alerts, clients, db
 from worker.daemon import Daemon
 from worker.jobs import leases, replenish

@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from scripts.fakes import Reply, serving, usage_body
-from tests.conftest import WorkerProcess
 from tests.pooler import PgBouncer, pgbouncer
+from tests.support.fakes import Reply, serving, usage_body
+from tests.support.jobruns import runs_of
+from tests.support.processes import WorkerProcess
 from tests.test_daemon import add_keys, quota_env, wait_until
 from worker import db
 
@@ -50,13 +50,6 @@ def bouncer(server_url: str) -> Iterator[PgBouncer]:
 def pooled_url(db_url: str, bouncer: PgBouncer) -> str:
     """The (emptied) test database, reached through PgBouncer."""
     return bouncer.url(conninfo_to_dict(db_url)["dbname"])
-
-
-def run_rows(conn: db.Conn) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT id, job, trigger, status, total, succeeded, failed, error, pid, scheduled_for"
-        " FROM worker_job_runs ORDER BY id"
-    ).fetchall()
 
 
 def served_transactions(bouncer: PgBouncer, dbname: str) -> int:
@@ -127,7 +120,7 @@ def test_three_once_replicas_through_the_pooler_make_one_run_calling_each_key_on
     assert all(r.events("job_claimed_elsewhere") for r in losers), [r.events() for r in losers]
     assert calls_while_held == sorted(keys)
     assert sorted(r.bearer or "" for r in server.requests) == sorted(keys)  # once each
-    rows = run_rows(conn)
+    rows = runs_of(conn)
     assert [(r["status"], r["trigger"], r["succeeded"], r["failed"]) for r in rows] == [
         ("success", "manual", 3, 0)
     ]
@@ -152,7 +145,7 @@ def test_ten_sequential_once_passes_through_the_pooler_all_succeed(
             assert worker.wait(60) == 0, log_text(worker)
         answered = len(server.requests)
 
-    rows = run_rows(conn)
+    rows = runs_of(conn)
     assert [(r["status"], r["succeeded"], r["failed"]) for r in rows] == [
         ("success", len(keys), 0)
     ] * passes
@@ -196,7 +189,7 @@ def test_three_daemons_started_apart_run_each_occurrence_once_keeping_its_phase(
     assert codes == [0, 0, 0], [log_text(d) for d in daemons]
     assert {s["schedule"] for s in scheduled} == {f"every {EVERY_S}s"}
     phase = min(datetime.fromisoformat(s["next_due_at"]) for s in scheduled)
-    rows = run_rows(conn)
+    rows = runs_of(conn)
     assert {r["trigger"] for r in rows} == {"schedule"}, rows
     due = [r["scheduled_for"] for r in rows]
     assert len(due) == len(set(due)), f"an occurrence ran twice: {sorted(due)}"
@@ -235,7 +228,7 @@ def test_a_replica_starting_with_on_start_false_keeps_an_occurrence_a_live_repli
         codes = [d.wait() for d in (first, late)]
 
     assert codes == [0, 0]
-    due = sorted(r["scheduled_for"] for r in run_rows(conn))
+    due = sorted(r["scheduled_for"] for r in runs_of(conn))
     step = timedelta(seconds=EVERY_S)
     # Nothing was missed while nothing ran: the occurrence due during the first run runs
     # once it ends (coalescing nothing), instead of being skipped by the late replica.
@@ -286,7 +279,7 @@ def test_a_requested_run_is_picked_up_by_the_running_daemon_within_five_seconds(
     request.wait_for("run_requested", job="quota")
     assert pickup_s <= REQUEST_PICKUP_S + PICKUP_SLACK_S, f"picked up after {pickup_s:.2f}s"
     assert started["scheduled_for"] is None
-    rows = run_rows(conn)
+    rows = runs_of(conn)
     assert [(r["trigger"], r["status"], r["pid"]) for r in rows] == [
         ("manual", "success", daemon.proc.pid)
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, WorkerProcess
+from tests.support.processes import ROOT, WorkerProcess
 from worker.settings import ConfigError, from_env, load_environment, parse_extra_rules
 
 Spawn = Callable[..., WorkerProcess]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from scripts.fakes import Reply, serving
-from tests.conftest import ROOT, WorkerProcess
+from tests.support.fakes import Reply, serving
+from tests.support.processes import ROOT, WorkerProcess
 from tests.test_daemon import add_keys, key_states, quota_env, wait_until
 from worker import db
 

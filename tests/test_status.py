@@ -17,7 +17,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from tests.conftest import WorkerProcess, make_settings
+from tests.conftest import make_settings
+from tests.support.processes import WorkerProcess
 from worker import db, service
 from worker.logs import get_logger
 from worker.registry import JOBS

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BASE_ENV, ROOT, make_settings
+from tests.conftest import make_settings
+from tests.support.processes import BASE_ENV, ROOT
 from tests.test_daemon import wait_until
 from tests.webtools import TOKEN, Forwarder, Spawn, client, web_worker
 from worker import db

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.processes import ROOT
 from tests.test_daemon import wait_until
 from tests.webtools import TOKEN, Spawn, web_worker
 from worker import db

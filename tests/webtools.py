@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from scripts.fakes import Reply, Request, serving, usage_body
-from tests.conftest import WorkerProcess
+from tests.support.fakes import Reply, Request, serving, usage_body
+from tests.support.processes import WorkerProcess
 
 Spawn = Callable[..., WorkerProcess]
 TOKEN = "test-token-0123456789abcdef"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import WorkerProcess
+from tests.support.processes import WorkerProcess
 from worker import db
 
 WAIT_S = 30.0  # the machine is shared and busy: generous, but every wait is bounded
@@ -28,8 +28,7 @@ def jobs_env(db_url: str, jobs_file: Path, **extra: str) -> dict[str, str]:
 def runs_of(conn: db.Conn, job: str | None = None) -> list[dict[str, Any]]:
     """The run rows (of `job`, if given) in order, with `late_s`: start minus occurrence."""
     return conn.execute(
-        "SELECT id, job, status, trigger, attempt, scheduled_for, started_at, finished_at,"
-        "       pid, error, output, extract(epoch FROM started_at - scheduled_for) AS late_s"
+        "SELECT *, extract(epoch FROM started_at - scheduled_for) AS late_s"
         "  FROM worker_job_runs WHERE %(job)s::text IS NULL OR job = %(job)s ORDER BY id",
         {"job": job},
     ).fetchall()
