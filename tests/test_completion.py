@@ -451,7 +451,7 @@ def test_a_v2_database_upgrades_its_runs_to_attempt_one(server_url: str, spawn: 
     from psycopg.conninfo import make_conninfo
     from psycopg.rows import dict_row
 
-    from tests.conftest import ROOT
+    from tests.support.processes import ROOT
 
     name = "worker_upgrade_v2"
     migrations = sorted((ROOT / "worker" / "sql" / "migrations").glob("*.sql"))
