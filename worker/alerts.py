@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from psycopg.types.json import Jsonb
 
-from . import clients, db
+from . import db, http_client
 from .db import Conn
 from .settings import Settings
 
@@ -63,7 +63,7 @@ def raise_alert(
     if log is not None:
         log.warning("alert_raised", alert_id=row["id"], type=type, alert_level=level)
     if webhook_url and http is not None:
-        error = clients.notify(
+        error = http_client.notify(
             http, "POST", webhook_url, json=webhook_payload(alert, webhook_format)
         )
         if error and log is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import clients, db
+from .. import db, http_client
 from ..inflight import map_unordered
 from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
@@ -29,7 +29,7 @@ from .base import JobContext
 
 OUTPUT_MAX_BYTES = 64 * 1024
 HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
-RETRY_AFTER_MAX_S = clients.RETRY_AFTER_MAX_S
+RETRY_AFTER_MAX_S = http_client.RETRY_AFTER_MAX_S
 KILL_AFTER_S = 5.0  # a timed-out child gets SIGTERM, then SIGKILL this much later
 POLL_S = 0.05  # how often a waiting run checks the stop flag and the child
 # A stopping daemon kills its children a little before its own grace period ends, so none
@@ -157,10 +157,10 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = {} if call.json is None else {"json": call.json}
-    bounds = clients.Bounds(timeout_s, ctx.settings.http_max_body_bytes)
+    bounds = http_client.Bounds(timeout_s, ctx.settings.http_max_body_bytes)
 
-    def send(_: None) -> clients.Answer:
-        return clients.fetch(
+    def send(_: None) -> http_client.Answer:
+        return http_client.fetch(
             ctx.http,
             call.method,
             call.url,
@@ -172,10 +172,10 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
 
     # From a helper thread, so a stop abandons a call that hangs: nothing of it is used.
     outcome = next(map_unordered(send, [None], limit=1, should_stop=ctx.should_stop), None)
-    if outcome is None or isinstance(outcome[1], clients.Stopped):
+    if outcome is None or isinstance(outcome[1], http_client.Stopped):
         return Attempt(False, error="stopped", retryable=False)
     answer = outcome[1]
-    if isinstance(answer, clients.CallFailed):
+    if isinstance(answer, http_client.CallFailed):
         return _http_failure(answer)
     if isinstance(answer, Exception):
         return Attempt(False, error=f"internal_error: {type(answer).__name__}", retryable=False)
@@ -188,7 +188,7 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
     )
 
 
-def _http_failure(exc: clients.CallFailed) -> Attempt:
+def _http_failure(exc: http_client.CallFailed) -> Attempt:
     wait_s = None if exc.retry_after_s is None else min(exc.retry_after_s, RETRY_AFTER_MAX_S)
     status = {} if exc.status_code is None else {"status_code": exc.status_code}
     return Attempt(
@@ -201,7 +201,7 @@ def _http_failure(exc: clients.CallFailed) -> Attempt:
     )
 
 
-def _json_object(answer: clients.Answer) -> Any:
+def _json_object(answer: http_client.Answer) -> Any:
     try:
         value = answer.json()
     except ValueError:
