@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import httpcore
 import httpx
-import tenacity
 
 T = TypeVar("T")
 
@@ -30,10 +29,10 @@ USER_AGENT = "worker/0.1"
 
 
 class CallFailed(Exception):
-    """An HTTP call that did not give a usable answer.
+    """A call that did not give a usable answer; RetryPolicy retries the `transient` ones.
 
-    `reason` is short and safe to store (`http_401`, `timeout`, `bad_response`...);
-    `transient` failures are worth retrying.
+    From `fetch`, `reason` is short and safe to store (`http_401`, `timeout`,
+    `bad_response`...).
     """
 
     def __init__(
@@ -282,6 +281,29 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
+# How long to wait after a failed attempt: its number (1 for the first) and its failure.
+Wait = Callable[[int, CallFailed], float]
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(_: CallFailed) -> None:
+    pass
+
+
+def _honouring_retry_after(wait: Wait) -> Wait:
+    """`wait`, unless the server said how long: then its Retry-After, up to RETRY_AFTER_MAX_S."""
+
+    def honoured(attempt: int, failure: CallFailed) -> float:
+        if failure.retry_after_s is not None:
+            return min(failure.retry_after_s, RETRY_AFTER_MAX_S)
+        return wait(attempt, failure)
+
+    return honoured
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How many attempts, how long between them, and how to sleep (interruptibly).
@@ -291,7 +313,7 @@ class RetryPolicy:
     """
 
     attempts: int
-    wait: Callable[[tenacity.RetryCallState], float]
+    wait: Wait
     sleep: Callable[[float], None]
     max_wait_s: float
 
@@ -300,54 +322,77 @@ class RetryPolicy:
         cls, attempts: int, base_s: float, sleep: Callable[[float], None]
     ) -> RetryPolicy:
         """base, 2*base, 4*base ... capped at RETRY_MAX_DELAY_S; Retry-After wins when given."""
-        backoff = tenacity.wait_exponential(multiplier=base_s, max=RETRY_MAX_DELAY_S)
 
-        def wait(state: tenacity.RetryCallState) -> float:
-            failure = state.outcome.exception() if state.outcome else None
-            if isinstance(failure, CallFailed) and failure.retry_after_s is not None:
-                return min(failure.retry_after_s, RETRY_AFTER_MAX_S)
-            return float(backoff(state))
+        def backoff(attempt: int, _: CallFailed) -> float:
+            return min(base_s * 2.0 ** (attempt - 1), RETRY_MAX_DELAY_S)
 
-        return cls(attempts, wait, sleep, max(RETRY_AFTER_MAX_S, RETRY_MAX_DELAY_S))
+        max_wait_s = max(RETRY_AFTER_MAX_S, RETRY_MAX_DELAY_S)
+        return cls(attempts, _honouring_retry_after(backoff), sleep, max_wait_s)
 
     @classmethod
-    def fixed(cls, attempts: int, delay_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
-        return cls(attempts, tenacity.wait_fixed(delay_s), sleep, delay_s)
+    def fixed(
+        cls,
+        attempts: int,
+        delay_s: float,
+        sleep: Callable[[float], None],
+        *,
+        retry_after: bool = False,
+    ) -> RetryPolicy:
+        """`delay_s` between attempts; with `retry_after`, a server's Retry-After wins."""
+
+        def constant(attempt: int, _: CallFailed) -> float:
+            return delay_s
+
+        if not retry_after:
+            return cls(attempts, constant, sleep, delay_s)
+        return cls(
+            attempts, _honouring_retry_after(constant), sleep, max(delay_s, RETRY_AFTER_MAX_S)
+        )
 
     def budget_s(self, timeout_s: float) -> float:
         """The most one item may take: every attempt's deadline and every wait between."""
         return self.attempts * timeout_s + (self.attempts - 1) * self.max_wait_s
 
-    def call(self, fn: Callable[[float], T], *, timeout_s: float) -> T:
+    def call(
+        self,
+        fn: Callable[[float], T],
+        *,
+        timeout_s: float,
+        budget_s: float | None = None,
+        should_stop: Callable[[], bool] = _never,
+        on_retry: Callable[[CallFailed], None] = _ignore,
+    ) -> T:
         """Call `fn(attempt_timeout_s)`, retrying transient CallFailed; a final CallFailed
         carries `attempts`.
 
         Parse the answer inside `fn`: a bad answer is a permanent CallFailed, not retried,
-        and it too reports how many attempts it took to get there.
+        and it too reports how many attempts it took to get there. The attempts share
+        `budget_s` (by default `budget_s(timeout_s)`). `on_retry(failure)` hears of each
+        retry before its wait; once `should_stop()` is true no further attempt starts and
+        the last failure stands.
         """
-        deadline = time.monotonic() + self.budget_s(timeout_s)
+        deadline = time.monotonic() + (self.budget_s(timeout_s) if budget_s is None else budget_s)
+        attempt = 1
+        while True:
+            try:
+                return _within(deadline, fn, timeout_s)
+            except CallFailed as exc:
+                exc.attempts = attempt
+                if not exc.transient or attempt >= self.attempts or should_stop():
+                    raise
+                on_retry(exc)
+                self.sleep(min(self.wait(attempt, exc), max(deadline - time.monotonic(), 0.0)))
+                if should_stop():
+                    raise
+            attempt += 1
 
-        def attempt() -> T:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CallFailed("timeout", "the item's budget is spent")
-            return fn(min(timeout_s, remaining))
 
-        def wait(state: tenacity.RetryCallState) -> float:
-            return min(self.wait(state), max(deadline - time.monotonic(), 0.0))
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=wait,
-            sleep=self.sleep,
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, CallFailed) and e.transient),
-            reraise=True,
-        )
-        try:
-            return retrying(attempt)
-        except CallFailed as exc:
-            exc.attempts = retrying.statistics.get("attempt_number", 1)
-            raise
+def _within(deadline: float, fn: Callable[[float], T], timeout_s: float) -> T:
+    """One attempt, given what is left of the item's budget if that is less than `timeout_s`."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise CallFailed("timeout", "the item's budget is spent")
+    return fn(min(timeout_s, remaining))
 
 
 def notify(

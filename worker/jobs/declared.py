@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -29,7 +30,6 @@ from .base import JobContext
 
 OUTPUT_MAX_BYTES = 64 * 1024
 HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
-RETRY_AFTER_MAX_S = http_client.RETRY_AFTER_MAX_S
 KILL_AFTER_S = 5.0  # a timed-out child gets SIGTERM, then SIGKILL this much later
 POLL_S = 0.05  # how often a waiting run checks the stop flag and the child
 # A stopping daemon kills its children a little before its own grace period ends, so none
@@ -46,13 +46,27 @@ class Attempt:
     error: str | None = None
     result: Any = None
     retryable: bool = True
-    wait_s: float | None = None  # a server's Retry-After, when it gave one
+    retry_after_s: float | None = None  # a server's Retry-After, when it gave one
     fields: Mapping[str, Any] | None = None  # exit_code, status_code or rowcount
     dropped: int = 0  # output bytes not kept
 
 
+class _AttemptFailed(http_client.CallFailed):
+    """A failed attempt, raised through the retry policy: a retryable one is tried again.
+
+    Its `reason` is the attempt's error, masked wherever it is written.
+    """
+
+    def __init__(self, attempt: Attempt) -> None:
+        super().__init__(
+            attempt.error or "", transient=attempt.retryable, retry_after_s=attempt.retry_after_s
+        )
+        self.attempt = attempt
+
+
 def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
-    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart.
+    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart (a server's
+    Retry-After, up to the policy's cap, instead when it gives one).
 
     A dry run starts nothing: what the job would do cannot be previewed without doing it.
     """
@@ -60,16 +74,36 @@ def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
         ctx.log.info("declared_job_would_run", job=job.name, kind=job.kind)
         ctx.result.ok()
         return
-    attempt = _attempt(ctx, job, token)
-    for _ in range(job.retries):
-        if attempt.ok or not attempt.retryable or ctx.should_stop():
-            break
-        ctx.log.info("declared_job_retrying", job=job.name, error=SECRETS(attempt.error or ""))
-        ctx.sleep(job.retry_delay_s if attempt.wait_s is None else attempt.wait_s)
-        if ctx.should_stop():
-            break
-        attempt = _attempt(ctx, job, token)
-    _record(ctx, job, attempt)
+    _record(ctx, job, _attempts(ctx, job, token))
+
+
+def _attempts(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    """Attempts through the shared retry policy until one succeeds, cannot be retried, a stop
+    is asked or the retries run out; the last one."""
+    policy = http_client.RetryPolicy.fixed(
+        1 + job.retries, job.retry_delay_s, ctx.sleep, retry_after=True
+    )
+
+    def attempt(_: float) -> Attempt:  # each kind applies the job's timeout itself
+        outcome = _attempt(ctx, job, token)
+        if not outcome.ok:
+            raise _AttemptFailed(outcome)
+        return outcome
+
+    def retrying(failure: http_client.CallFailed) -> None:
+        ctx.log.info("declared_job_retrying", job=job.name, error=SECRETS(failure.reason))
+
+    try:
+        # No budget across attempts: every attempt has the job's whole timeout.
+        return policy.call(
+            attempt,
+            timeout_s=job.timeout_s,
+            budget_s=math.inf,
+            should_stop=ctx.should_stop,
+            on_retry=retrying,
+        )
+    except _AttemptFailed as failed:
+        return failed.attempt
 
 
 def _attempt(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
@@ -183,25 +217,25 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
     return Attempt(
         True,
         output=f"HTTP {answer.status_code}\n{text}",
-        result=_json_object(answer),
+        result=_json_object_or_none(answer),
         fields={"status_code": answer.status_code},
     )
 
 
 def _http_failure(exc: http_client.CallFailed) -> Attempt:
-    wait_s = None if exc.retry_after_s is None else min(exc.retry_after_s, RETRY_AFTER_MAX_S)
     status = {} if exc.status_code is None else {"status_code": exc.status_code}
     return Attempt(
         False,
         output=f"HTTP {exc.status_code}" if exc.status_code is not None else "",
         error=str(exc),
         retryable=exc.transient,
-        wait_s=wait_s,
+        retry_after_s=exc.retry_after_s,
         fields=status,
     )
 
 
-def _json_object(answer: http_client.Answer) -> Any:
+def _json_object_or_none(answer: http_client.Answer) -> Any:
+    """The answer's JSON object for the run's `result`; None for any other answer."""
     try:
         value = answer.json()
     except ValueError:
