@@ -7,12 +7,9 @@ run's `output` (the last OUTPUT_MAX_BYTES, secrets masked), what it returned to 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,12 +23,12 @@ from .. import db, http_client
 from ..inflight import map_unordered
 from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
+from ..supervisor import Child
 from .base import JobContext
 
 OUTPUT_MAX_BYTES = 64 * 1024
 HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
-KILL_AFTER_S = 5.0  # a timed-out child gets SIGTERM, then SIGKILL this much later
-POLL_S = 0.05  # how often a waiting run checks the stop flag and the child
+POLL_S = 0.05  # how often a running statement's watcher checks the stop flag
 # A stopping daemon kills its children a little before its own grace period ends, so none
 # outlives the forced exit.
 STOP_KILL_MARGIN_S = 0.5
@@ -122,7 +119,7 @@ def _run_http(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
 def _run_command(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
     assert isinstance(job.action, Command)
     env = {**os.environ, **job.action.env}
-    return _child(ctx, list(job.action.argv), env, job.action.cwd, job.timeout_s)
+    return _child_attempt(ctx, list(job.action.argv), env, job.action.cwd, job.timeout_s)
 
 
 def _run_python(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
@@ -279,7 +276,7 @@ def _cancelled_on_stop(ctx: JobContext) -> Iterator[None]:
         watcher.join()
 
 
-# --- command and python: a child process in its own process group ------------------------
+# --- command and python: a child process in its own process group (supervisor.Child) -----
 
 
 def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
@@ -288,7 +285,9 @@ def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
         # Unbuffered: what it printed survives a kill at its timeout.
         env = {**os.environ, "WORKER_CALL_RESULT": str(result_path), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "worker.call", call.target]
-        attempt = _child(ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs)))
+        attempt = _child_attempt(
+            ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs))
+        )
         answer = _read_answer(result_path)
     if "error" in answer:
         attempt.ok, attempt.error = False, answer["error"]
@@ -298,6 +297,7 @@ def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
 
 
 def _read_answer(path: Path) -> dict[str, Any]:
+    """What `worker.call` wrote: `{"result": ...}` or `{"error": ...}`; {} when nothing usable."""
     try:
         answer = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -305,7 +305,7 @@ def _read_answer(path: Path) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {}
 
 
-def _child(
+def _child_attempt(
     ctx: JobContext,
     argv: list[str],
     env: Mapping[str, str],
@@ -314,92 +314,17 @@ def _child(
     stdin: str | None = None,
 ) -> Attempt:
     try:
-        child = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a timeout kills all it started
-        )
+        child = Child.start(argv, env=env, cwd=cwd, stdin=stdin, keep_bytes=OUTPUT_MAX_BYTES)
     except OSError as exc:
         return Attempt(False, error=f"cannot start {argv[0]}: {exc.strerror}", retryable=False)
-    capture = _Capture(child)
-    if stdin is not None and child.stdin is not None:
-        _write_stdin(child.stdin, stdin)
-    ending = _wait(ctx, child, timeout_s)
-    output, dropped = capture.text()
+    stop_grace_s = max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1)
+    ending = child.wait(timeout_s, should_stop=ctx.should_stop, stop_grace_s=stop_grace_s)
+    output, dropped = child.output()
     code = child.returncode
     error = ending or (None if code == 0 else f"exit code {code}")
     return Attempt(
         error is None, output=output, error=error, fields={"exit_code": code}, dropped=dropped
     )
-
-
-def _write_stdin(pipe: Any, text: str) -> None:
-    try:
-        pipe.write(text.encode())
-        pipe.close()
-    except BrokenPipeError:
-        pass  # the child exited without reading: its output says why
-
-
-def _wait(ctx: JobContext, child: subprocess.Popen[bytes], timeout_s: int) -> str | None:
-    """Wait for the child; None when it exited by itself, else why it was stopped."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(POLL_S)
-            # The run ends with its command: whatever it left running in its group ends too.
-            _signal_group(child, signal.SIGKILL)
-            return None
-        if time.monotonic() >= deadline:
-            _terminate(child, KILL_AFTER_S)
-            return "timeout"
-        if ctx.should_stop():
-            _terminate(child, max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1))
-            return "stopped"
-
-
-def _terminate(child: subprocess.Popen[bytes], kill_after_s: float) -> None:
-    """SIGTERM to the child's whole process group, SIGKILL if it is still there later."""
-    _signal_group(child, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(kill_after_s)
-    _signal_group(child, signal.SIGKILL)  # also whatever it started that ignored SIGTERM
-    child.wait()
-
-
-def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, sig)
-
-
-class _Capture:
-    """Reads a child's combined stdout and stderr, keeping only the last bytes."""
-
-    def __init__(self, child: subprocess.Popen[bytes]) -> None:
-        self._chunks: list[bytes] = []
-        self._kept = 0
-        self._dropped = 0
-        self._thread = threading.Thread(target=self._read, args=(child,), daemon=True)
-        self._thread.start()
-
-    def _read(self, child: subprocess.Popen[bytes]) -> None:
-        stdout = child.stdout
-        assert isinstance(stdout, io.BufferedReader)
-        for chunk in iter(lambda: stdout.read1(65536), b""):
-            self._chunks.append(chunk)
-            self._kept += len(chunk)
-            while self._kept - len(self._chunks[0]) >= OUTPUT_MAX_BYTES:
-                self._kept -= len(self._chunks[0])
-                self._dropped += len(self._chunks.pop(0))
-
-    def text(self) -> tuple[str, int]:
-        """What was kept, decoded, and how many earlier bytes were not."""
-        self._thread.join(KILL_AFTER_S)
-        return b"".join(self._chunks).decode("utf-8", "replace"), self._dropped
 
 
 def spec_runner(job: Declared, token: str | None) -> Callable[[JobContext], None]:
