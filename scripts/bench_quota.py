@@ -110,7 +110,7 @@ def time_naive(url: str, api: str, sample: int) -> float:
 
 def time_worker_pass(url: str, api: str) -> tuple[float, int]:
     """The worker's quota pass, in this process, with its JSON logs written to /dev/null."""
-    from worker import clients, db, logs
+    from worker import db, http_client, logs
     from worker.jobs import quota
     from worker.jobs.base import JobContext, JobResult
     from worker.settings import from_env
@@ -124,7 +124,7 @@ def time_worker_pass(url: str, api: str) -> tuple[float, int]:
             job=quota.NAME,
             conn=conn,
             settings=settings,
-            http=clients.build_http(settings.http_timeout_s),
+            http=http_client.build_http(settings.http_timeout_s),
             log=logs.get_logger(job=quota.NAME),
             result=JobResult(),
             should_stop=lambda: False,

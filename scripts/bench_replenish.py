@@ -115,7 +115,7 @@ def stock_state(url: str) -> dict[str, Any]:
 
 def time_worker_pass(url: str, api: str) -> tuple[float, Any, int]:
     """The worker's replenish pass in this process: (seconds, JobResult, alerts raised)."""
-    from worker import clients, db, logs
+    from worker import db, http_client, logs
     from worker.jobs import replenish
     from worker.jobs.base import JobContext, JobResult
     from worker.settings import from_env
@@ -134,7 +134,7 @@ def time_worker_pass(url: str, api: str) -> tuple[float, Any, int]:
             job=replenish.NAME,
             conn=conn,
             settings=settings,
-            http=clients.build_http(settings.http_timeout_s),
+            http=http_client.build_http(settings.http_timeout_s),
             log=logs.get_logger(job=replenish.NAME),
             result=JobResult(),
             should_stop=lambda: False,

@@ -170,7 +170,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 5.0) -> None:
 
 @contextmanager
 def fake_usage_process(latency_ms: float) -> Iterator[str]:
-    """`tests/support/fakes.py usage` in its own process (its GIL apart from ours); yields its URL."""
+    """The fake usage API in its own process (its GIL apart from ours); yields its URL."""
     with fake_process(
         "usage",
         f"--latency-ms={latency_ms}",
@@ -358,7 +358,7 @@ def log(message: str) -> None:
 
 @contextmanager
 def fake_process(kind: str, *options: str) -> Iterator[str]:
-    """`tests/support/fakes.py <kind> <options>` in its own process; yields its URL, ended on leaving."""
+    """`tests/support/fakes.py KIND OPTIONS` in its own process; yields its URL, ended after."""
     proc = subprocess.Popen(
         [sys.executable, str(FAKES), kind, "--port=0", *options],
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.support.processes import BASE_ENV, WorkerProcess
-from worker import clients, db
+from worker import db, http_client
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext, JobResult
 from worker.logs import get_logger
@@ -106,7 +106,7 @@ def make_context(
         job=job,
         conn=conn,
         settings=settings,
-        http=http or clients.build_http(settings.http_timeout_s),
+        http=http or http_client.build_http(settings.http_timeout_s),
         log=get_logger(job=job),
         result=JobResult(),
         should_stop=should_stop,

@@ -12,7 +12,7 @@ import structlog
 
 from tests.conftest import make_settings
 from tests.support.fakes import Reply, dripped, serving
-from worker import alerts, clients, db
+from worker import alerts, db, http_client
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
 from worker.registry import JobSpec
@@ -170,7 +170,7 @@ def _text_of(fmt: str, body: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("fmt", ["slack", "discord", "dingtalk", "feishu", "wecom"])
 def test_chat_formats_have_their_documented_shape(conn: db.Conn, fmt: str) -> None:
-    with serving() as hook, clients.build_http(2) as http:
+    with serving() as hook, http_client.build_http(2) as http:
         alert_id = alerts.raise_alert(
             conn,
             type="JOB_FAILED",
@@ -193,7 +193,7 @@ def test_chat_formats_have_their_documented_shape(conn: db.Conn, fmt: str) -> No
 
 
 def test_json_format_carries_the_alert_fields(conn: db.Conn) -> None:
-    with serving() as hook, clients.build_http(2) as http:
+    with serving() as hook, http_client.build_http(2) as http:
         alert_id = alerts.raise_alert(
             conn,
             type="JOB_SLOW",
@@ -224,7 +224,7 @@ def test_json_format_carries_the_alert_fields(conn: db.Conn) -> None:
 @pytest.mark.parametrize(("fmt", "limit"), [("discord", 2000), ("wecom", 2048)])
 def test_long_messages_fit_the_services_limits(conn: db.Conn, fmt: str, limit: int) -> None:
     message = "库存补充失败 campaign " * 400  # multi-byte text, far over either limit
-    with serving() as hook, clients.build_http(2) as http:
+    with serving() as hook, http_client.build_http(2) as http:
         alerts.raise_alert(
             conn,
             type="STOCK_REPLENISH_FAILED",
@@ -263,7 +263,7 @@ def test_a_dead_webhook_receiver_never_affects_the_job(
 def test_a_slow_webhook_receiver_times_out_and_the_job_goes_on(
     conn: db.Conn, daemon_for: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(clients, "NOTIFY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(http_client, "NOTIFY_TIMEOUT_S", 0.2)
     with serving(lambda r: Reply(hang=True)) as hook, structlog.testing.capture_logs() as logs:
         daemon = daemon_for(ALERT_WEBHOOK_URL=f"{hook.url}/hook/{HOOK_SECRET}")
         started = time.monotonic()
@@ -361,7 +361,7 @@ def test_alert_rule_errors_never_fail_the_run(
 
 
 def test_slack_markup_in_messages_stays_text(conn: db.Conn) -> None:
-    with serving() as hook, clients.build_http(2) as http:
+    with serving() as hook, http_client.build_http(2) as http:
         alerts.raise_alert(
             conn,
             type="STOCK_REPLENISH_FAILED",
@@ -382,7 +382,7 @@ def test_slack_markup_in_messages_stays_text(conn: db.Conn) -> None:
 def test_dripping_receivers_cost_their_budget_and_no_more(
     conn: db.Conn, daemon_for: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(clients, "NOTIFY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(http_client, "NOTIFY_TIMEOUT_S", 0.5)
     drip = Reply(200, stream=dripped(b"{" + b" " * 200 + b"}"), length=202, interval_s=0.2)
     with serving(lambda r: drip) as hook, structlog.testing.capture_logs() as logs:
         daemon = daemon_for(ALERT_WEBHOOK_URL=f"{hook.url}/hook", HEARTBEAT_URL=f"{hook.url}/p")

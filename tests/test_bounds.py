@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import Sleeps
 from tests.support.fakes import Reply, dripped, repeated, serving
-from worker import clients
-from worker.clients import Bounds, CallFailed, RetryPolicy, Stopped
+from worker import http_client
+from worker.http_client import Bounds, CallFailed, RetryPolicy, Stopped
 
 BIG = 64 * 1024 * 1024
 CAP = 1024 * 1024
@@ -22,7 +22,7 @@ USAGE = b'{"account": {"plan_limit": 1000, "plan_usage": 10}}'
 
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
-    with clients.build_http(30.0) as client:
+    with http_client.build_http(30.0) as client:
         yield client
 
 
@@ -30,7 +30,7 @@ def failing_fetch(http: httpx.Client, url: str, timeout_s: float = 2.0) -> tuple
     """Fetch `url`, expecting a failure; return it and how long the call took."""
     started = time.monotonic()
     with pytest.raises(CallFailed) as failed:
-        clients.fetch(http, "GET", url, bounds=Bounds(timeout_s, CAP))
+        http_client.fetch(http, "GET", url, bounds=Bounds(timeout_s, CAP))
     return failed.value, time.monotonic() - started
 
 
@@ -51,7 +51,7 @@ def test_a_body_over_the_cap_is_refused_and_the_connection_closed(
 def test_a_body_at_the_cap_is_read_whole(http: httpx.Client) -> None:
     body = b'"' + b"x" * (CAP - 2) + b'"'
     with serving(lambda r: Reply(200, stream=repeated(CAP, body), framing="chunked")) as server:
-        answer = clients.fetch(http, "GET", f"{server.url}/u", bounds=Bounds(2.0, CAP))
+        answer = http_client.fetch(http, "GET", f"{server.url}/u", bounds=Bounds(2.0, CAP))
     assert len(answer.body) == CAP and answer.json() == "x" * (CAP - 2)
 
 
@@ -62,7 +62,7 @@ def test_a_compressed_body_is_capped_once_inflated(http: httpx.Client) -> None:
         bomb_failure, _ = failing_fetch(http, f"{server.url}/usage")
         small = gzip.compress(USAGE)
         server.responder = lambda r: Reply(200, small, headers=headers)
-        answer = clients.fetch(http, "GET", f"{server.url}/u", bounds=Bounds(2.0, CAP))
+        answer = http_client.fetch(http, "GET", f"{server.url}/u", bounds=Bounds(2.0, CAP))
     assert bomb_failure.reason == "response_too_large"
     assert answer.body == USAGE
 
@@ -96,7 +96,7 @@ def test_a_stop_abandons_the_call_mid_body(http: httpx.Client) -> None:
     with serving(lambda r: reply) as server:
         started = time.monotonic()
         with pytest.raises(Stopped):
-            clients.fetch(
+            http_client.fetch(
                 http, "GET", server.url, bounds=Bounds(30.0, CAP), should_stop=first_byte.is_set
             )
     assert time.monotonic() - started < 2

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from tests.conftest import Sleeps, make_context, make_settings, run_job_pass
 from tests.support.fakes import FakeServer, Reply, Request, repeated, serving
 from tests.support.processes import WorkerProcess
-from worker import alerts, clients, db
+from worker import alerts, db, http_client
 from worker.daemon import Daemon
 from worker.jobs import leases, replenish
 from worker.jobs.base import JobResult
@@ -129,7 +129,7 @@ def run_pass(
     **env: str,
 ) -> JobResult:
     settings = make_settings(conn.info.dsn, REPLENISH_API_URL=f"{server.url}/replenish", **env)
-    with clients.build_http(settings.http_timeout_s) as http:
+    with http_client.build_http(settings.http_timeout_s) as http:
         ctx = make_context(
             conn,
             settings,

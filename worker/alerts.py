@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from . import clients
+from . import http_client
 from .db import Conn
 from .settings import Settings
 from .store import alerts as store
@@ -55,7 +55,7 @@ def raise_alert(
     if log is not None:
         log.warning("alert_raised", alert_id=row["id"], type=type, alert_level=level)
     if webhook_url and http is not None:
-        error = clients.notify(
+        error = http_client.notify(
             http, "POST", webhook_url, json=webhook_payload(alert, webhook_format)
         )
         if error and log is not None:

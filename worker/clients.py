@@ -1,367 +1,25 @@
-"""HTTP clients: the one place holding timeouts and the retry policy."""
+"""The product APIs' clients: Tavily's usage endpoint and the producer's stock orders.
+
+How a call is bounded and retried is `http_client`'s; here is what to send and what a
+usable answer looks like.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import ssl
-import time
-import zlib
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
-import httpcore
 import httpx
-import tenacity
+
+from .http_client import Answer, Bounds, CallFailed, RetryPolicy, fetch
 
 T = TypeVar("T")
 
-RETRY_MAX_DELAY_S = 10.0  # cap of the exponential backoff
-RETRY_AFTER_MAX_S = 60.0  # a server's Retry-After is honoured up to this
-NOTIFY_TIMEOUT_S = 5.0  # webhooks and heartbeats: short, never holding up a job
-NOTIFY_MAX_BODY_BYTES = 64 * 1024  # a receiver's reply is read (for keep-alive), not used
-USER_AGENT = "worker/0.1"
 
-
-class CallFailed(Exception):
-    """An HTTP call that did not give a usable answer.
-
-    `reason` is short and safe to store (`http_401`, `timeout`, `bad_response`...);
-    `transient` failures are worth retrying.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        detail: str = "",
-        *,
-        transient: bool = False,
-        status_code: int | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.transient = transient
-        self.status_code = status_code
-        self.retry_after_s = retry_after_s
-        self.attempts = 1
-
-
-class Stopped(Exception):
-    """A stop was requested: the call is abandoned and nothing of it is used."""
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """What one attempt may cost: its total time and the largest body it reads."""
-
-    timeout_s: float
-    max_body_bytes: int
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A whole, bounded answer with a status below 400."""
-
-    status_code: int
-    headers: httpx.Headers
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-# The deadline of the call the current thread is making: every socket operation of that
-# call waits at most until then, whichever phase it is in (connect, TLS, headers, body).
-_deadline: ContextVar[float | None] = ContextVar("http_deadline", default=None)
-
-
-def _clamp(timeout: float | None, expired: type[Exception]) -> float | None:
-    deadline = _deadline.get()
-    if deadline is None:
-        return timeout
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise expired("the call's deadline has passed")
-    return remaining if timeout is None else min(timeout, remaining)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose reads and writes never wait past the calling thread's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        timeout = _clamp(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self) -> None:
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        timeout = _clamp(timeout, httpcore.ConnectTimeout)
-        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _DeadlineStream(stream)
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        timeout = _clamp(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-class _DeadlineTransport(httpx.HTTPTransport):
-    """httpx's own transport over a pool whose connections honour the call's deadline.
-
-    httpx's timeouts apply to each read on its own, so a peer sending a byte now and then
-    could hold a call for ever; the deadline bounds the call as a whole.
-    """
-
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_DeadlineBackend(),
-        )
-
-
-def build_http(timeout_s: float) -> httpx.Client:
-    """The process's shared connection pool; every request carries `timeout_s`.
-
-    Bodies are asked for uncompressed: the size cap then measures what is held in memory.
-    """
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=32)
-    return httpx.Client(
-        transport=_DeadlineTransport(limits),
-        timeout=httpx.Timeout(timeout_s),
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        follow_redirects=False,
-    )
-
-
-def fetch(
-    http: httpx.Client,
-    method: str,
-    url: str,
-    *,
-    bounds: Bounds,
-    should_stop: Callable[[], bool] = lambda: False,
-    **kwargs: Any,
-) -> Answer:
-    """One bounded attempt: `bounds.timeout_s` covers connecting, waiting and the whole body.
-
-    The body is streamed and refused past `bounds.max_body_bytes` (a larger Content-Length
-    before reading any of it); the connection is then closed. Transport errors, timeouts,
-    5xx and 429 are transient; other 4xx and an oversized body are not. A stop requested
-    meanwhile abandons the call (Stopped).
-    """
-    if should_stop():
-        raise Stopped()
-    deadline = time.monotonic() + bounds.timeout_s
-    token = _deadline.set(deadline)
-    try:
-        with http.stream(method, url, timeout=bounds.timeout_s, **kwargs) as response:
-            _check_status(response)
-            body = _read_body(response, bounds.max_body_bytes, deadline, should_stop)
-            return Answer(response.status_code, response.headers, body)
-    except httpx.TimeoutException as exc:
-        raise CallFailed("timeout", type(exc).__name__, transient=True) from None
-    except httpx.TransportError as exc:
-        raise CallFailed("connection_error", type(exc).__name__, transient=True) from None
-    finally:
-        _deadline.reset(token)
-
-
-def _check_status(response: httpx.Response) -> None:
-    # The worker needs nothing from an error's body: it is never read.
-    code = response.status_code
-    if code == 429 or code >= 500:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise CallFailed(
-            f"http_{code}", transient=True, status_code=code, retry_after_s=retry_after
-        )
-    if code >= 400:
-        raise CallFailed(f"http_{code}", status_code=code)
-
-
-def _read_body(
-    response: httpx.Response, limit: int, deadline: float, should_stop: Callable[[], bool]
-) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(response, f"Content-Length {declared} is over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_raw():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(response, f"body is over {limit} bytes")
-        if should_stop():
-            raise Stopped()
-        if time.monotonic() > deadline:
-            raise CallFailed("timeout", "deadline", transient=True)
-        chunks.append(chunk)
-    return _decoded(response, b"".join(chunks), limit)
-
-
-def _decoded(response: httpx.Response, body: bytes, limit: int) -> bytes:
-    # Asked for identity; a server that compresses anyway is inflated no further than limit.
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise CallFailed("bad_response", f"unsupported Content-Encoding {encoding!r}")
-    inflater = zlib.decompressobj(wbits=47)  # a zlib or a gzip header, detected
-    try:
-        plain = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise CallFailed("bad_response", f"body is not valid {encoding}") from None
-    if len(plain) > limit:
-        raise _too_large(response, f"decompressed body is over {limit} bytes")
-    return plain
-
-
-def _too_large(response: httpx.Response, detail: str) -> CallFailed:
-    response.close()  # the rest is never read: this connection is not reused
-    return CallFailed("response_too_large", detail)
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How many attempts, how long between them, and how to sleep (interruptibly).
-
-    An item costs at most `budget_s(timeout_s)`: every attempt within its own deadline and
-    every wait within `max_wait_s`; the item's deadline is enforced on top of that.
-    """
-
-    attempts: int
-    wait: Callable[[tenacity.RetryCallState], float]
-    sleep: Callable[[float], None]
-    max_wait_s: float
-
-    @classmethod
-    def exponential(
-        cls, attempts: int, base_s: float, sleep: Callable[[float], None]
-    ) -> RetryPolicy:
-        """base, 2*base, 4*base ... capped at RETRY_MAX_DELAY_S; Retry-After wins when given."""
-        backoff = tenacity.wait_exponential(multiplier=base_s, max=RETRY_MAX_DELAY_S)
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            failure = state.outcome.exception() if state.outcome else None
-            if isinstance(failure, CallFailed) and failure.retry_after_s is not None:
-                return min(failure.retry_after_s, RETRY_AFTER_MAX_S)
-            return float(backoff(state))
-
-        return cls(attempts, wait, sleep, max(RETRY_AFTER_MAX_S, RETRY_MAX_DELAY_S))
-
-    @classmethod
-    def fixed(cls, attempts: int, delay_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
-        return cls(attempts, tenacity.wait_fixed(delay_s), sleep, delay_s)
-
-    def budget_s(self, timeout_s: float) -> float:
-        """The most one item may take: every attempt's deadline and every wait between."""
-        return self.attempts * timeout_s + (self.attempts - 1) * self.max_wait_s
-
-    def call(self, fn: Callable[[float], T], *, timeout_s: float) -> T:
-        """Call `fn(attempt_timeout_s)`, retrying transient CallFailed; a final CallFailed
-        carries `attempts`.
-
-        Parse the answer inside `fn`: a bad answer is a permanent CallFailed, not retried,
-        and it too reports how many attempts it took to get there.
-        """
-        deadline = time.monotonic() + self.budget_s(timeout_s)
-
-        def attempt() -> T:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CallFailed("timeout", "the item's budget is spent")
-            return fn(min(timeout_s, remaining))
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            return min(self.wait(state), max(deadline - time.monotonic(), 0.0))
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=wait,
-            sleep=self.sleep,
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, CallFailed) and e.transient),
-            reraise=True,
-        )
-        try:
-            return retrying(attempt)
-        except CallFailed as exc:
-            exc.attempts = retrying.statistics.get("attempt_number", 1)
-            raise
-
-
-@dataclass(frozen=True)
-class Usage:
-    """The part of Tavily's usage answer the quota job needs."""
-
-    plan_limit: int
-    plan_usage: int
-
-    @property
-    def remaining(self) -> int:
-        return max(self.plan_limit - self.plan_usage, 0)
-
-
-class TavilyClient:
-    """GET the usage endpoint for one API key, each attempt bounded, with the retry policy."""
+class _Client:
+    """One endpoint, called through the retry policy, each attempt bounded by `bounds`."""
 
     def __init__(
         self,
@@ -377,27 +35,46 @@ class TavilyClient:
         self.should_stop = should_stop
         self.bounds = bounds
 
-    def usage(self, api_key: str) -> Usage:
-        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+    def _call(self, method: str, parse: Callable[[Answer], T], **kwargs: Any) -> T:
+        """`method` on the endpoint until an attempt's answer passes `parse`.
 
-        def attempt(timeout_s: float) -> Usage:
+        The answer is parsed inside the attempt: a bad one is a permanent CallFailed that
+        reports how many attempts it took.
+        """
+
+        def attempt(timeout_s: float) -> T:
             bounds = replace(self.bounds, timeout_s=timeout_s)
             answer = fetch(
-                self.http,
-                "GET",
-                self.url,
-                bounds=bounds,
-                should_stop=self.should_stop,
-                headers=headers,
+                self.http, method, self.url, bounds=bounds, should_stop=self.should_stop, **kwargs
             )
-            return parse_usage(answer)
+            return parse(answer)
 
         return self.retry.call(attempt, timeout_s=self.bounds.timeout_s)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """The part of Tavily's usage answer the quota job needs."""
+
+    plan_limit: int
+    plan_usage: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.plan_limit - self.plan_usage, 0)
+
+
+class TavilyClient(_Client):
+    """GET the usage endpoint for one API key, each attempt bounded, with the retry policy."""
+
+    def usage(self, api_key: str) -> Usage:
+        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        return self._call("GET", parse_usage, headers=headers)
+
+
 def parse_usage(response: Answer) -> Usage:
     """Validate the answer: account.plan_limit and account.plan_usage, whole and not negative."""
-    account = _json_object(response).get("account")
+    account = _require_object(response).get("account")
     if not isinstance(account, dict):
         raise CallFailed("bad_response", "no account object")
     return Usage(
@@ -406,7 +83,8 @@ def parse_usage(response: Answer) -> Usage:
     )
 
 
-def _json_object(response: Answer) -> dict[str, Any]:
+def _require_object(response: Answer) -> dict[str, Any]:
+    """The answer's JSON object; anything else is a bad response (CallFailed)."""
     try:
         body = response.json()
     except ValueError:
@@ -427,30 +105,6 @@ def _count(obj: dict[str, Any], field: str) -> int:
     return int(value)
 
 
-def notify(
-    http: httpx.Client, method: str, url: str, *, json: Any = None, attempts: int = 2
-) -> str | None:
-    """Fire-and-forget delivery (webhooks, heartbeats): each attempt bounded by
-    NOTIFY_TIMEOUT_S as a whole, one retry on a transient failure; never raises.
-
-    Returns None when delivered, else a short error description free of the URL.
-    """
-    bounds = Bounds(NOTIFY_TIMEOUT_S, NOTIFY_MAX_BODY_BYTES)
-    error = "not attempted"
-    for _ in range(attempts):
-        try:
-            fetch(http, method, url, bounds=bounds, json=json)
-        except CallFailed as exc:
-            if exc.reason == "response_too_large":
-                return None  # the status said delivered; the reply is of no interest
-            error = exc.detail or exc.reason
-            if not exc.transient:
-                break
-            continue
-        return None
-    return error
-
-
 @dataclass(frozen=True)
 class StockOrder:
     """One replenish request: who needs how many items, and the key the producer dedupes on."""
@@ -461,7 +115,7 @@ class StockOrder:
     idempotency_key: str
 
 
-class ProducerClient:
+class ProducerClient(_Client):
     """POST stock orders to the producer API (REPLENISH_API_URL), with the retry policy."""
 
     def __init__(
@@ -473,12 +127,8 @@ class ProducerClient:
         should_stop: Callable[[], bool],
         bounds: Bounds,
     ) -> None:
-        self.http = http
-        self.url = url
+        super().__init__(http, url, retry, should_stop, bounds)
         self.token = token
-        self.retry = retry
-        self.should_stop = should_stop
-        self.bounds = bounds
 
     def request_items(self, order: StockOrder) -> list[str]:
         """The items the producer made for `order`; CallFailed (with `attempts`) otherwise."""
@@ -490,26 +140,17 @@ class ProducerClient:
             "user_id": order.user_id,
             "quantity": order.quantity,
         }
-
-        def attempt(timeout_s: float) -> list[str]:
-            bounds = replace(self.bounds, timeout_s=timeout_s)
-            answer = fetch(
-                self.http,
-                "POST",
-                self.url,
-                bounds=bounds,
-                should_stop=self.should_stop,
-                json=body,
-                headers=headers,
-            )
-            return parse_items(answer, order.quantity)
-
-        return self.retry.call(attempt, timeout_s=self.bounds.timeout_s)
+        return self._call(
+            "POST",
+            lambda answer: parse_items(answer, order.quantity),
+            json=body,
+            headers=headers,
+        )
 
 
 def parse_items(response: Answer, quantity: int) -> list[str]:
     """Validate the answer `{"items": [...]}`: a list of at most `quantity` strings."""
-    items = _json_object(response).get("items")
+    items = _require_object(response).get("items")
     if not isinstance(items, list):
         raise CallFailed("bad_response", "no items list")
     if not all(isinstance(item, str) for item in items):

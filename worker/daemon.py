@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import schedule
 
-from . import clients, db, service, signals
+from . import db, http_client, service, signals
 from .dispatch import REQUEST_POLL_S, Dispatcher
 from .logs import get_logger
 from .registry import JobSpec, Service, jobs_of
@@ -45,7 +45,7 @@ class Daemon:
         self.service = service
         self.jobs: Sequence[JobSpec] = jobs_of(service.name, settings) if jobs is None else jobs
         self.dry_run = dry_run
-        self.http = http or clients.build_http(settings.http_timeout_s)
+        self.http = http or http_client.build_http(settings.http_timeout_s)
         self.scheduler = schedule.Scheduler()
         self.log = get_logger(service=service.name)
         self._nudge = threading.Event()  # wakes the loop: a stop, a run's end, a local request

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import structlog
 
-from . import alerts, claims, clients, db
+from . import alerts, claims, db, http_client
 from .jobs.base import JobContext, JobResult
 from .lease import LeaseKeeper
 from .registry import JobSpec
@@ -368,7 +368,7 @@ class Runner:
         if not url or status not in (RunStatus.SUCCESS, RunStatus.PARTIAL, RunStatus.FAILED):
             return
         target = f"{url.rstrip('/')}/fail" if status is RunStatus.FAILED else url
-        error = clients.notify(self.http, "GET", target)
+        error = http_client.notify(self.http, "GET", target)
         if error:
             self.log.warning("heartbeat_failed", error=error, status=status.value)
 

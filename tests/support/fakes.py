@@ -4,7 +4,7 @@ Used by the tests and benchmarks, and by hand for local demos:
 
     uv run python tests/support/fakes.py usage --port 8081 --latency-ms 50
     uv run python tests/support/fakes.py producer --port 8082
-    uv run python tests/support/fakes.py sink --port 8083     # prints every webhook/heartbeat it gets
+    uv run python tests/support/fakes.py sink --port 8083  # prints each webhook/heartbeat
 """
 
 from __future__ import annotations

@@ -7,11 +7,9 @@ run's `output` (the last OUTPUT_MAX_BYTES, secrets masked), what it returned to 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,17 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import clients, db
+from .. import db, http_client
 from ..inflight import map_unordered
 from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
+from ..supervisor import Child
 from .base import JobContext
 
 OUTPUT_MAX_BYTES = 64 * 1024
 HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
-RETRY_AFTER_MAX_S = clients.RETRY_AFTER_MAX_S
-KILL_AFTER_S = 5.0  # a timed-out child gets SIGTERM, then SIGKILL this much later
-POLL_S = 0.05  # how often a waiting run checks the stop flag and the child
+POLL_S = 0.05  # how often a running statement's watcher checks the stop flag
 # A stopping daemon kills its children a little before its own grace period ends, so none
 # outlives the forced exit.
 STOP_KILL_MARGIN_S = 0.5
@@ -46,13 +43,27 @@ class Attempt:
     error: str | None = None
     result: Any = None
     retryable: bool = True
-    wait_s: float | None = None  # a server's Retry-After, when it gave one
+    retry_after_s: float | None = None  # a server's Retry-After, when it gave one
     fields: Mapping[str, Any] | None = None  # exit_code, status_code or rowcount
     dropped: int = 0  # output bytes not kept
 
 
+class _AttemptFailed(http_client.CallFailed):
+    """A failed attempt, raised through the retry policy: a retryable one is tried again.
+
+    Its `reason` is the attempt's error, masked wherever it is written.
+    """
+
+    def __init__(self, attempt: Attempt) -> None:
+        super().__init__(
+            attempt.error or "", transient=attempt.retryable, retry_after_s=attempt.retry_after_s
+        )
+        self.attempt = attempt
+
+
 def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
-    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart.
+    """One declared run: up to 1 + `retries` attempts, `retry_delay` apart (a server's
+    Retry-After, up to the policy's cap, instead when it gives one).
 
     A dry run starts nothing: what the job would do cannot be previewed without doing it.
     """
@@ -60,16 +71,36 @@ def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
         ctx.log.info("declared_job_would_run", job=job.name, kind=job.kind)
         ctx.result.ok()
         return
-    attempt = _attempt(ctx, job, token)
-    for _ in range(job.retries):
-        if attempt.ok or not attempt.retryable or ctx.should_stop():
-            break
-        ctx.log.info("declared_job_retrying", job=job.name, error=SECRETS(attempt.error or ""))
-        ctx.sleep(job.retry_delay_s if attempt.wait_s is None else attempt.wait_s)
-        if ctx.should_stop():
-            break
-        attempt = _attempt(ctx, job, token)
-    _record(ctx, job, attempt)
+    _record(ctx, job, _attempts(ctx, job, token))
+
+
+def _attempts(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
+    """Attempts through the shared retry policy until one succeeds, cannot be retried, a stop
+    is asked or the retries run out; the last one."""
+    policy = http_client.RetryPolicy.fixed(
+        1 + job.retries, job.retry_delay_s, ctx.sleep, retry_after=True
+    )
+
+    def attempt(_: float) -> Attempt:  # each kind applies the job's timeout itself
+        outcome = _attempt(ctx, job, token)
+        if not outcome.ok:
+            raise _AttemptFailed(outcome)
+        return outcome
+
+    def retrying(failure: http_client.CallFailed) -> None:
+        ctx.log.info("declared_job_retrying", job=job.name, error=SECRETS(failure.reason))
+
+    try:
+        # No budget across attempts: every attempt has the job's whole timeout.
+        return policy.call(
+            attempt,
+            timeout_s=job.timeout_s,
+            budget_s=math.inf,
+            should_stop=ctx.should_stop,
+            on_retry=retrying,
+        )
+    except _AttemptFailed as failed:
+        return failed.attempt
 
 
 def _attempt(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
@@ -88,7 +119,7 @@ def _run_http(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
 def _run_command(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
     assert isinstance(job.action, Command)
     env = {**os.environ, **job.action.env}
-    return _child(ctx, list(job.action.argv), env, job.action.cwd, job.timeout_s)
+    return _child_attempt(ctx, list(job.action.argv), env, job.action.cwd, job.timeout_s)
 
 
 def _run_python(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
@@ -157,10 +188,10 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = {} if call.json is None else {"json": call.json}
-    bounds = clients.Bounds(timeout_s, ctx.settings.http_max_body_bytes)
+    bounds = http_client.Bounds(timeout_s, ctx.settings.http_max_body_bytes)
 
-    def send(_: None) -> clients.Answer:
-        return clients.fetch(
+    def send(_: None) -> http_client.Answer:
+        return http_client.fetch(
             ctx.http,
             call.method,
             call.url,
@@ -172,10 +203,10 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
 
     # From a helper thread, so a stop abandons a call that hangs: nothing of it is used.
     outcome = next(map_unordered(send, [None], limit=1, should_stop=ctx.should_stop), None)
-    if outcome is None or isinstance(outcome[1], clients.Stopped):
+    if outcome is None or isinstance(outcome[1], http_client.Stopped):
         return Attempt(False, error="stopped", retryable=False)
     answer = outcome[1]
-    if isinstance(answer, clients.CallFailed):
+    if isinstance(answer, http_client.CallFailed):
         return _http_failure(answer)
     if isinstance(answer, Exception):
         return Attempt(False, error=f"internal_error: {type(answer).__name__}", retryable=False)
@@ -183,25 +214,25 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
     return Attempt(
         True,
         output=f"HTTP {answer.status_code}\n{text}",
-        result=_json_object(answer),
+        result=_json_object_or_none(answer),
         fields={"status_code": answer.status_code},
     )
 
 
-def _http_failure(exc: clients.CallFailed) -> Attempt:
-    wait_s = None if exc.retry_after_s is None else min(exc.retry_after_s, RETRY_AFTER_MAX_S)
+def _http_failure(exc: http_client.CallFailed) -> Attempt:
     status = {} if exc.status_code is None else {"status_code": exc.status_code}
     return Attempt(
         False,
         output=f"HTTP {exc.status_code}" if exc.status_code is not None else "",
         error=str(exc),
         retryable=exc.transient,
-        wait_s=wait_s,
+        retry_after_s=exc.retry_after_s,
         fields=status,
     )
 
 
-def _json_object(answer: clients.Answer) -> Any:
+def _json_object_or_none(answer: http_client.Answer) -> Any:
+    """The answer's JSON object for the run's `result`; None for any other answer."""
     try:
         value = answer.json()
     except ValueError:
@@ -245,7 +276,7 @@ def _cancelled_on_stop(ctx: JobContext) -> Iterator[None]:
         watcher.join()
 
 
-# --- command and python: a child process in its own process group ------------------------
+# --- command and python: a child process in its own process group (supervisor.Child) -----
 
 
 def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
@@ -254,7 +285,9 @@ def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
         # Unbuffered: what it printed survives a kill at its timeout.
         env = {**os.environ, "WORKER_CALL_RESULT": str(result_path), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "worker.call", call.target]
-        attempt = _child(ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs)))
+        attempt = _child_attempt(
+            ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs))
+        )
         answer = _read_answer(result_path)
     if "error" in answer:
         attempt.ok, attempt.error = False, answer["error"]
@@ -264,6 +297,7 @@ def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
 
 
 def _read_answer(path: Path) -> dict[str, Any]:
+    """What `worker.call` wrote: `{"result": ...}` or `{"error": ...}`; {} when nothing usable."""
     try:
         answer = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -271,7 +305,7 @@ def _read_answer(path: Path) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {}
 
 
-def _child(
+def _child_attempt(
     ctx: JobContext,
     argv: list[str],
     env: Mapping[str, str],
@@ -280,92 +314,17 @@ def _child(
     stdin: str | None = None,
 ) -> Attempt:
     try:
-        child = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a timeout kills all it started
-        )
+        child = Child.start(argv, env=env, cwd=cwd, stdin=stdin, keep_bytes=OUTPUT_MAX_BYTES)
     except OSError as exc:
         return Attempt(False, error=f"cannot start {argv[0]}: {exc.strerror}", retryable=False)
-    capture = _Capture(child)
-    if stdin is not None and child.stdin is not None:
-        _write_stdin(child.stdin, stdin)
-    ending = _wait(ctx, child, timeout_s)
-    output, dropped = capture.text()
+    stop_grace_s = max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1)
+    ending = child.wait(timeout_s, should_stop=ctx.should_stop, stop_grace_s=stop_grace_s)
+    output, dropped = child.output()
     code = child.returncode
     error = ending or (None if code == 0 else f"exit code {code}")
     return Attempt(
         error is None, output=output, error=error, fields={"exit_code": code}, dropped=dropped
     )
-
-
-def _write_stdin(pipe: Any, text: str) -> None:
-    try:
-        pipe.write(text.encode())
-        pipe.close()
-    except BrokenPipeError:
-        pass  # the child exited without reading: its output says why
-
-
-def _wait(ctx: JobContext, child: subprocess.Popen[bytes], timeout_s: int) -> str | None:
-    """Wait for the child; None when it exited by itself, else why it was stopped."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(POLL_S)
-            # The run ends with its command: whatever it left running in its group ends too.
-            _signal_group(child, signal.SIGKILL)
-            return None
-        if time.monotonic() >= deadline:
-            _terminate(child, KILL_AFTER_S)
-            return "timeout"
-        if ctx.should_stop():
-            _terminate(child, max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1))
-            return "stopped"
-
-
-def _terminate(child: subprocess.Popen[bytes], kill_after_s: float) -> None:
-    """SIGTERM to the child's whole process group, SIGKILL if it is still there later."""
-    _signal_group(child, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(kill_after_s)
-    _signal_group(child, signal.SIGKILL)  # also whatever it started that ignored SIGTERM
-    child.wait()
-
-
-def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, sig)
-
-
-class _Capture:
-    """Reads a child's combined stdout and stderr, keeping only the last bytes."""
-
-    def __init__(self, child: subprocess.Popen[bytes]) -> None:
-        self._chunks: list[bytes] = []
-        self._kept = 0
-        self._dropped = 0
-        self._thread = threading.Thread(target=self._read, args=(child,), daemon=True)
-        self._thread.start()
-
-    def _read(self, child: subprocess.Popen[bytes]) -> None:
-        stdout = child.stdout
-        assert isinstance(stdout, io.BufferedReader)
-        for chunk in iter(lambda: stdout.read1(65536), b""):
-            self._chunks.append(chunk)
-            self._kept += len(chunk)
-            while self._kept - len(self._chunks[0]) >= OUTPUT_MAX_BYTES:
-                self._kept -= len(self._chunks[0])
-                self._dropped += len(self._chunks.pop(0))
-
-    def text(self) -> tuple[str, int]:
-        """What was kept, decoded, and how many earlier bytes were not."""
-        self._thread.join(KILL_AFTER_S)
-        return b"".join(self._chunks).decode("utf-8", "replace"), self._dropped
 
 
 def spec_runner(job: Declared, token: str | None) -> Callable[[JobContext], None]:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import db
-from ..clients import Bounds, CallFailed, RetryPolicy, TavilyClient, Usage
+from ..clients import TavilyClient, Usage
+from ..http_client import Bounds, CallFailed, RetryPolicy
 from ..inflight import map_unordered
 from .base import JobContext
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import db
-from ..clients import Bounds, CallFailed, ProducerClient, RetryPolicy, StockOrder
+from ..clients import ProducerClient, StockOrder
+from ..http_client import Bounds, CallFailed, RetryPolicy
 from ..inflight import map_unordered
 from ..settings import ConfigError
 from .base import JobContext
