@@ -130,11 +130,12 @@ def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
         next_due_at=row["next_due_at"],
         paused=bool(row["paused"]),
         last_success_at=row["last_success_at"],
-        health=_health(row, timedelta(seconds=schedule.period_s), now),
+        health=health(row, timedelta(seconds=schedule.period_s), now),
     )
 
 
-def _health(row: dict[str, Any], period: timedelta, now: datetime) -> str:
+def health(row: dict[str, Any], period: timedelta, now: datetime) -> str:
+    """A job's verdict from its `reads.job_status` row (the README, "`worker status`")."""
     last_success_at = row["last_success_at"]
     if row["paused"]:
         return "paused"
