@@ -224,3 +224,32 @@ def test_durations() -> None:
     assert schedules.duration_text(90) == "90s"
     with pytest.raises(ScheduleError, match="not a duration"):
         schedules.duration_seconds("0s")
+
+
+def test_manual_is_never_due_and_round_trips() -> None:
+    from worker.schedules import NEVER, Manual
+
+    schedule = schedules.parse("manual")
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    assert schedule == Manual()
+    assert schedule.first_due(now) == schedule.next_due(now, now) == NEVER
+    assert schedules.parse(schedule.text) == schedule
+    assert schedules.upcoming(schedule, now, 3) == []
+
+
+def test_at_is_due_once_then_never_and_reads_its_zone() -> None:
+    from worker.schedules import NEVER, Once
+
+    schedule = schedules.parse("at 2026-12-24T02:00:00+08:00")
+    at = datetime(2026, 12, 23, 18, 0, tzinfo=UTC)
+    assert schedule == Once(at)
+    assert schedule.text == "at 2026-12-23T18:00:00Z"
+    assert schedules.parse(schedule.text) == schedule
+    before = at - timedelta(hours=1)
+    assert schedule.first_due(before) == at
+    assert schedule.next_due(at, before) == at  # still ahead
+    assert schedule.next_due(at, at + timedelta(seconds=1)) == NEVER  # it ran: never again
+    # No offset: wall-clock time in the given zone.
+    assert schedules.parse("at 2026-12-24T02:00:00", "Asia/Shanghai") == schedule
+    with pytest.raises(schedules.ScheduleError, match="ISO 8601"):
+        schedules.parse("at tomorrow")

@@ -48,3 +48,15 @@ def test_health(fields: dict[str, Any], verdict: str) -> None:
 
 def test_only_ok_paused_and_waiting_are_healthy() -> None:
     assert set(HEALTHY) == {"ok", "paused", "waiting"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "verdict"),
+    [
+        ({"last_started_at": None, "next_due_at": NOW - 30 * HOUR}, "waiting"),
+        ({"last_success_at": NOW - 300 * HOUR}, "ok"),
+        ({"last_completed_status": "failed"}, "failed"),
+    ],
+)
+def test_a_job_without_a_period_is_never_stale(fields: dict[str, Any], verdict: str) -> None:
+    assert health(row(**fields), None, NOW) == verdict

@@ -124,16 +124,73 @@ class Cron:
         return f"{_explain(self.expression)} ({self.timezone})"
 
 
-Schedule = Interval | Cron
+# The due time of a job no schedule makes due: a `manual` one, an `at` one that has run.
+# (A real timestamp: `infinity` has no Python datetime.)
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Manual:
+    """Never due: runs only when asked (`worker run`, the dashboard, the API)."""
+
+    @property
+    def text(self) -> str:
+        return "manual"
+
+    @property
+    def period_s(self) -> None:
+        return None  # no period: never stale, never overdue
+
+    def first_due(self, now: datetime) -> datetime:
+        return NEVER
+
+    def next_due(self, previous_due: datetime, now: datetime) -> datetime:
+        return NEVER
+
+    def describe(self) -> str:
+        return "manual: only when asked"
+
+
+@dataclass(frozen=True)
+class Once:
+    """Due once, at `at` (an aware datetime); then never again."""
+
+    at: datetime
+
+    @property
+    def text(self) -> str:
+        return f"at {self.at.astimezone(UTC).isoformat().replace('+00:00', 'Z')}"
+
+    @property
+    def period_s(self) -> None:
+        return None
+
+    def first_due(self, now: datetime) -> datetime:
+        return self.at
+
+    def next_due(self, previous_due: datetime, now: datetime) -> datetime:
+        """`at` while it is ahead; once it has passed (its run claimed), never."""
+        return previous_due if previous_due > now else NEVER
+
+    def describe(self) -> str:
+        return f"once, at {self.at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}"
+
+
+Schedule = Interval | Cron | Manual | Once
 
 
 def parse(text: str, timezone: str = "UTC") -> Schedule:
-    """`every N{s,m,h,d}`, a 5-field cron expression or `@hourly|@daily|@weekly|@monthly`.
+    """`every N{s,m,h,d}`, a 5-field cron expression, `@hourly|@daily|@weekly|@monthly`,
+    `manual`, or `at ISO-8601` (with an offset, or `Z`; one without is in `timezone`).
 
-    A stored canonical text (`cron EXPR ZONE`) parses back to the same schedule, whatever
-    `timezone` says.
+    A stored canonical text (`cron EXPR ZONE`, `at ...Z`) parses back to the same
+    schedule, whatever `timezone` says.
     """
     value = " ".join(text.split())
+    if value == "manual":
+        return Manual()
+    if value.startswith("at "):
+        return Once(parse_at(value.removeprefix("at "), timezone))
     interval = _INTERVAL.match(value)
     if interval:
         return _interval(int(interval.group(1)) * UNIT_S[interval.group(2)])
@@ -145,10 +202,27 @@ def parse(text: str, timezone: str = "UTC") -> Schedule:
     return _cron(_MACROS.get(value, value), timezone)
 
 
+def parse_at(text: str, timezone: str = "UTC") -> datetime:
+    """An ISO 8601 date and time; one without an offset is wall-clock time in `timezone`."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ScheduleError(
+            f"{text!r} is not an ISO 8601 time such as 2026-12-24T02:00:00+08:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(check_timezone(timezone)))
+    return moment.astimezone(UTC)
+
+
 def upcoming(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
     """The next `count` due times after `after` for a schedule first due then."""
     if isinstance(schedule, Cron):
         return schedule.upcoming(after, count)
+    if isinstance(schedule, Manual):
+        return []
+    if isinstance(schedule, Once):
+        return [schedule.at] if schedule.at > after else []
     step = timedelta(seconds=schedule.every_s)
     return [after + step * (i + 1) for i in range(count)]
 

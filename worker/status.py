@@ -127,20 +127,27 @@ def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
         duration_ms=row["duration_ms"],
         succeeded=row["succeeded"],
         failed=row["failed"],
-        next_due_at=row["next_due_at"],
+        next_due_at=None if row["next_due_at"] == schedules.NEVER else row["next_due_at"],
         paused=bool(row["paused"]),
         last_success_at=row["last_success_at"],
-        health=health(row, timedelta(seconds=schedule.period_s), now),
+        health=health(row, _period(schedule.period_s), now),
     )
 
 
-def health(row: dict[str, Any], period: timedelta, now: datetime) -> str:
-    """A job's verdict from its `reads.job_status` row (the README, "`worker status`")."""
+def _period(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def health(row: dict[str, Any], period: timedelta | None, now: datetime) -> str:
+    """A job's verdict from its `reads.job_status` row (the README, "`worker status`").
+    A job with no period (`manual`, `at`) is never stale: only its last run judges it."""
     last_success_at = row["last_success_at"]
     if row["paused"]:
         return "paused"
     if row["last_completed_status"] == "failed":
         return "failed"
+    if period is None:
+        return "waiting" if row["last_started_at"] is None else "ok"
     if row["last_started_at"] is None:
         due_since = now - row["next_due_at"]
         return "never_run" if due_since > STALE_AFTER_PERIODS * period else "waiting"
