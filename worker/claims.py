@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from . import db, schedules
 from .db import Conn
 from .schedules import DEFAULT_POLICY, Policy, Schedule
@@ -31,11 +33,27 @@ def owner() -> str:
 
 
 def register(
-    conn: Conn, job: str, service: str, schedule: Schedule, max_attempts: int = 3
+    conn: Conn,
+    job: str,
+    service: str,
+    schedule: Schedule,
+    max_attempts: int = 3,
+    *,
+    source: str = "system",
+    declared_in: str | None = None,
 ) -> dict[str, Any]:
     """Upsert the job's row; a changed schedule recomputes `next_due_at` from now."""
     first_due = schedule.first_due(db.now(conn))
-    return ledger.register_job(conn, job, service, schedule.text, first_due, max_attempts)
+    return ledger.register_job(
+        conn,
+        job,
+        service,
+        schedule.text,
+        first_due,
+        max_attempts,
+        source=source,
+        declared_in=declared_in,
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,7 @@ def claim(
         Run(granted["run_id"], granted["started_at"]),
         list(granted["abandoned"]),
         decision.attempt,
+        params["kwargs"].obj if params["kwargs"] is not None else None,
     )
 
 
@@ -149,6 +168,7 @@ def _claim_params(
 ) -> dict[str, Any]:
     host, pid = db.process_identity()
     trigger = decision.trigger or Trigger.SCHEDULE  # no run: the trigger is not written
+    kwargs = run_kwargs(row, decision)
     return {
         "job": row["job"],
         "next_due_at": schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"]),
@@ -164,7 +184,20 @@ def _claim_params(
         "pid": pid,
         "scheduled_for": decision.scheduled_for,
         "attempt": decision.attempt,
+        "kwargs": None if kwargs is None else Jsonb(kwargs),
     }
+
+
+def run_kwargs(row: dict[str, Any], decision: Decision) -> dict[str, Any] | None:
+    """The parameters a run gets: a waiting request's own, when the run serves it; else a
+    runtime job's definition's; none for other jobs."""
+    requested = row.get("run_requested_kwargs")
+    if requested is not None and decision.trigger is Trigger.MANUAL:
+        return dict(requested)
+    definition = row.get("definition")
+    if row.get("source") == "runtime" and definition is not None:
+        return dict(definition.get("kwargs") or {})
+    return None
 
 
 def skip_missed(conn: Conn, job: str) -> datetime | None:

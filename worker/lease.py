@@ -20,6 +20,8 @@ from .vocab import Claim
 # A renewal that failed is tried again this soon (not a third of the lease later), while
 # the lease still has time left.
 RETRY_S = 1.0
+# A cancel asked for through the API reaches the run within this long.
+CANCEL_CHECK_S = 2.0
 
 
 class LeaseKeeper:
@@ -35,6 +37,7 @@ class LeaseKeeper:
     def __init__(self, settings: Settings, claim: Claim, log: Any) -> None:
         self.settings, self.claim, self.log = settings, claim, log
         self.lost = threading.Event()
+        self.cancelled = threading.Event()  # someone asked the run to stop
         # Measured from now, a little after the claim: the margin covers the hand-over.
         self.expires_at = time.monotonic() + settings.lease_s - 1.0
         self._done = threading.Event()
@@ -65,13 +68,17 @@ class LeaseKeeper:
         lease_s = self.settings.lease_s
         conn: db.Conn | None = None
         wait_s, failing = lease_s / 3, False
+        renew_at = time.monotonic() + wait_s
         try:
-            while not self._done.wait(wait_s):
+            while not self._done.wait(min(wait_s, CANCEL_CHECK_S)):
                 sent = time.monotonic()
                 try:
                     conn = conn or db.connect(
                         self.settings.database, application_name=f"worker:{self.claim.job}:lease"
                     )
+                    self._check_cancel(conn)
+                    if sent < renew_at:
+                        continue
                     renewed = ledger.renew(conn, self.claim, lease_s)
                 except psycopg.Error as exc:
                     if conn is not None:
@@ -88,6 +95,7 @@ class LeaseKeeper:
                             lease_left_s=round(self.expires_at - time.monotonic(), 1),
                         )
                     failing, wait_s = True, min(RETRY_S, max(self.expires_at - sent, 0.0))
+                    renew_at = sent + wait_s
                     continue
                 if not renewed:
                     return self._lose("the lease expired and was taken over")
@@ -95,9 +103,15 @@ class LeaseKeeper:
                 if failing:
                     self.log.info("lease_renewed", job=self.claim.job, run_id=self.claim.run.id)
                 failing, wait_s = False, lease_s / 3
+                renew_at = sent + wait_s
         finally:
             if conn is not None:
                 conn.close()
+
+    def _check_cancel(self, conn: db.Conn) -> None:
+        if not self.cancelled.is_set() and ledger.cancel_requested(conn, self.claim.run.id):
+            self.log.info("run_cancel_seen", job=self.claim.job, run_id=self.claim.run.id)
+            self.cancelled.set()
 
     def _lose(self, error: str) -> None:
         with self._lost_logged:

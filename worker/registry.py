@@ -36,6 +36,8 @@ class JobSpec:
     missing: Callable[[Settings], str | None] = lambda s: None
     secrets: tuple[str, ...] = ()  # values of its own to mask wherever text leaves the process
     policy: Policy = DEFAULT_POLICY  # late, overlapping and owed occurrences
+    source: str = "system"  # or `file` (the jobs file's), or `runtime` (created through the API)
+    declared_in: str | None = None  # the jobs file that declares it
 
     def starts(self, settings: Settings) -> str:
         """What this job does when its service starts (ARCHITECTURE.md, "At start...")."""
@@ -164,7 +166,8 @@ def resolve(
     for override in loaded.overrides:
         jobs[override.job] = _overridden(jobs[override.job], override)
     for job in loaded.declared:
-        jobs[job.name] = _declared_spec(job, os.environ if env is None else env, need_tokens)
+        spec = _declared_spec(job, os.environ if env is None else env, need_tokens)
+        jobs[job.name] = replace(spec, declared_in=str(settings.jobs_file))
     return jobs
 
 
@@ -188,6 +191,7 @@ def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: b
         kind=job.kind,
         secrets=(token,) if token else (),
         policy=job.policy,
+        source="file",
     )
 
 

@@ -176,6 +176,8 @@ class Runner:
             self.log.exception("job_crashed", error=error)
         status = result.status(broken=error is not None, interrupted=ctx.should_stop())
         error = error or result.error
+        if keeper is not None and keeper.cancelled.is_set() and status is RunStatus.INTERRUPTED:
+            status, error = RunStatus.CANCELLED, "cancelled on request"
         duration_ms = int((time.monotonic() - ctx.started) * 1000)
         self.log.info(
             "job_finished",
@@ -191,6 +193,7 @@ class Runner:
         self, conn: db.Conn, spec: JobSpec, result: JobResult, keeper: LeaseKeeper | None
     ) -> JobContext:
         lost = keeper.lost.is_set if keeper else lambda: False
+        cancelled = keeper.cancelled.is_set if keeper else lambda: False
         return JobContext(
             job=spec.name,
             conn=conn,
@@ -198,11 +201,12 @@ class Runner:
             http=self.http,
             log=self.log.bind(job=spec.name),
             result=result,
-            should_stop=lambda: self.stop.is_set() or lost(),
+            should_stop=lambda: self.stop.is_set() or lost() or cancelled(),
             sleep=self._sleep,
             alert=partial(self._alert, conn, spec.name),
             dry_run=self.dry_run,
             fence=keeper.fence() if keeper else None,
+            kwargs=keeper.claim.kwargs if keeper else None,
         )
 
     def _record(

@@ -58,7 +58,15 @@ def register(conn: db.Conn, settings: Settings, jobs: Sequence[JobSpec], log: An
     """Upsert each job's ledger row; log its schedule and next due time."""
     for spec in jobs:
         schedule = spec.schedule(settings)
-        row = claims.register(conn, spec.name, spec.service, schedule, spec.policy.max_attempts)
+        row = claims.register(
+            conn,
+            spec.name,
+            spec.service,
+            schedule,
+            spec.policy.max_attempts,
+            source=spec.source,
+            declared_in=spec.declared_in,
+        )
         log.info(
             "job_scheduled",
             job=spec.name,

@@ -1,7 +1,7 @@
 """The run vocabulary: how a run starts, how a claim is answered, how a run ends.
 
 Every layer speaks these words; this module imports nothing of the worker's. The statuses
-and triggers are also the CHECK constraints of `worker_job_runs` (migrations 0001, 0005).
+and triggers are also the CHECK constraints of `worker_job_runs` (migrations 0001, 0005, 0006).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     ABANDONED = "abandoned"
+    CANCELLED = "cancelled"  # someone asked it to stop (`POST /api/runs/ID/cancel`)
 
 
 class Trigger(StrEnum):
@@ -77,3 +78,4 @@ class Claim:
     run: Run
     abandoned: list[dict[str, Any]]
     attempt: int = 1
+    kwargs: dict[str, Any] | None = None  # the run's parameters (a runtime job's, a one-off's)

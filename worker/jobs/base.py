@@ -108,6 +108,7 @@ class JobContext:
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
     fence: Fence | None = None  # None: no lease to check (a dry run)
+    kwargs: dict[str, Any] | None = None  # the run's parameters, when its claim carries any
 
     @contextmanager
     def transaction(self, conn: Conn | None = None) -> Iterator[Conn]:

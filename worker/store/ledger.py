@@ -16,7 +16,15 @@ from ..vocab import Claim, RunStatus
 
 
 def register_job(
-    conn: Conn, job: str, service: str, schedule: str, first_due: datetime, max_attempts: int
+    conn: Conn,
+    job: str,
+    service: str,
+    schedule: str,
+    first_due: datetime,
+    max_attempts: int,
+    *,
+    source: str = "system",
+    declared_in: str | None = None,
 ) -> dict[str, Any]:
     """Upsert the job's row; a changed schedule text moves `next_due_at` to `first_due`."""
     row = conn.execute(
@@ -27,6 +35,8 @@ def register_job(
             "schedule": schedule,
             "first_due": first_due,
             "max_attempts": max_attempts,
+            "source": source,
+            "declared_in": declared_in,
         },
     ).fetchone()
     assert row is not None
@@ -67,9 +77,11 @@ def request_startup_runs(
     return [row["job"] for row in rows]
 
 
-def request_run(conn: Conn, job: str) -> bool:
-    """Ask a running service to run `job` now (runs a paused job too); False if unknown."""
-    return conn.execute(db.query("ledger.request_run"), {"job": job}).fetchone() is not None
+def request_run(conn: Conn, job: str, kwargs: dict[str, Any] | None = None) -> bool:
+    """Ask a running service to run `job` now (runs a paused job too), with `kwargs` for
+    that run when given; False if unknown, or (with `kwargs`) if another request waits."""
+    params = {"job": job, "kwargs": None if kwargs is None else Jsonb(kwargs)}
+    return conn.execute(db.query("ledger.request_run"), params).fetchone() is not None
 
 
 def set_paused(conn: Conn, job: str, paused: bool) -> None:
@@ -121,6 +133,17 @@ def renew(conn: Conn, claim: Claim, lease_s: float) -> bool:
         {"job": claim.job, "owner": claim.owner, "run_id": claim.run.id, "lease_s": lease_s},
     ).fetchone()
     return row is not None
+
+
+def request_cancel(conn: Conn, run_id: int) -> dict[str, Any] | None:
+    """Flag a running run to stop; the run's `id, job, running, cancel_requested_at`, or None
+    when there is no such run (`running` false: it had ended, nothing was flagged)."""
+    return conn.execute(db.query("ledger.request_cancel"), {"id": run_id}).fetchone()
+
+
+def cancel_requested(conn: Conn, run_id: int) -> bool:
+    row = conn.execute(db.query("ledger.cancel_requested"), {"id": run_id}).fetchone()
+    return bool(row and row["cancel"])
 
 
 @dataclass(frozen=True)

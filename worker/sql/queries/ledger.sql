@@ -4,12 +4,19 @@
 
 -- name: register_job
 -- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
-INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, updated_at)
-VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, now())
+-- A file or built-in job registered under a runtime job's name takes the name over: the
+-- file is what a deploy ships.
+INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, source,
+                         declared_in, updated_at)
+VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, %(source)s,
+        %(declared_in)s, now())
 ON CONFLICT (job) DO UPDATE
    SET service = excluded.service,
        schedule = excluded.schedule,
        max_attempts = excluded.max_attempts,
+       source = excluded.source,
+       declared_in = excluded.declared_in,
+       definition = NULL,
        next_due_at = CASE
            WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule
              OR worker_jobs.next_due_at IS NULL THEN excluded.next_due_at
@@ -22,7 +29,7 @@ RETURNING job, schedule, next_due_at, (xmax = 0) AS inserted;
 -- name: peek_job
 -- The job's row as a claim judges it, with the owed run's occurrence and attempt.
 SELECT j.job, j.schedule, j.next_due_at, j.paused, j.run_requested_at, j.run_requested_by,
-       j.lease_owner, j.lease_until, coalesce(j.lease_until > now(), false) AS leased,
+       j.run_requested_kwargs, j.source, j.definition, j.service, j.lease_owner, j.lease_until, coalesce(j.lease_until > now(), false) AS leased,
        j.owed_run_id, o.scheduled_for AS owed_for, o.attempt AS owed_attempt,
        now() AS now
   FROM worker_jobs j LEFT JOIN worker_job_runs o ON o.id = j.owed_run_id
@@ -77,7 +84,7 @@ WITH beat AS (
 )
 SELECT t.now, t.next_wake, (SELECT runs FROM reaped) AS reaped,
        j.job, j.schedule, j.next_due_at, j.paused, j.run_requested_at, j.run_requested_by,
-       false AS leased, j.owed_run_id, o.scheduled_for AS owed_for, o.attempt AS owed_attempt
+       j.run_requested_kwargs, j.source, j.definition, false AS leased, j.owed_run_id, o.scheduled_for AS owed_for, o.attempt AS owed_attempt
   FROM (SELECT now() AS now,
                (SELECT min(first.next_due_at)
                   FROM unnest(%(services)s::text[]) AS s(service),
@@ -105,6 +112,7 @@ WITH claimed AS (
        SET next_due_at = %(next_due_at)s,
            run_requested_at = NULL,
            run_requested_by = NULL,
+           run_requested_kwargs = NULL,
            owed_run_id = NULL,
            lease_owner = CASE WHEN %(lease)s THEN %(owner)s END,
            lease_until = CASE WHEN %(lease)s THEN now() + make_interval(secs => %(lease_s)s) END,
@@ -128,9 +136,10 @@ WITH claimed AS (
        AND EXISTS (SELECT 1 FROM claimed WHERE current_run_id IS NOT NULL)
     RETURNING id, host, pid
 ), run AS (
-    INSERT INTO worker_job_runs (id, job, trigger, status, host, pid, scheduled_for, attempt)
+    INSERT INTO worker_job_runs (id, job, trigger, status, host, pid, scheduled_for, attempt,
+                                 kwargs)
     SELECT current_run_id, job, %(trigger)s, 'running', %(host)s, %(pid)s, %(scheduled_for)s,
-           %(attempt)s
+           %(attempt)s, %(kwargs)s
       FROM claimed
      WHERE current_run_id IS NOT NULL
     RETURNING id, started_at
@@ -171,11 +180,15 @@ UPDATE worker_jobs j
 RETURNING j.job;
 
 -- name: request_run
--- "Run now" from the CLI or the dashboard: runs even a paused job.
+-- "Run now" from the CLI or the dashboard: runs even a paused job. A request with
+-- parameters (`kwargs`) is taken only while no other request waits: it would be merged
+-- into that one's run, with the other's parameters.
 UPDATE worker_jobs
    SET run_requested_at = coalesce(run_requested_at, now()), run_requested_by = 'manual',
+       run_requested_kwargs = coalesce(%(kwargs)s, run_requested_kwargs),
        updated_at = now()
  WHERE job = %(job)s
+   AND (%(kwargs)s::jsonb IS NULL OR run_requested_at IS NULL)
 RETURNING job, run_requested_at;
 
 -- name: renew_lease
@@ -199,8 +212,15 @@ WITH finished AS (
 ), released AS (
     -- An interrupted run leaves its occurrence owed while attempts remain; with
     -- overlap = skip an occurrence that fell due during the run moves on to `skip_to`.
+    -- The job's counters count every run its runner recorded (history is pruned, they
+    -- are not): successes are `success`, failures `failed` and `partial`.
     UPDATE worker_jobs
        SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL, updated_at = now(),
+           runs = runs + (SELECT count(*) FROM finished),
+           successes = successes + (SELECT count(*) FROM finished
+                                     WHERE %(status)s = 'success'),
+           failures = failures + (SELECT count(*) FROM finished
+                                   WHERE %(status)s IN ('failed', 'partial')),
            owed_run_id = CASE WHEN %(owed)s AND EXISTS (SELECT 1 FROM finished)
                               THEN %(id)s ELSE owed_run_id END,
            next_due_at = CASE WHEN %(skip_to)s::timestamptz IS NOT NULL
@@ -232,3 +252,16 @@ ON CONFLICT (job) DO UPDATE
 -- First inside each item's transaction: ARCHITECTURE.md, "Fencing" (worker_fence() is
 -- created by migration 0005).
 SELECT worker_fence(%(job)s, %(run_id)s, %(owner)s, %(idle_timeout_ms)s);
+
+-- name: request_cancel
+-- Ask a running run to stop (`POST /api/runs/ID/cancel`): whichever process runs it sees
+-- the flag within CANCEL_CHECK_S. The run's row, with `running` false once it had ended.
+UPDATE worker_job_runs
+   SET cancel_requested_at = CASE WHEN status = 'running'
+                                  THEN coalesce(cancel_requested_at, now())
+                                  ELSE cancel_requested_at END
+ WHERE id = %(id)s
+RETURNING id, job, status = 'running' AS running, cancel_requested_at;
+
+-- name: cancel_requested
+SELECT cancel_requested_at IS NOT NULL AS cancel FROM worker_job_runs WHERE id = %(id)s;
