@@ -93,8 +93,9 @@ class Command:
 
 @dataclass(frozen=True)
 class PythonCall:
-    target: str  # module:function
+    target: str  # module:function (a catalogue handler's: also /path/script.py:run)
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    handler: bool = False  # a catalogue handler (`worker.call --handler`): a runtime job
 
 
 @dataclass(frozen=True)

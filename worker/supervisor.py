@@ -79,12 +79,14 @@ class Child:
         *,
         should_stop: Callable[[], bool] = _never,
         stop_grace_s: float = KILL_AFTER_S,
+        on_tick: Callable[[], None] | None = None,
     ) -> str | None:
         """Wait for the child to exit: None when it did by itself, else why it was ended.
 
         Past `timeout_s` it is terminated with KILL_AFTER_S of grace (`"timeout"`); once
         `should_stop()` is true, with `stop_grace_s` (`"stopped"`). Either way, and when it
-        exits by itself, whatever it left running in its group is killed.
+        exits by itself, whatever it left running in its group is killed. `on_tick`, when
+        given, is called every POLL_S while it runs (the run's live output and progress).
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -99,6 +101,8 @@ class Child:
             if should_stop():
                 self.terminate(stop_grace_s)
                 return "stopped"
+            if on_tick is not None:
+                on_tick()
 
     def terminate(self, kill_after_s: float = KILL_AFTER_S) -> None:
         """SIGTERM to the child's whole process group, SIGKILL if it is still there
@@ -108,6 +112,10 @@ class Child:
             self.process.wait(kill_after_s)
         self._signal_group(signal.SIGKILL)  # also whatever it started that ignored SIGTERM
         self.process.wait()
+
+    def output_so_far(self) -> str:
+        """What was kept of its output up to now, decoded, while it runs."""
+        return self._capture.snapshot()
 
     def output(self) -> tuple[str, int]:
         """What was kept of its output, decoded, and how many earlier bytes were not.
@@ -150,6 +158,9 @@ class _Capture:
             while self._kept - len(self._chunks[0]) >= self._keep_bytes:
                 self._kept -= len(self._chunks[0])
                 self._dropped += len(self._chunks.pop(0))
+
+    def snapshot(self) -> str:
+        return b"".join(list(self._chunks)).decode("utf-8", "replace")
 
     def text(self) -> tuple[str, int]:
         """What was kept, decoded, and how many earlier bytes were not."""

@@ -25,6 +25,7 @@ from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
 from ..supervisor import Child
 from .base import JobContext
+from .live import PROGRESS_ENV, LiveRun
 
 OUTPUT_MAX_BYTES = 64 * 1024
 HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
@@ -282,12 +283,18 @@ def _cancelled_on_stop(ctx: JobContext) -> Iterator[None]:
 def _python(ctx: JobContext, call: PythonCall, timeout_s: int) -> Attempt:
     with tempfile.TemporaryDirectory(prefix="worker-call-") as folder:
         result_path = Path(folder) / "result.json"
+        progress_path = Path(folder) / "progress.json"
         # Unbuffered: what it printed survives a kill at its timeout.
-        env = {**os.environ, "WORKER_CALL_RESULT": str(result_path), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "worker.call", call.target]
-        attempt = _child_attempt(
-            ctx, argv, env, None, timeout_s, stdin=json.dumps(dict(call.kwargs))
-        )
+        env = {
+            **os.environ,
+            "WORKER_CALL_RESULT": str(result_path),
+            PROGRESS_ENV: str(progress_path),
+            "PYTHONUNBUFFERED": "1",
+        }
+        handler = ["--handler"] if call.handler else []
+        argv = [sys.executable, "-m", "worker.call", *handler, call.target]
+        stdin = json.dumps(dict(call.kwargs))
+        attempt = _child_attempt(ctx, argv, env, None, timeout_s, stdin, progress_path)
         answer = _read_answer(result_path)
     if "error" in answer:
         attempt.ok, attempt.error = False, answer["error"]
@@ -312,13 +319,17 @@ def _child_attempt(
     cwd: str | None,
     timeout_s: int,
     stdin: str | None = None,
+    progress_path: Path | None = None,
 ) -> Attempt:
     try:
         child = Child.start(argv, env=env, cwd=cwd, stdin=stdin, keep_bytes=OUTPUT_MAX_BYTES)
     except OSError as exc:
         return Attempt(False, error=f"cannot start {argv[0]}: {exc.strerror}", retryable=False)
     stop_grace_s = max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1)
-    ending = child.wait(timeout_s, should_stop=ctx.should_stop, stop_grace_s=stop_grace_s)
+    live = LiveRun(ctx, child.output_so_far, progress_path, lambda text: SECRETS(clip(text)))
+    ending = child.wait(
+        timeout_s, should_stop=ctx.should_stop, stop_grace_s=stop_grace_s, on_tick=live.tick
+    )
     output, dropped = child.output()
     code = child.returncode
     error = ending or (None if code == 0 else f"exit code {code}")

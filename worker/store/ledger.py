@@ -141,6 +141,16 @@ def request_cancel(conn: Conn, run_id: int) -> dict[str, Any] | None:
     return conn.execute(db.query("ledger.request_cancel"), {"id": run_id}).fetchone()
 
 
+def run_progress(
+    conn: Conn, run_id: int, output: str | None, done: int | None, total: int | None
+) -> None:
+    """The running run's output so far and progress (nothing once it has ended)."""
+    conn.execute(
+        db.query("ledger.run_progress"),
+        {"id": run_id, "output": output, "done": done, "total": total},
+    )
+
+
 def cancel_requested(conn: Conn, run_id: int) -> bool:
     row = conn.execute(db.query("ledger.cancel_requested"), {"id": run_id}).fetchone()
     return bool(row and row["cancel"])

@@ -265,3 +265,10 @@ RETURNING id, job, status = 'running' AS running, cancel_requested_at;
 
 -- name: cancel_requested
 SELECT cancel_requested_at IS NOT NULL AS cancel FROM worker_job_runs WHERE id = %(id)s;
+
+-- name: run_progress
+-- While a run goes on: its output so far and the progress its handler reported, for the
+-- run page and `GET /api/runs/ID`.
+UPDATE worker_job_runs
+   SET output = %(output)s, progress_done = %(done)s, progress_total = %(total)s
+ WHERE id = %(id)s AND status = 'running';
