@@ -5,6 +5,8 @@ forms (worker.timeforms); a handler run by `python -m worker.call --handler`. No
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -478,3 +480,38 @@ def test_revive_turns_what_the_child_receives_into_objects() -> None:
     assert revive(handler, {"since": None}) == {"since": None}
     with pytest.raises(ValueError, match="since"):
         revive(handler, {"since": "now-7d"})  # relative forms are resolved before the child
+
+
+# --- running a handler: `python -m worker.call --handler` --------------------------------
+
+
+def call_handler(app: Path, target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    result = app / "result.json"
+    env = {**os.environ, "WORKER_CALL_RESULT": str(result)}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.call", "--handler", target],
+        cwd=app,
+        env=env,
+        input=json.dumps(kwargs),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(result.read_text())
+    return answer
+
+
+def test_a_script_handler_runs_with_its_kwargs_resolved(app: Path, catalogue: Catalogue) -> None:
+    handler = catalogue.get("scripts:sync_accounts")
+    assert handler is not None
+    kwargs = catalogue.resolve(handler.name, {"days": 3, "start_date": "now-1d"}, NOW)
+    answer = call_handler(app, handler.target, kwargs)
+    assert answer == {"result": {"synced": 3, "start_date": "datetime", "days": 3}}
+
+
+def test_a_module_handler_runs_by_its_target(app: Path, catalogue: Catalogue) -> None:
+    handler = catalogue.get(f"{PACKAGE}.tasks:sync_all")
+    assert handler is not None
+    answer = call_handler(app, handler.target, catalogue.resolve(handler.name, {"limit": 5}, NOW))
+    assert answer == {"result": {"limit": 5}}
