@@ -19,6 +19,7 @@ import pytest
 
 from worker import timeforms
 from worker.handlers import (
+    MODULE_ENTRY,
     Catalogue,
     Handler,
     KwargsError,
@@ -27,6 +28,8 @@ from worker.handlers import (
     split_entries,
 )
 from worker.inspect_handlers import revive
+from worker.settings import ConfigError, from_env
+from worker.settings.readers import _HANDLER_MODULE
 from worker.signatures import ANY, Kind, annotation_kind, render
 
 NOW = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)  # a Friday, 12:30 UTC
@@ -515,3 +518,23 @@ def test_a_module_handler_runs_by_its_target(app: Path, catalogue: Catalogue) ->
     assert handler is not None
     answer = call_handler(app, handler.target, catalogue.resolve(handler.name, {"limit": 5}, NOW))
     assert answer == {"result": {"limit": 5}}
+
+
+# --- the setting -------------------------------------------------------------------------
+
+
+def test_worker_handlers_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"DATABASE_URL": "postgresql://db/app"}
+    assert from_env(env).handlers == ()
+    (tmp_path / "scripts").mkdir()
+    monkeypatch.chdir(tmp_path)
+    value = "scripts, app.tasks, app.jobs:sync_all, scripts"
+    parsed = from_env({**env, "WORKER_HANDLERS": value}).handlers
+    assert parsed == ("scripts", "app.tasks", "app.jobs:sync_all")
+    for bad in ("./missing", "app.tasks:sync:all", "app-tasks", "app.tasks:"):
+        with pytest.raises(ConfigError, match=r"WORKER_HANDLERS: .* neither an existing"):
+            from_env({**env, "WORKER_HANDLERS": f"scripts,{bad}"})
+
+
+def test_the_module_entry_pattern_is_the_settings_one() -> None:
+    assert MODULE_ENTRY.pattern == _HANDLER_MODULE.pattern
