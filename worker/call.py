@@ -4,6 +4,11 @@ Keyword arguments arrive as a JSON object on stdin. What the function prints or 
 stdout/stderr (the run's `output`); its return value, or its exception's type and message,
 is written as JSON to the file named by `WORKER_CALL_RESULT`. Exit 0 on success, 1 if the
 function raised.
+
+`python -m worker.call --handler TARGET` runs a catalogue handler (`worker.handlers`):
+TARGET may also be a script file (`/app/scripts/sync.py:run`), and the values of its
+`datetime`, `date` and `timedelta` parameters arrive as ISO text or seconds and are passed
+as those objects (`inspect_handlers.revive`). Without the flag nothing is converted.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ from typing import Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    handler = args[:1] == ["--handler"]
+    if handler:
+        del args[0]
     if len(args) != 1 or ":" not in args[0]:
-        print("usage: python -m worker.call module:function", file=sys.stderr)
+        print("usage: python -m worker.call [--handler] module:function", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     sys.path.insert(0, os.getcwd())  # the app's code, as `python -m app...` would find it
     kwargs = json.loads(sys.stdin.read() or "{}")
     try:
-        value = _call(args[0], kwargs)
+        value = _call(args[0], kwargs, handler=handler)
     except Exception as exc:
         traceback.print_exc()
         _answer({"error": f"{type(exc).__name__}: {exc}"})
@@ -38,9 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _call(target: str, kwargs: dict[str, Any]) -> Any:
-    module_name, function_name = target.split(":", 1)
-    function = getattr(importlib.import_module(module_name), function_name)
+def _call(target: str, kwargs: dict[str, Any], *, handler: bool = False) -> Any:
+    if handler:
+        from .inspect_handlers import import_target, revive
+
+        function = import_target(target)
+        kwargs = revive(function, kwargs)
+    else:
+        module_name, function_name = target.split(":", 1)
+        function = getattr(importlib.import_module(module_name), function_name)
     value = function(**kwargs)
     if inspect.isawaitable(value):
         value = asyncio.run(_awaited(value))

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _EXTRA_RULE = re.compile(rf"^(?:({_IDENT})\.)?({_IDENT})\.({_IDENT}):([0-9]{{1,6}})$")
+_HANDLER_MODULE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")  # handlers.MODULE_ENTRY
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _TRUE = {"1", "true", "yes", "on"}
 MIN_TOKEN_CHARS = 16
@@ -90,6 +91,23 @@ def parse_token(value: str) -> str:
     if not all("!" <= char <= "~" for char in value):
         raise ValueError("must be visible ASCII characters without spaces")
     return value
+
+
+def parse_handlers(value: str) -> tuple[str, ...]:
+    """`dir,module,module:function`: each an existing directory (of scripts) or a module
+    name, in order, repeats left out. A name that is both is the directory."""
+    entries = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry or entry in entries:
+            continue
+        if not Path(entry).is_dir() and not _HANDLER_MODULE.match(entry):
+            raise ValueError(
+                f"{entry!r} is neither an existing directory nor a module name"
+                " (module or module:function)"
+            )
+        entries.append(entry)
+    return tuple(entries)
 
 
 def resolve_database(env: Mapping[str, str], *, production: bool) -> Database:

@@ -78,6 +78,7 @@ class Settings:
     lease_s: float
     concurrency: int  # runs at once per process (ARCHITECTURE.md, "The loop")
     jobs_file: Path | None
+    handlers: tuple[str, ...]  # WORKER_HANDLERS: directories and modules (worker.handlers)
     database_pooler: str | None  # informational: the worker is pooler-safe either way
     shutdown_grace_s: float
     db_connect_timeout_s: float

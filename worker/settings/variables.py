@@ -15,6 +15,7 @@ from .readers import (
     number,
     optional_choice,
     parse_extra_rules,
+    parse_handlers,
     parse_run_on_start,
     parse_token,
     parsed,
@@ -81,6 +82,13 @@ VARIABLES: tuple[Var, ...] = (
         read_with("jobs_file"),
         "the jobs file",
         shown="`./worker.toml` if present",
+    ),
+    Var(
+        "WORKER_HANDLERS",
+        "handlers",
+        (),
+        parsed(lambda v: parse_handlers(v)),
+        "the handlers runtime jobs may run",
     ),
     Var(
         "DATABASE_POOLER",
