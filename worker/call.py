@@ -48,8 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _call(target: str, kwargs: dict[str, Any], *, handler: bool = False) -> Any:
     if handler:
+        from . import task
         from .inspect_handlers import import_target, revive
 
+        task.install()  # a stop ends it, or only flags once it asks task.should_stop()
         function = import_target(target)
         kwargs = revive(function, kwargs)
     else:

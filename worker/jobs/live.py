@@ -11,13 +11,13 @@ from pathlib import Path
 
 import psycopg
 
-from .. import db
+from .. import db, task
 from ..store import ledger
 from .base import JobContext
 
 FLUSH_S = 1.0
-# The environment variable naming the file a handler's `task.progress` writes.
-PROGRESS_ENV = "WORKER_TASK_PROGRESS"
+# The variable naming the file a handler's `task.progress` writes.
+PROGRESS_ENV = task.PROGRESS_ENV
 
 
 class LiveRun:
