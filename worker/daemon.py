@@ -13,6 +13,7 @@ import schedule
 
 from . import db, http_client, service, signals
 from .dispatch import REQUEST_POLL_S, Dispatcher
+from .jobs import runtime
 from .logs import get_logger
 from .registry import JobSpec, Service, jobs_of
 from .runs import Runner
@@ -27,6 +28,7 @@ CLOCK_STEP_S = 1.0  # a wall clock that moved this much against the monotonic on
 # /healthz: the loop wakes at least every REQUEST_POLL_S (runs are on the pool's threads, so
 # a long run never holds it); silent this long, it is stuck.
 STALLED_AFTER_S = 12 * REQUEST_POLL_S
+RUNTIME_SERVICES = ("jobs", "all")  # the services that run runtime jobs
 
 
 class Daemon:
@@ -56,6 +58,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None  # the loop's, once it runs
         self._web: Endpoint | None = None
         self.runner = Runner(settings, self.http, self._stop, self.log, dry_run=dry_run)
+        self.handlers = runtime.Handlers(settings)  # the catalogue, read on first use
 
     def stop(self, signal_name: str | None = None) -> None:
         """Ask for a graceful stop (called by the signal watcher thread, or by tests)."""
@@ -138,8 +141,15 @@ class Daemon:
             self._log_stopped(statuses=[outcome.value for outcome in outcomes])
             return 1 if RunStatus.FAILED in outcomes else 0
         process_id = service.start(self.settings, self.service.name, self.jobs, self.log)
+        serves_runtime = self.service.name in RUNTIME_SERVICES
         self._dispatcher = Dispatcher(
-            self.settings, list(self.jobs), self.runner, self.log, self._nudge, process_id
+            self.settings,
+            list(self.jobs),
+            self.runner,
+            self.log,
+            self._nudge,
+            process_id,
+            handlers=self.handlers if serves_runtime else None,
         )
         if not self._serve_http():
             service.stop(self.settings, process_id, self.log)
@@ -164,6 +174,7 @@ class Daemon:
                 stalled=self.stalled,
                 log=self.log,
                 on_request=None if self._dispatcher is None else self._dispatcher.poke,
+                handlers=self.handlers,
             )
         except OSError as exc:
             self.log.error("http_listen_failed", port=self.settings.http_port, error=str(exc))

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from . import db
+from .jobs import runtime
 from .registry import JobSpec
 from .runs import Runner
 from .settings import Settings
@@ -46,11 +47,16 @@ class Dispatcher:
         log: Any,
         nudge: threading.Event,
         process_id: int | None = None,
+        handlers: runtime.Handlers | None = None,
     ) -> None:
         self.concurrency = settings.concurrency
         self._settings = settings
         self._specs = {spec.name: spec for spec in jobs}
-        self._services = sorted({spec.service for spec in jobs})
+        # With `handlers`, this process runs the `jobs` service's runtime jobs too.
+        self._handlers = handlers
+        self._runtime: dict[str, tuple[Any, JobSpec]] = {}  # job -> (definition, its spec)
+        services = {spec.service for spec in jobs} | ({"jobs"} if handlers else set())
+        self._services = sorted(services)
         self._runner = runner
         self._log = log
         self._nudge = nudge  # set to wake the loop: a run ended, a local request
@@ -98,7 +104,7 @@ class Dispatcher:
             return
         waiting: list[str] = []
         for row in due.rows:
-            spec = self._specs.get(row["job"])
+            spec = self._specs.get(row["job"]) or self._runtime_spec(row)
             if spec is None or row["job"] in self._running:
                 continue  # another version's job, or a run of ours whose lease lapsed
             if stopping.is_set():
@@ -146,6 +152,17 @@ class Dispatcher:
         if due.reaped:
             self._runner.report_reaped(self._conn, due.reaped)
         return due
+
+    def _runtime_spec(self, row: dict[str, Any]) -> JobSpec | None:
+        """A runtime job's spec, built again whenever its definition changed."""
+        if self._handlers is None or row.get("source") != "runtime" or not row.get("definition"):
+            return None
+        known = self._runtime.get(row["job"])
+        if known is not None and known[0] == row["definition"]:
+            return known[1]
+        spec = runtime.spec(row["job"], row["definition"], self._handlers)
+        self._runtime[row["job"]] = (row["definition"], spec)
+        return spec
 
     def _beat(self) -> ledger.Beat | None:
         """This read's heartbeat, when the last one is most of a poll old."""

@@ -46,6 +46,12 @@ class JobStatus:
     last_success_at: datetime | None
     health: str
     service_alive: bool | None = None  # a live process runs its service (None: unknown)
+    source: str = "system"  # system (built in), file (the jobs file's) or runtime (the API's)
+    declared_in: str | None = None  # the jobs file, for a file job
+    definition: dict[str, Any] | None = None  # a runtime job's: handler, kwargs, ...
+    runs: int = 0  # since it was created, kept through history pruning
+    successes: int = 0
+    failures: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -131,6 +137,12 @@ def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
         paused=bool(row["paused"]),
         last_success_at=row["last_success_at"],
         health=health(row, _period(schedule.period_s), now),
+        source=row["source"],
+        declared_in=row["declared_in"],
+        definition=row["definition"],
+        runs=row["runs"],
+        successes=row["successes"],
+        failures=row["failures"],
     )
 
 
@@ -206,6 +218,10 @@ def job_dict(job: JobStatus) -> dict[str, Any]:
         "health": job.health,
         "healthy": job.healthy,
         "service_alive": job.service_alive,
+        "source": job.source,
+        "declared_in": job.declared_in,
+        "definition": job.definition,
+        "counters": {"runs": job.runs, "successes": job.successes, "failures": job.failures},
     }
 
 

@@ -41,7 +41,8 @@ class Access:
             by_script = False
         else:
             by_script = self._check_token(request, self.token)
-        if request.method == "POST" and not by_script and not same_origin(request):
+        writes = request.method not in ("GET", "HEAD", "OPTIONS")
+        if writes and not by_script and not same_origin(request):
             raise Forbidden(
                 "a form POST must come from this dashboard: its Origin or Referer must match "
                 "the Host (scripts: send Authorization: Bearer <WORKER_HTTP_TOKEN>)"

@@ -27,6 +27,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .. import db, schedules, status
+from ..jobs import runtime
 from ..metrics import LedgerCollector
 from ..settings import Settings
 from ..store import alerts as alert_store
@@ -34,6 +35,7 @@ from ..store import ledger, reads
 from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
+from .manage import Manage
 
 DB_CHECK_TIMEOUT_S = 2.0
 RECENT_RUNS = 20
@@ -49,6 +51,10 @@ NOTICES = {  # `?done=` after a form action -> the message shown; the subject is
     "resumed": "Resumed {}.",
     "requested": "Run of {} requested: the running service starts it within 5 s.",
     "acknowledged": "Alert {} acknowledged.",
+    "created": "Created {}.",
+    "updated": "Saved {}.",
+    "deleted": "Deleted {}.",
+    "cancelling": "Run {} asked to stop: it ends within a few seconds.",
 }
 
 # Every route, once: its rule, the App method that answers it, its HTTP method.
@@ -66,7 +72,13 @@ ROUTES = (
     ("/api/processes", "api_processes", "GET"),
     ("/api/jobs/<job>/pause", "pause", "POST"),
     ("/api/jobs/<job>/resume", "resume", "POST"),
-    ("/api/jobs/<job>/run", "request_run", "POST"),
+    ("/api/jobs/<job>/run", "manage.request_run", "POST"),
+    ("/api/jobs", "manage.create", "POST"),
+    ("/api/jobs/<job>", "manage.update", "PATCH"),
+    ("/api/jobs/<job>", "manage.delete", "DELETE"),
+    ("/api/jobs/<job>/changes", "manage.changes", "GET"),
+    ("/api/handlers", "manage.handler_list", "GET"),
+    ("/api/runs/<int:run_id>/cancel", "manage.cancel", "POST"),
     ("/api/alerts/<int:alert_id>/ack", "ack", "POST"),
 )
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
@@ -85,6 +97,7 @@ class App:
         connections: Connections,
         database_check: DatabaseCheck,
         on_request: Callable[[], None] | None = None,
+        handlers: runtime.Handlers | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
@@ -98,18 +111,26 @@ class App:
         self._templates: Any = None  # loaded on the first page view
         self._templates_lock = threading.Lock()
         self.dashboard_cache: FreshCache[DashboardData] = FreshCache(DASHBOARD_FRESH_S)
+        self.manage = Manage(self, handlers or runtime.Handlers(settings))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         response = self.dispatch(request)
         return response(environ, start_response)
 
+    def handler(self, endpoint: str) -> Callable[..., Response]:
+        """The method a route names: `dashboard` on the App, `manage.create` on its Manage."""
+        owner: Any = self
+        for part in endpoint.split("."):
+            owner = getattr(owner, part)
+        return owner  # type: ignore[no-any-return]
+
     def dispatch(self, request: Request) -> Response:
         try:
             endpoint, args = URLS.bind_to_environ(request.environ).match()
             if endpoint != "healthz":
                 self.access.check(request)
-            handler: Callable[..., Response] = getattr(self, str(endpoint))
+            handler: Callable[..., Response] = self.handler(str(endpoint))
             return handler(request, **args)
         except HTTPException as exc:
             return self.error(request, exc)
@@ -275,18 +296,10 @@ class App:
         with self.connections.connection() as conn:
             self.job_status(conn, job)
             ledger.set_paused(conn, job, paused)
+            self.manage.record_pause(conn, job, paused)
         self.log.info("job_paused_set" if paused else "job_resumed", job=job, via="http")
         done = "paused" if paused else "resumed"
         return self.acted(request, done, job, {"job": job, "paused": paused})
-
-    def request_run(self, request: Request, job: str) -> Response:
-        with self.connections.connection() as conn:
-            self.job_status(conn, job)
-            ledger.request_run(conn, job)
-        self.log.info("run_requested", job=job, via="http")
-        if self.on_request is not None:
-            self.on_request()  # this process's loop reads the ledger now, not at its poll
-        return self.acted(request, "requested", job, {"job": job, "requested": True}, 202)
 
     def ack(self, request: Request, alert_id: int) -> Response:
         with self.connections.connection() as conn:

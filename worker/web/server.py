@@ -14,6 +14,7 @@ from typing import Any
 from waitress import wasyncore
 from waitress.server import create_server
 
+from ..jobs import runtime
 from ..settings import Settings
 from .access import is_loopback
 from .app import App
@@ -55,6 +56,7 @@ def serve(
     stalled: Callable[[], str | None],
     log: Any,
     on_request: Callable[[], None] | None = None,
+    handlers: runtime.Handlers | None = None,
 ) -> Endpoint:
     """Listen on WORKER_HTTP_HOST:WORKER_HTTP_PORT; raises OSError when the port is taken.
 
@@ -63,7 +65,8 @@ def serve(
     """
     assert settings.http_port is not None
     connections = Connections(settings)
-    app = App(settings, stalled, log, connections, DatabaseCheck(settings), on_request)
+    check = DatabaseCheck(settings)
+    app = App(settings, stalled, log, connections, check, on_request, handlers)
     sockets: dict[int, Any] = {}
     server = create_server(
         app,

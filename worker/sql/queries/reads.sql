@@ -6,7 +6,8 @@
 -- `worker status` and the dashboard: every job some service has registered (of one service,
 -- or one job), with its latest runs, in one round trip, cheap enough for a container
 -- HEALTHCHECK every 30 s. Each lateral lookup walks (job, started_at desc).
-SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused,
+SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused, j.source, j.declared_in,
+       j.definition, j.runs, j.successes, j.failures,
        latest.started_at  AS last_started_at,
        latest.status      AS last_status,
        latest.duration_ms AS duration_ms,

@@ -1,0 +1,221 @@
+"""The API's writes of jobs (ARCHITECTURE.md, "Runtime jobs"): create, edit and delete
+runtime jobs, run any job now (a runtime job with other parameters), cancel a run, and
+the handler catalogue and change history they are made from.
+
+Built-in and jobs-file jobs may be paused, resumed and run, never edited or deleted here
+(403 naming where they are declared). Every change is recorded with its actor.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound
+from werkzeug.wrappers import Request, Response
+
+from .. import db, schedules, status
+from ..handlers import KwargsError
+from ..jobs import runtime
+from ..jobs.runtime import Definition, DefinitionError
+from ..store import definitions, ledger, processes
+
+if TYPE_CHECKING:
+    from .app import App
+
+CHANGES = 50
+
+
+class Manage:
+    """The write routes of `app.ROUTES` named `manage.*`, on the App's connections."""
+
+    def __init__(self, app: App, handlers: runtime.Handlers) -> None:
+        self.app = app
+        self.handlers = handlers
+
+    @property
+    def actor(self) -> str:
+        """Who made a change: `token` (the dashboard's token) or `loopback`."""
+        return "token" if self.app.settings.http_token is not None else "loopback"
+
+    def handler_list(self, request: Request) -> Response:
+        return json_response(self.handlers.catalogue().listed())
+
+    def create(self, request: Request) -> Response:
+        body = read_body(request)
+        name = _checked(lambda: runtime.check_name(body.get("name")))
+        fields = {key: value for key, value in body.items() if key != "name"}
+        definition = _checked(lambda: runtime.parse(fields, self.handlers.catalogue()))
+        with self.app.connections.connection() as conn:
+            schedule = definition.parsed_schedule()
+            created = definitions.create(
+                conn,
+                name,
+                schedule=schedule.text,
+                first_due=schedule.first_due(db.now(conn)),
+                max_attempts=definition.max_attempts,
+                definition=definition.stored(),
+                actor=self.actor,
+            )
+        if not created:
+            raise Conflict(f"a job named {name!r} exists")
+        self.app.log.info("runtime_job_created", job=name, handler=definition.handler)
+        return self.app.acted(request, "created", name, self.described(name), 201)
+
+    def update(self, request: Request, job: str) -> Response:
+        body = read_body(request)
+        if "name" in body and body["name"] != job:
+            raise BadRequest("name: a job cannot be renamed; create a new one")
+        with self.app.connections.connection() as conn:
+            current = self._runtime_definition(conn, job, "edited")
+            fields = {key: value for key, value in body.items() if key != "name"}
+            catalogue = self.handlers.catalogue()
+            definition = _checked(lambda: runtime.parse(fields, catalogue, current))
+            schedule = definition.parsed_schedule()
+            definitions.update(
+                conn,
+                job,
+                schedule=schedule.text,
+                first_due=schedule.first_due(db.now(conn)),
+                max_attempts=definition.max_attempts,
+                definition=definition.stored(),
+                actor=self.actor,
+            )
+        self.app.log.info("runtime_job_updated", job=job)
+        return self.app.acted(request, "updated", job, self.described(job))
+
+    def delete(self, request: Request, job: str) -> Response:
+        with self.app.connections.connection() as conn:
+            self._runtime_definition(conn, job, "deleted")
+            definitions.delete(conn, job, self.actor)
+        self.app.log.info("runtime_job_deleted", job=job)
+        if request.form.get("next") is not None:
+            return self.app.acted(request, "deleted", job, {})
+        self.app.dashboard_cache.clear()
+        return Response(status=204)
+
+    def changes(self, request: Request, job: str) -> Response:
+        with self.app.connections.connection() as conn:
+            rows = definitions.changes(conn, job, CHANGES)
+            if not rows and definitions.source(conn, job) is None:
+                raise NotFound(f"no job {job!r}")
+        return json_response({"job": job, "changes": [jsonable(row) for row in rows]})
+
+    def request_run(self, request: Request, job: str) -> Response:
+        """Run now (202), with other parameters for a runtime job; 409 when no live process
+        serves the job's service (the request would wait for ever)."""
+        body = read_body(request) if request.mimetype == "application/json" else {}
+        with self.app.connections.connection() as conn:
+            row = definitions.source(conn, job)
+            if row is None:
+                raise NotFound(f"no job {job!r} in the ledger")
+            kwargs = self._run_kwargs(row, body)
+            self._check_served(conn, row["service"])
+            if not ledger.request_run(conn, job, kwargs):
+                raise Conflict(f"a run of {job} is already requested: wait for it to start")
+        self.app.log.info("run_requested", job=job, via="http", kwargs=kwargs is not None)
+        if self.app.on_request is not None:
+            self.app.on_request()  # this process's loop reads the ledger now, not at its poll
+        body = {"job": job, "requested": True, "kwargs": kwargs}
+        return self.app.acted(request, "requested", job, body, 202)
+
+    def cancel(self, request: Request, run_id: int) -> Response:
+        with self.app.connections.connection() as conn:
+            row = ledger.request_cancel(conn, run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        if not row["running"]:
+            raise Conflict(f"run {run_id} has ended: there is nothing to cancel")
+        self.app.log.info("run_cancel_requested", run_id=run_id, job=row["job"], via="http")
+        body = {"id": run_id, "cancel_requested_at": status.iso(row["cancel_requested_at"])}
+        return self.app.acted(request, "cancelling", str(run_id), body, 202)
+
+    def record_pause(self, conn: db.Conn, job: str, paused: bool) -> None:
+        action = "pause" if paused else "resume"
+        definitions.record_change(conn, job, action, self.actor, after={"paused": paused})
+
+    def described(self, job: str) -> dict[str, Any]:
+        with self.app.connections.connection() as conn:
+            return status.job_dict(self.app.job_status(conn, job))
+
+    def _runtime_definition(self, conn: db.Conn, job: str, done: str) -> Definition:
+        row = definitions.source(conn, job)
+        if row is None:
+            raise NotFound(f"no job {job!r} in the ledger")
+        if row["source"] != "runtime":
+            where = row["declared_in"] or "the worker itself (built in)"
+            raise Forbidden(
+                f"{job} is declared in {where}: it can be paused, resumed and run here, "
+                f"not {done}; change it where it is declared"
+            )
+        return Definition.from_stored(row["definition"])
+
+    def _run_kwargs(self, row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
+        unknown = sorted(set(body) - {"kwargs"})
+        if unknown:
+            raise BadRequest(f"{unknown[0]}: a run takes only `kwargs`")
+        if "kwargs" not in body:
+            return None
+        if row["source"] != "runtime":
+            raise BadRequest(f"kwargs: {row['job']} is not a runtime job; it takes none")
+        definition = Definition.from_stored(row["definition"])
+        validate = self.handlers.catalogue().validate
+        checked: dict[str, Any] = _checked(lambda: validate(definition.handler, body["kwargs"]))
+        return checked
+
+    def _check_served(self, conn: db.Conn, service: str | None) -> None:
+        live = {p["service"] for p in processes.listed(conn) if p["alive"]}
+        if service and not live & {service, "all"}:
+            raise Conflict(
+                f"no live process of the {service} service serves this job: start "
+                f"`worker {service}` (or `worker all`), then ask again"
+            )
+
+
+def read_body(request: Request) -> dict[str, Any]:
+    """A JSON object body, or a dashboard form's fields (`kwargs` as JSON text)."""
+    if request.mimetype == "application/json":
+        try:
+            body = json.loads(request.get_data(as_text=True) or "{}")
+        except ValueError as exc:
+            raise BadRequest(f"body: not JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body: a JSON object")
+        return body
+    form: dict[str, Any] = {
+        k: v for k, v in request.form.items() if k != "next" and v.strip() != ""
+    }
+    for key in ("kwargs",):
+        if key in form:
+            try:
+                form[key] = json.loads(form[key])
+            except ValueError:
+                raise BadRequest(f"{key}: not JSON") from None
+    for key in ("timeout", "max_attempts"):
+        if key in form:
+            form[key] = int(form[key]) if form[key].isdigit() else form[key]
+    return form
+
+
+def _checked(make: Any) -> Any:
+    try:
+        return make()
+    except DefinitionError as exc:
+        raise BadRequest(str(exc)) from None
+    except KwargsError as exc:
+        raise BadRequest(f"{exc.parameter}: {exc.message}") from None
+    except schedules.ScheduleError as exc:
+        raise BadRequest(f"schedule: {exc}") from None
+
+
+def json_response(body: Any, code: int = 200) -> Response:
+    return Response(
+        json.dumps(body, indent=2) + "\n",
+        status=code,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: status.iso(v) if hasattr(v, "isoformat") else v for k, v in row.items()}
