@@ -179,9 +179,15 @@ def _configure(
     _check_service_argument(args)
     if getattr(args, "due", False) and not args.once:
         raise ConfigError("--due: only with --once")
-    if service_name is not None and not registry.select(jobs, service_name):
+    runtime_only = service_name == "jobs" and bool(config.handlers) and not args.once
+    if service_name is not None and not registry.select(jobs, service_name) and not runtime_only:
         raise ConfigError(
             f"the {service_name} service has no jobs: declare some in WORKER_JOBS_FILE"
+            + (
+                ", or set WORKER_HANDLERS to create them at run time"
+                if service_name == "jobs"
+                else ""
+            )
         )
     return config, jobs
 

@@ -63,7 +63,8 @@ SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, su
 
 -- name: run
 SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
-       failed, error, scheduled_for, host, pid, details, output, result
+       failed, error, scheduled_for, host, pid, details, output, result, attempt, kwargs,
+       progress_done, progress_total, cancel_requested_at
   FROM worker_job_runs
  WHERE id = %(id)s;
 

@@ -1,0 +1,307 @@
+"""Runtime jobs end to end: created, edited, run with parameters, watched, cancelled and
+deleted through the API of a running `jobs` service, on a real PostgreSQL, against a
+handler directory of seed 003's scripts."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.jobruns import WAIT_S, job_row, runs_of, stop, wait_until
+from tests.support.processes import WorkerProcess
+from tests.webtools import TOKEN, client, web_worker
+from worker import db
+
+Spawn = Callable[..., WorkerProcess]
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+# Seed 003's parameterised template, as its users ship it.
+SYNC = """
+from datetime import datetime
+
+from worker import task
+
+TASK_INFO = {"name": "Sync accounts", "description": "Pull accounts from the CRM."}
+task_log = task.log
+
+
+async def run(
+    days: int = 7,
+    target: str = "all",
+    start_date: datetime | None = None,
+    options: dict | None = None,
+) -> dict:
+    task_log(f"syncing {days} days of {target} from {start_date}")
+    return {"days": days, "target": target, "start": str(start_date)}
+"""
+
+# A long run that reports its progress and honours a stop.
+SLOW = """
+import time
+
+from worker import task
+
+
+def run(steps: int = 30) -> dict:
+    for step in range(steps):
+        if task.should_stop():
+            task.log("stopping early")
+            return {"done": step}
+        task.log(f"step {step}")
+        task.progress(step + 1, steps)
+        time.sleep(0.5)
+    return {"done": steps}
+"""
+
+# One that ignores stops: only the signal can end it.
+STUBBORN = """
+import os
+import time
+
+
+def run() -> dict:
+    print(f"pid {os.getpid()}", flush=True)
+    time.sleep(600)
+    return {}
+"""
+
+BROKEN = "import no_such_module_anywhere\n\ndef run():\n    return {}\n"
+
+
+@pytest.fixture
+def handlers_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    for name, text in {"sync": SYNC, "slow": SLOW, "stubborn": STUBBORN, "broken": BROKEN}.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(text), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def api(
+    spawn: Spawn, db_url: str, handlers_dir: Path, tmp_path: Path
+) -> Iterator[tuple[httpx.Client, WorkerProcess]]:
+    """A running `jobs` service with the handler directory, its API as a Bearer client."""
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text("", encoding="utf-8")
+    env = {
+        "WORKER_HANDLERS": str(handlers_dir),
+        "WORKER_HTTP_TOKEN": TOKEN,
+        "WORKER_JOBS_FILE": str(jobs_file),
+        "SHUTDOWN_GRACE_SECONDS": "10",
+    }
+    with web_worker(spawn, db_url, "jobs", **env) as (worker, base):
+        worker.wait_for("scheduler_loop_started", WAIT_S)
+        with client(base, headers=BEARER) as http:
+            yield http, worker
+
+
+def create(http: httpx.Client, **body: Any) -> httpx.Response:
+    return http.post("/api/jobs", json=body)
+
+
+def finished_runs(conn: db.Conn, job: str) -> list[dict[str, Any]]:
+    return [r for r in runs_of(conn, job) if r["status"] != "running"]
+
+
+def test_the_catalogue_lists_each_handler_with_its_parameters_and_import_errors(
+    api: tuple[httpx.Client, WorkerProcess],
+) -> None:
+    http, _ = api
+    listed = {h["name"]: h for h in http.get("/api/handlers").raise_for_status().json()}
+    assert set(listed) == {"scripts:sync", "scripts:slow", "scripts:stubborn", "scripts:broken"}
+    sync = listed["scripts:sync"]
+    assert (sync["title"], sync["description"], sync["error"]) == (
+        "Sync accounts",
+        "Pull accounts from the CRM.",
+        None,
+    )
+    assert [(p["name"], p["default"], p["required"]) for p in sync["parameters"]] == [
+        ("days", 7, False),
+        ("target", "all", False),
+        ("start_date", None, False),
+        ("options", None, False),
+    ]
+    assert "no_such_module_anywhere" in listed["scripts:broken"]["error"]
+
+
+def test_a_job_created_through_the_api_runs_in_the_running_service_then_edits_apply(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    made = create(
+        http,
+        name="sync_crm",
+        handler="scripts:sync",
+        kwargs={"days": 3, "start_date": "today-1d"},
+        schedule="every 2s",
+        description="nightly CRM pull",
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["source"] == "runtime"
+    assert made.json()["definition"]["kwargs"] == {"days": 3, "start_date": "today-1d"}
+
+    first = wait_until(lambda: finished_runs(conn, "sync_crm"), WAIT_S)[0]
+    assert first["status"] == "success", first
+    assert first["kwargs"] == {"days": 3, "start_date": "today-1d"}  # as stored
+    assert first["result"]["days"] == 3 and first["result"]["start"].endswith("00:00:00+00:00")
+    assert "syncing 3 days of all" in first["output"]
+
+    edited = http.patch(
+        "/api/jobs/sync_crm", json={"kwargs": {"target": "eu"}, "schedule": "manual"}
+    )
+    assert edited.status_code == 200, edited.text
+    assert job_row(conn, "sync_crm")["schedule"] == "manual"
+    settled = len(wait_until(lambda: finished_runs(conn, "sync_crm"), WAIT_S))
+    time.sleep(5)  # a manual job never runs unscheduled
+    assert len(finished_runs(conn, "sync_crm")) <= settled + 1  # one may have been claimed
+
+    ran = http.post("/api/jobs/sync_crm/run", json={"kwargs": {"days": 30}})
+    assert ran.status_code == 202, ran.text
+    once = wait_until(
+        lambda: [r for r in finished_runs(conn, "sync_crm") if r["kwargs"] == {"days": 30}]
+    )[0]
+    assert (once["trigger"], once["status"], once["result"]["days"]) == ("manual", "success", 30)
+
+    changes = http.get("/api/jobs/sync_crm/changes").json()["changes"]
+    assert [c["action"] for c in changes] == ["update", "create"]
+    assert changes[0]["actor"] == "token"
+    counters = http.get("/api/jobs/sync_crm").json()["counters"]
+    assert counters["runs"] >= 2 and counters["successes"] == counters["runs"]
+
+    assert http.delete("/api/jobs/sync_crm").status_code == 204
+    assert http.get("/api/jobs/sync_crm").status_code == 404
+    assert runs_of(conn, "sync_crm")  # the history stays
+    actions = [c["action"] for c in http.get("/api/jobs/sync_crm/changes").json()["changes"]]
+    assert actions[0] == "delete"
+
+
+def test_an_at_job_runs_once_and_then_stays_finished(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 2))
+    made = create(http, name="once_only", handler="scripts:sync", at=at)
+    assert made.status_code == 201, made.text
+    wait_until(lambda: finished_runs(conn, "once_only"))
+    time.sleep(4)
+    assert len(runs_of(conn, "once_only")) == 1
+    assert http.get("/api/jobs/once_only").json()["next_due_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"kwargs": {"days": "seven"}}, "days"),
+        ({"kwargs": {"weeks": 1}}, "weeks"),
+        ({"kwargs": {"start_date": "yesterday-ish"}}, "start_date"),
+        ({"handler": "scripts:broken"}, "handler"),
+        ({"handler": "scripts:nothing"}, "handler"),
+        ({"schedule": "every fortnight"}, "schedule"),
+        ({"schedule": "every 1h", "at": "2030-01-01T00:00:00Z"}, "schedule"),
+        ({"command": "rm -rf /"}, "command"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
+def test_a_bad_definition_is_400_naming_the_field_or_parameter(
+    api: tuple[httpx.Client, WorkerProcess], body: dict[str, Any], named: str
+) -> None:
+    http, _ = api
+    full = {"name": "bad_one", "handler": "scripts:sync", "schedule": "manual", **body}
+    answer = create(http, **full)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith(f"{named}:"), answer.json()
+
+
+def test_system_jobs_are_not_deleted_or_redefined_and_names_are_unique(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at)"
+        " VALUES ('quota', 'quota', 'every 1h', now() + interval '1 hour')"
+    )
+    denied = http.delete("/api/jobs/quota")
+    assert denied.status_code == 403 and "built in" in denied.json()["error"]
+    assert http.patch("/api/jobs/quota", json={"schedule": "every 2h"}).status_code == 403
+    taken = create(http, name="quota", handler="scripts:sync", schedule="manual")
+    assert taken.status_code == 409
+    paused = http.post("/api/jobs/quota/pause")
+    assert paused.status_code == 200  # pausing a system job is allowed, and recorded
+    assert http.get("/api/jobs/quota/changes").json()["changes"][0]["action"] == "pause"
+
+
+def test_a_running_run_shows_progress_and_output_then_cancel_ends_it(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    assert (
+        create(http, name="long_one", handler="scripts:slow", schedule="manual").status_code == 201
+    )
+    assert http.post("/api/jobs/long_one/run").status_code == 202
+    run_id = wait_until(lambda: runs_of(conn, "long_one"))[0]["id"]
+
+    def progressed(at_least: int) -> dict[str, Any] | None:
+        run = http.get(f"/api/runs/{run_id}").json()
+        return run if (run["progress_done"] or 0) >= at_least else None
+
+    early = wait_until(lambda: progressed(2))
+    later = wait_until(lambda: progressed(early["progress_done"] + 2))
+    assert later["status"] == "running" and later["progress_total"] == 30
+    assert len(later["output"]) > len(early["output"]) and "step 1" in later["output"]
+
+    cancelled = http.post(f"/api/runs/{run_id}/cancel")
+    assert cancelled.status_code == 202
+    ended = wait_until(lambda: http.get(f"/api/runs/{run_id}").json()["status"] != "running")
+    assert ended is True
+    final = http.get(f"/api/runs/{run_id}").json()
+    assert final["status"] == "cancelled", final
+    assert http.post(f"/api/runs/{run_id}/cancel").status_code == 409  # it has ended
+
+
+def test_cancel_ends_a_handler_that_ignores_it_and_its_child_is_gone(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    assert (
+        create(http, name="stuck", handler="scripts:stubborn", schedule="manual").status_code == 201
+    )
+    assert http.post("/api/jobs/stuck/run").status_code == 202
+    run_id = wait_until(lambda: runs_of(conn, "stuck"))[0]["id"]
+    output = wait_until(lambda: http.get(f"/api/runs/{run_id}").json()["output"])
+    pid = int(output.split("pid ")[1].split()[0])
+    assert http.post(f"/api/runs/{run_id}/cancel").status_code == 202
+    wait_until(lambda: http.get(f"/api/runs/{run_id}").json()["status"] == "cancelled")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_two_replicas_make_one_run_per_occurrence_of_a_runtime_job(
+    spawn: Spawn, db_url: str, conn: db.Conn, handlers_dir: Path, tmp_path: Path
+) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text("", encoding="utf-8")
+    env = {
+        "WORKER_HANDLERS": str(handlers_dir),
+        "WORKER_HTTP_TOKEN": TOKEN,
+        "WORKER_JOBS_FILE": str(jobs_file),
+    }
+    with web_worker(spawn, db_url, "jobs", **env) as (first, base):
+        second = spawn("jobs", env={"DATABASE_URL": db_url, **env})
+        second.wait_for("scheduler_loop_started", WAIT_S)
+        with client(base, headers=BEARER) as http:
+            made = create(http, name="shared", handler="scripts:sync", schedule="every 1s")
+            assert made.status_code == 201
+            wait_until(lambda: len(finished_runs(conn, "shared")) >= 6, WAIT_S)
+        assert stop(second) == 0
+        assert stop(first) == 0
+    runs = runs_of(conn, "shared")
+    occurrences = [r["scheduled_for"] for r in runs if r["scheduled_for"] is not None]
+    assert len(occurrences) >= 6 and len(occurrences) == len(set(occurrences))
