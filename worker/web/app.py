@@ -79,6 +79,11 @@ ROUTES = (
     ("/api/jobs/<job>/changes", "manage.changes", "GET"),
     ("/api/handlers", "manage.handler_list", "GET"),
     ("/api/runs/<int:run_id>/cancel", "manage.cancel", "POST"),
+    ("/new-job", "manage.new_page", "GET"),
+    ("/jobs/<job>/edit", "manage.edit_page", "GET"),
+    ("/jobs/<job>/edit", "manage.edit_form", "POST"),
+    ("/jobs/<job>/delete", "manage.delete_page", "GET"),
+    ("/jobs/<job>/delete", "manage.delete_form", "POST"),
     ("/api/alerts/<int:alert_id>/ack", "ack", "POST"),
 )
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
@@ -145,8 +150,10 @@ class App:
     # --- errors and helpers ------------------------------------------------------------
 
     def error(self, request: Request, exc: HTTPException) -> Response:
-        """JSON under /api/ and for /healthz, else werkzeug's (escaped) HTML page."""
-        if not (request.path.startswith("/api/") or request.path == "/healthz"):
+        """JSON under /api/ and for /healthz, else werkzeug's (escaped) HTML page; also for a
+        dashboard form posted to the API (it says where to go back to: `next`)."""
+        from_form = request.method == "POST" and "next" in request.form
+        if from_form or not (request.path.startswith("/api/") or request.path == "/healthz"):
             return exc.get_response(request.environ)
         code = exc.code or 500
         response = _json({"error": exc.description, "status": code}, code)
@@ -230,11 +237,16 @@ class App:
         with self.connections.connection() as conn:
             entry = self.job_status(conn, job)
             rows = reads.job_runs(conn, job, JOB_RUNS)
+        definition = entry.definition
+        handler = (
+            self.manage.handlers.catalogue().get(definition["handler"]) if definition else None
+        )
         return self.render(
             "job.html",
             job=entry,
             zone=self.zone(entry),
             runs=rows,
+            handler=handler,
             notice=_notice(request),
             here=request.path,
         )
@@ -243,7 +255,15 @@ class App:
         run = self.fetch_run(run_id)
         failures = (run["details"] or {}).get("failures", [])
         result = None if run["result"] is None else json.dumps(run["result"], indent=2)
-        return self.render("run.html", run=run, failures=failures, result=result)
+        return self.render(
+            "run.html",
+            run=run,
+            failures=failures,
+            result=result,
+            elapsed=status.duration(run["elapsed_ms"]),
+            refresh_s=2 if run["status"] == "running" else 10,
+            notice=_notice(request),
+        )
 
     def fetch_run(self, run_id: int) -> dict[str, Any]:
         with self.connections.connection() as conn:

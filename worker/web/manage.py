@@ -130,6 +130,45 @@ class Manage:
         body = {"id": run_id, "cancel_requested_at": status.iso(row["cancel_requested_at"])}
         return self.app.acted(request, "cancelling", str(run_id), body, 202)
 
+    # --- the dashboard's pages for the same writes ------------------------------------
+
+    def new_page(self, request: Request) -> Response:
+        """The handler catalogue; with `?handler=`, the new job's form for that handler."""
+        catalogue = self.handlers.catalogue()
+        chosen = catalogue.get(request.args.get("handler", ""))
+        return self.app.render(
+            "job_form.html",
+            handlers=list(catalogue),
+            handler=chosen,
+            job=None,
+            definition=None,
+            static_page=True,
+        )
+
+    def edit_page(self, request: Request, job: str) -> Response:
+        with self.app.connections.connection() as conn:
+            definition = self._runtime_definition(conn, job, "edited")
+        return self.app.render(
+            "job_form.html",
+            handlers=[],
+            handler=self.handlers.catalogue().get(definition.handler),
+            job=job,
+            definition=definition,
+            static_page=True,
+        )
+
+    def edit_form(self, request: Request, job: str) -> Response:
+        """The edit form's POST (a form cannot send PATCH)."""
+        return self.update(request, job)
+
+    def delete_page(self, request: Request, job: str) -> Response:
+        with self.app.connections.connection() as conn:
+            self._runtime_definition(conn, job, "deleted")
+        return self.app.render("job_delete.html", job=job, static_page=True)
+
+    def delete_form(self, request: Request, job: str) -> Response:
+        return self.delete(request, job)
+
     def record_pause(self, conn: db.Conn, job: str, paused: bool) -> None:
         action = "pause" if paused else "resume"
         definitions.record_change(conn, job, action, self.actor, after={"paused": paused})
@@ -182,9 +221,17 @@ def read_body(request: Request) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise BadRequest("body: a JSON object")
         return body
-    form: dict[str, Any] = {
-        k: v for k, v in request.form.items() if k != "next" and v.strip() != ""
-    }
+    form: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
+    for key, value in request.form.items():
+        if key == "next" or value.strip() == "":
+            continue
+        if key.startswith("kws."):  # a text parameter: taken as written
+            kwargs[key.removeprefix("kws.")] = value
+        elif key.startswith("kw."):  # JSON, or text where it is not (`today-1d`)
+            kwargs[key.removeprefix("kw.")] = _json_or_text(value)
+        else:
+            form[key] = value
     for key in ("kwargs",):
         if key in form:
             try:
@@ -194,7 +241,16 @@ def read_body(request: Request) -> dict[str, Any]:
     for key in ("timeout", "max_attempts"):
         if key in form:
             form[key] = int(form[key]) if form[key].isdigit() else form[key]
+    if kwargs or request.form.get("with_kwargs"):
+        form["kwargs"] = {**form.get("kwargs", {}), **kwargs}
     return form
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _checked(make: Any) -> Any:

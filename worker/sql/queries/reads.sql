@@ -64,7 +64,8 @@ SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, su
 -- name: run
 SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
        failed, error, scheduled_for, host, pid, details, output, result, attempt, kwargs,
-       progress_done, progress_total, cancel_requested_at
+       progress_done, progress_total, cancel_requested_at,
+       (extract(epoch FROM now() - started_at) * 1000)::bigint AS elapsed_ms
   FROM worker_job_runs
  WHERE id = %(id)s;
 
