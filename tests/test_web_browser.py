@@ -168,3 +168,93 @@ def screenshot(driver: Any, tmp_path: Path, name: str) -> None:
     folder = ROOT / "docs" if SCREENSHOTS else tmp_path
     folder.mkdir(exist_ok=True)
     driver.save_screenshot(str(folder / name))
+
+
+def submit(driver: Any, button_id: str) -> None:
+    """Press a form's button and wait for the page it leads to."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, button_id).click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+
+
+def test_create_a_job_from_the_form_run_it_with_parameters_and_cancel_a_run(
+    browser: Any, spawn: Spawn, db_url: str, conn: db.Conn, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from tests.support.jobruns import wait_until as first_true
+    from tests.test_runtime import SLOW, SYNC
+
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "sync.py").write_text(SYNC, encoding="utf-8")
+    (scripts / "slow.py").write_text(SLOW, encoding="utf-8")
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text("", encoding="utf-8")
+    env = {
+        "WORKER_HTTP_TOKEN": TOKEN,
+        "WORKER_HANDLERS": str(scripts),
+        "WORKER_JOBS_FILE": str(jobs_file),
+    }
+    with web_worker(spawn, db_url, service="jobs", **env) as (_, url):
+        browser.get(url.replace("http://", f"http://admin:{TOKEN}@") + "/")
+        browser.find_element(By.ID, "new-job").click()
+        handlers = browser.find_element(By.ID, "handlers").text
+        assert "Sync accounts" in handlers and "Pull accounts from the CRM." in handlers
+        browser.get(f"{url}/new-job?handler=scripts:sync")
+        browser.find_element(By.ID, "name").send_keys("crm_pull")
+        browser.find_element(By.ID, "schedule").send_keys("manual")
+        browser.find_element(By.ID, "kw-days").send_keys("3")
+        browser.find_element(By.ID, "kw-target").send_keys("eu")
+        submit(browser, "save")
+        assert notice(browser) == "Created crm_pull."
+        row = conn.execute("SELECT definition FROM worker_jobs WHERE job = 'crm_pull'").fetchone()
+        assert row is not None and row["definition"]["kwargs"] == {"days": 3, "target": "eu"}
+
+        browser.get(f"{url}/jobs/crm_pull")
+        days = browser.find_element(By.ID, "kw-days")
+        days.clear()
+        days.send_keys("30")
+        submit(browser, "run-with-submit")
+        assert notice(browser).startswith("Run of crm_pull requested")
+        wait_until(lambda: manual_run_status(conn) == "success", timeout_s=20)
+        ran = conn.execute("SELECT kwargs, result FROM worker_job_runs WHERE job = 'crm_pull'")
+        [run] = ran.fetchall()
+        assert run["kwargs"] == {"days": 30, "target": "eu"} and run["result"]["days"] == 30
+
+        browser.get(f"{url}/new-job?handler=scripts:slow")
+        browser.find_element(By.ID, "name").send_keys("long_haul")
+        browser.find_element(By.ID, "schedule").send_keys("manual")
+        submit(browser, "save")
+        browser.get(f"{url}/jobs/long_haul")
+        submit(browser, "run-with-submit")
+        run_id = first_true(
+            lambda: conn.execute(
+                "SELECT id FROM worker_job_runs WHERE job = 'long_haul' AND progress_done >= 2"
+            ).fetchone(),
+            20,
+        )["id"]
+        browser.get(f"{url}/runs/{run_id}")
+        assert browser.find_element(By.ID, "progress").get_attribute("max") == "30"
+        screenshot(browser, tmp_path, "run-live.png")
+        submit(browser, "cancel")
+        assert notice(browser).startswith(f"Run {run_id} asked to stop")
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT status FROM worker_job_runs WHERE id = %s", (run_id,)
+                ).fetchone()["status"]
+                == "cancelled"
+            ),
+            timeout_s=20,
+        )
+
+        browser.get(f"{url}/jobs/long_haul/delete")
+        submit(browser, "confirm-delete")
+        assert notice(browser) == "Deleted long_haul."
+        assert conn.execute("SELECT 1 FROM worker_jobs WHERE job = 'long_haul'").fetchone() is None
+    assert no_alert_dialog(browser)

@@ -104,7 +104,10 @@ class Manage:
     def request_run(self, request: Request, job: str) -> Response:
         """Run now (202), with other parameters for a runtime job; 409 when no live process
         serves the job's service (the request would wait for ever)."""
-        body = read_body(request) if request.mimetype == "application/json" else {}
+        if request.mimetype == "application/json":
+            body = read_body(request)
+        else:  # a dashboard form: its parameters, if it has any (`run now` has none)
+            body = {k: v for k, v in read_body(request).items() if k == "kwargs"}
         with self.app.connections.connection() as conn:
             row = definitions.source(conn, job)
             if row is None:
@@ -224,7 +227,7 @@ def read_body(request: Request) -> dict[str, Any]:
     form: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     for key, value in request.form.items():
-        if key == "next" or value.strip() == "":
+        if key in ("next", "with_kwargs") or value.strip() == "":
             continue
         if key.startswith("kws."):  # a text parameter: taken as written
             kwargs[key.removeprefix("kws.")] = value
