@@ -215,37 +215,37 @@ class Manage:
 
 
 def read_body(request: Request) -> dict[str, Any]:
-    """A JSON object body, or a dashboard form's fields (`kwargs` as JSON text)."""
-    if request.mimetype == "application/json":
-        try:
-            body = json.loads(request.get_data(as_text=True) or "{}")
-        except ValueError as exc:
-            raise BadRequest(f"body: not JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise BadRequest("body: a JSON object")
-        return body
+    """A JSON object body, or a dashboard form's fields (`form_body`)."""
+    if request.mimetype != "application/json":
+        return form_body(request)
+    try:
+        body = json.loads(request.get_data(as_text=True) or "{}")
+    except ValueError as exc:
+        raise BadRequest(f"body: not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body: a JSON object")
+    return body
+
+
+def form_body(request: Request) -> dict[str, Any]:
+    """A form's fields as the JSON body would give them: `kw.NAME` a parameter's value as
+    JSON (or text where it is not, `today-1d`), `kws.NAME` a text parameter's as written;
+    the numbers as numbers. With `with_kwargs` the kwargs are the form's, even if none."""
     form: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     for key, value in request.form.items():
         if key in ("next", "with_kwargs") or value.strip() == "":
             continue
-        if key.startswith("kws."):  # a text parameter: taken as written
+        if key.startswith("kws."):
             kwargs[key.removeprefix("kws.")] = value
-        elif key.startswith("kw."):  # JSON, or text where it is not (`today-1d`)
+        elif key.startswith("kw."):
             kwargs[key.removeprefix("kw.")] = _json_or_text(value)
         else:
-            form[key] = value
-    for key in ("kwargs",):
-        if key in form:
-            try:
-                form[key] = json.loads(form[key])
-            except ValueError:
-                raise BadRequest(f"{key}: not JSON") from None
-    for key in ("timeout", "max_attempts"):
-        if key in form:
-            form[key] = int(form[key]) if form[key].isdigit() else form[key]
+            form[key] = (
+                int(value) if key in ("timeout", "max_attempts") and value.isdigit() else value
+            )
     if kwargs or request.form.get("with_kwargs"):
-        form["kwargs"] = {**form.get("kwargs", {}), **kwargs}
+        form["kwargs"] = kwargs
     return form
 
 
