@@ -305,3 +305,24 @@ def test_two_replicas_make_one_run_per_occurrence_of_a_runtime_job(
     runs = runs_of(conn, "shared")
     occurrences = [r["scheduled_for"] for r in runs if r["scheduled_for"] is not None]
     assert len(occurrences) >= 6 and len(occurrences) == len(set(occurrences))
+
+
+def test_the_job_list_pages_by_service_and_name(
+    api: tuple[httpx.Client, WorkerProcess],
+) -> None:
+    http, _ = api
+    for n in range(5):
+        assert create(http, name=f"page_{n}", handler="scripts:sync", schedule="manual").is_success
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        params = {"limit": "2", **({"after": after} if after else {})}
+        page = http.get("/api/jobs", params=params).raise_for_status().json()
+        assert len(page["jobs"]) <= 2
+        seen += [job["job"] for job in page["jobs"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == [f"page_{n}" for n in range(5)]
+    assert len(http.get("/api/jobs").json()["jobs"]) == 5  # without a limit: every job
+    assert http.get("/api/jobs", params={"after": "nonsense"}).status_code == 400

@@ -66,6 +66,7 @@ class Report:
     jobs: list[JobStatus]
     concurrency: int | None = None  # WORKER_CONCURRENCY where the report was made
     processes: list[dict[str, Any]] = field(default_factory=list)  # worker_processes rows
+    next_after: str | None = None  # a page's: the cursor of the next page (None: the last)
 
     @property
     def live_services(self) -> set[str]:
@@ -108,17 +109,45 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
 
 
-def gather(conn: db.Conn, service: str | None = None, *, job: str | None = None) -> Report:
+def gather(
+    conn: db.Conn,
+    service: str | None = None,
+    *,
+    job: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> Report:
     """Read every registered job (of `service`, or only `job`, if given) and its runs in
-    one query."""
-    rows = reads.job_status(conn, service, job)
+    one query; with `limit`, one page of them after the cursor `after` (`next_after` is
+    the next page's, None on the last)."""
+    rows = reads.job_status(
+        conn, service, job, after=parse_cursor(after), limit=None if limit is None else limit + 1
+    )
+    following = None
+    if limit is not None and len(rows) > limit:
+        rows, following = rows[:limit], f"{rows[limit - 1]['service']}:{rows[limit - 1]['job']}"
     live = processes.listed(conn)
     if not rows:
         return Report(db.now(conn), [], processes=live)
     checked_at: datetime = rows[0]["checked_at"]
-    report = Report(checked_at, [_judge(row, checked_at) for row in rows], processes=live)
+    report = Report(
+        checked_at,
+        [_judge(row, checked_at) for row in rows],
+        processes=live,
+        next_after=following,
+    )
     jobs = [replace(job, service_alive=report.service_alive(job.service)) for job in report.jobs]
     return replace(report, jobs=jobs)
+
+
+def parse_cursor(after: str | None) -> tuple[str, str] | None:
+    """A page cursor, `SERVICE:JOB` (ValueError for anything else)."""
+    if after is None:
+        return None
+    service, sep, job = after.partition(":")
+    if not sep or not job:
+        raise ValueError("a page cursor is SERVICE:JOB, as `next` gave it")
+    return service, job
 
 
 def _judge(row: dict[str, Any], now: datetime) -> JobStatus:

@@ -14,14 +14,25 @@ from ..db import Conn
 
 
 def job_status(
-    conn: Conn, service: str | None = None, job: str | None = None
+    conn: Conn,
+    service: str | None = None,
+    job: str | None = None,
+    *,
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every registered job (of `service`, or only `job`) with its latest runs; none on a
-    database the worker has never migrated (status must not migrate it silently)."""
+    """Every registered job (of `service`, or only `job`; or at most `limit` after the
+    (service, job) `after`) with its latest runs; none on a database the worker has never
+    migrated (status must not migrate it silently)."""
+    params = {
+        "service": service,
+        "job": job,
+        "after_service": after[0] if after else None,
+        "after_job": after[1] if after else None,
+        "limit": limit,
+    }
     try:
-        return conn.execute(
-            db.query("reads.job_status"), {"service": service, "job": job}
-        ).fetchall()
+        return conn.execute(db.query("reads.job_status"), params).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
         return []
 

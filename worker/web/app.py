@@ -44,6 +44,7 @@ RECENT_RUNS = 20
 # action taken through this endpoint clears it at once.
 DASHBOARD_FRESH_S = 1.0
 JOB_RUNS = 50
+DASHBOARD_JOBS = 100  # jobs per page of the dashboard's list
 MAX_RUNS_LIMIT = 500
 ALERTS = 50
 NOTICES = {  # `?done=` after a form action -> the message shown; the subject is escaped
@@ -182,8 +183,11 @@ class App:
         headers = {**_PAGE_HEADERS, "Content-Security-Policy": _CSP.format(nonce=nonce)}
         return Response(html, mimetype="text/html", headers=headers)
 
-    def report(self, conn: db.Conn) -> status.Report:
-        return replace(status.gather(conn), concurrency=self.settings.concurrency)
+    def report(
+        self, conn: db.Conn, *, after: str | None = None, limit: int | None = None
+    ) -> status.Report:
+        report = status.gather(conn, after=after, limit=limit)
+        return replace(report, concurrency=self.settings.concurrency)
 
     def job_status(self, conn: db.Conn, job: str) -> status.JobStatus:
         found = status.gather(conn, job=job).jobs  # one job's row, not every job's
@@ -210,7 +214,11 @@ class App:
     # --- pages -------------------------------------------------------------------------
 
     def dashboard(self, request: Request) -> Response:
-        report, runs, alerts = self.dashboard_data()
+        after = request.args.get("after")
+        if after is None:
+            report, runs, alerts = self.dashboard_data()
+        else:  # a later page of the job list: read as asked, not kept
+            report, runs, alerts = self.read_dashboard(_cursor(after))
         zones = {entry.job: self.zone(entry) for entry in report.jobs}
         return self.render(
             "dashboard.html",
@@ -226,9 +234,9 @@ class App:
         """The jobs, recent runs and open alerts, read again once DASHBOARD_FRESH_S old."""
         return self.dashboard_cache.get(self.read_dashboard)
 
-    def read_dashboard(self) -> DashboardData:
+    def read_dashboard(self, after: str | None = None) -> DashboardData:
         with self.connections.connection() as conn:
-            report = self.report(conn)
+            report = self.report(conn, after=after, limit=DASHBOARD_JOBS)
             runs = reads.recent_runs(conn, RECENT_RUNS)
             alerts = alert_store.listed(conn, ALERTS, only_open=True)
         return report, runs, alerts
@@ -275,8 +283,16 @@ class App:
     # --- JSON API ----------------------------------------------------------------------
 
     def api_jobs(self, request: Request) -> Response:
+        """Every job; with `limit` (and `after`, the `next` of the previous page) a page."""
+        paged = "limit" in request.args or "after" in request.args
+        limit = _limit(request, default=DASHBOARD_JOBS) if paged else None
+        after = _cursor(request.args.get("after"))
         with self.connections.connection() as conn:
-            return _json(status.report_dict(self.report(conn)))
+            report = self.report(conn, after=after, limit=limit)
+        body = status.report_dict(report)
+        if paged:
+            body["next"] = report.next_after
+        return _json(body)
 
     def api_job(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
@@ -359,6 +375,14 @@ _PAGE_HEADERS = {
 def _notice(request: Request) -> str | None:
     template = NOTICES.get(request.args.get("done", ""))
     return None if template is None else template.format(request.args.get("subject", ""))
+
+
+def _cursor(after: str | None) -> str | None:
+    try:
+        status.parse_cursor(after)
+    except ValueError as exc:
+        raise BadRequest(f"after: {exc}") from None
+    return after
 
 
 def _limit(request: Request, *, default: int) -> int:

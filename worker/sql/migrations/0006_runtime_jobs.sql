@@ -57,3 +57,5 @@ CREATE TABLE IF NOT EXISTS worker_job_changes (
 CREATE INDEX IF NOT EXISTS worker_job_changes_job_idx ON worker_job_changes (job, id);
 -- The job list pages through jobs by name within a source.
 CREATE INDEX IF NOT EXISTS worker_jobs_source_idx ON worker_jobs (source, job);
+-- The dashboard and /api/jobs page through every job by service, then name.
+CREATE INDEX IF NOT EXISTS worker_jobs_service_job_idx ON worker_jobs (service, job);

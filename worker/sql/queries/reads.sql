@@ -42,7 +42,10 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused, j.source, j.declar
  WHERE j.schedule IS NOT NULL
    AND (%(service)s::text IS NULL OR %(service)s = 'all' OR j.service = %(service)s)
    AND (%(job)s::text IS NULL OR j.job = %(job)s)
- ORDER BY j.service, j.job;
+   -- A page: the jobs after (service, job), through worker_jobs_service_job_idx.
+   AND (%(after_job)s::text IS NULL OR (j.service, j.job) > (%(after_service)s, %(after_job)s))
+ ORDER BY j.service, j.job
+ LIMIT %(limit)s;
 
 -- name: job_runs
 -- One job's latest runs: walks (job, started_at desc).
