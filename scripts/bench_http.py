@@ -14,6 +14,13 @@ embedded PostgreSQL holding 20 jobs in the ledger and 1,000,000 rows in worker_j
    load `/` once a second (ten times the page's own refresh rate). Target: with clients
    <= 1.1 x without.
 
+4. Runtime jobs: 10,000 more jobs created at run time (handler `scripts:noop`), served by
+   `python -m worker jobs` with WORKER_HANDLERS and the listener on: p99 of `/` (the first
+   page of the job list), `/api/jobs?limit=100`, a runtime job's page and
+   `/api/handlers` (target <= 100 ms); idle RSS with the catalogue loaded (<= 55 MB); and
+   from `POST /api/jobs` (an `at` job due at once) to its run's start and its end (figures,
+   medians of 5).
+
 Run: `uv run python scripts/bench_http.py`. Last line `OK: all targets met` or `MISS: ...`.
 """
 
@@ -22,8 +29,10 @@ from __future__ import annotations
 import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import benchlib
 import httpx
@@ -44,6 +53,10 @@ MAX_P99_MS = 100.0
 MAX_IDLE_RSS_MB = 55.0
 MAX_PASS_RATIO = 1.1
 WAIT_S = 120.0
+RUNTIME_JOBS = 10_000
+RUNTIME_PATHS = ("/", "/api/jobs?limit=100", "/jobs/rt_05000", "/api/handlers")
+CREATES = 5
+NOOP = "def run(n: int = 1) -> dict:\n    return {'n': n}\n"
 
 
 def main() -> int:
@@ -60,6 +73,7 @@ def main() -> int:
                 measure(daemon, url, f"http://127.0.0.1:{port}", report)
             finally:
                 daemon.close()
+            measure_runtime(url, report)
     report.note(
         f"{KEYS} keys at {LATENCY_MS:g} ms per call; passes are medians of {PASSES}; "
         f"{CLIENTS} clients each load / every {POLL_INTERVAL_S:g} s during the loaded passes."
@@ -114,6 +128,81 @@ def measure(daemon: WorkerProcess, url: str, base: str, report: Report) -> None:
     report.figure("quota pass alone (median)", f"{alone:.3f} s")
     report.figure(f"quota pass, {CLIENTS} clients polling (median)", f"{loaded:.3f} s")
     report.at_most("pass with clients / pass alone", loaded / alone, MAX_PASS_RATIO, "", 3)
+
+
+def measure_runtime(url: str, report: Report) -> None:
+    """Phase 4: the endpoint of a `jobs` service with RUNTIME_JOBS runtime jobs."""
+    seed_runtime_jobs(url)
+    with tempfile.TemporaryDirectory(prefix="bench-handlers-") as folder:
+        (Path(folder) / "noop.py").write_text(NOOP, encoding="utf-8")
+        port = free_port()
+        env = benchlib.worker_env(DATABASE_URL=url, WORKER_HANDLERS=folder)
+        env.pop("PORT", None)
+        env.update(WORKER_HTTP_PORT=str(port), WORKER_JOBS_FILE=str(Path(folder) / "none.toml"))
+        (Path(folder) / "none.toml").write_text("", encoding="utf-8")
+        log("jobs daemon start-up, with the handler catalogue")
+        daemon = benchlib.worker_process(env, "jobs")
+        try:
+            daemon.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=30) as http:
+                http.get("/api/handlers").raise_for_status()  # the catalogue, loaded
+                time.sleep(2.0)
+                rss = benchlib.mb(benchlib.status_kb(daemon.pid, "VmRSS") or 0)
+                report.at_most(
+                    "jobs service idle RSS, listener and catalogue", rss, MAX_IDLE_RSS_MB, "MB", 1
+                )
+                for path in RUNTIME_PATHS:
+                    measure_latency(http, path, report)
+                started, ended = create_to_run(http, url)
+            report.figure("POST /api/jobs -> its run starts (median)", f"{started * 1000:.0f} ms")
+            report.figure("POST /api/jobs -> its run ends (median)", f"{ended * 1000:.0f} ms")
+        finally:
+            daemon.close()
+
+
+def seed_runtime_jobs(url: str) -> None:
+    log(f"seeding {RUNTIME_JOBS:,} runtime jobs")
+    with benchlib.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, definition)"
+            " SELECT format('rt_%%s', lpad(i::text, 5, '0')), 'jobs', 'manual',"
+            "   '9999-12-31T00:00:00Z', 'runtime',"
+            "   jsonb_build_object('handler', 'scripts:noop', 'kwargs', jsonb_build_object('n', i),"
+            "     'schedule', 'manual', 'timezone', 'UTC', 'timeout', 60, 'max_attempts', 3,"
+            "     'description', NULL)"
+            " FROM generate_series(1, %s) AS i",
+            (RUNTIME_JOBS,),
+        )
+        conn.execute("VACUUM ANALYZE worker_jobs")
+
+
+def create_to_run(http: httpx.Client, url: str) -> tuple[float, float]:
+    """Medians of CREATES creates of an `at` job due now: to its run's start, and end."""
+    starts, ends = [], []
+    for n in range(CREATES):
+        name = f"bench_created_{n}"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+        sent = time.time()
+        answer = http.post("/api/jobs", json={"name": name, "handler": "scripts:noop", "at": at})
+        answer.raise_for_status()
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            with benchlib.connect(url) as conn:
+                row = conn.execute(
+                    "SELECT extract(epoch FROM started_at) AS s,"
+                    "       extract(epoch FROM finished_at) AS f"
+                    "  FROM worker_job_runs WHERE job = %s AND status <> 'running'",
+                    (name,),
+                ).fetchone()
+            if row is not None:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} never ran")
+            time.sleep(0.05)
+        starts.append(float(row["s"]) - sent)
+        ends.append(float(row["f"]) - sent)
+    return statistics.median(starts), statistics.median(ends)
 
 
 # --- data --------------------------------------------------------------------------------

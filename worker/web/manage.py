@@ -60,6 +60,7 @@ class Manage:
         if not created:
             raise Conflict(f"a job named {name!r} exists")
         self.app.log.info("runtime_job_created", job=name, handler=definition.handler)
+        self._wake()
         return self.app.acted(request, "created", name, self.described(name), 201)
 
     def update(self, request: Request, job: str) -> Response:
@@ -82,6 +83,7 @@ class Manage:
                 actor=self.actor,
             )
         self.app.log.info("runtime_job_updated", job=job)
+        self._wake()
         return self.app.acted(request, "updated", job, self.described(job))
 
     def delete(self, request: Request, job: str) -> Response:
@@ -117,8 +119,7 @@ class Manage:
             if not ledger.request_run(conn, job, kwargs):
                 raise Conflict(f"a run of {job} is already requested: wait for it to start")
         self.app.log.info("run_requested", job=job, via="http", kwargs=kwargs is not None)
-        if self.app.on_request is not None:
-            self.app.on_request()  # this process's loop reads the ledger now, not at its poll
+        self._wake()
         body = {"job": job, "requested": True, "kwargs": kwargs}
         return self.app.acted(request, "requested", job, body, 202)
 
@@ -171,6 +172,12 @@ class Manage:
 
     def delete_form(self, request: Request, job: str) -> Response:
         return self.delete(request, job)
+
+    def _wake(self) -> None:
+        """This process's loop reads the ledger now, not at its next poll: a job it runs
+        may be due sooner than its next wake-up (other replicas see it within a poll)."""
+        if self.app.on_request is not None:
+            self.app.on_request()
 
     def record_pause(self, conn: db.Conn, job: str, paused: bool) -> None:
         action = "pause" if paused else "resume"
