@@ -1,33 +1,44 @@
-"""Benchmark the cleanup rule's adaptive batches against one plain DELETE, side by side.
+"""Benchmark the cleanup rule against one plain DELETE, side by side, on seven table shapes.
 
-Tables of refresh-token shape, 1,100,000 rows each, `expires_at` indexed, autovacuum off;
-each shape is loaded once from generate_series and copied row for row, then VACUUM ANALYZEd:
+Every shape is a refresh-token table (`id, user_id, token_hash, expires_at, created_at` and a
+`payload` that only the wide shape fills),
+autovacuum off, loaded once from generate_series, copied row for row, then VACUUM ANALYZEd:
 
-- dense: 1,000,000 expired (`expires_at` spread over the past 30 days, in no order of id) and
-  100,000 live (every 11th row, expiring 1 to 30 days ahead);
-- sparse: 11,000 expired (every 100th row), 1,089,000 live.
+- uniform expiry: 1,100,000 rows, every 11th live, the expired ones sharing one expires_at;
+- spread expiry: the same, expired rows' expires_at spread over the past 30 days (no id order);
+- clustered at the start: the first 1,000,000 ids expired (the table's first blocks), the
+  last 100,000 live;
+- wide rows: spread expiry, each row with a 1 KiB payload; a fifth of the rows (220,000), so
+  the table (about 250 MB) stays within a few minutes' run;
+- sparse 1 %: every 100th row expired;
+- no index: sparse 1 %, and no index on expires_at;
+- live, then expired (no target): the first half of the ids live, the second half expired,
+  where block batches grown over kept rows meet deleted ones.
 
-For each shape, two rounds on their own pairs of tables: (b) one `DELETE FROM t WHERE
-expires_at < now()` in one transaction; (a) the worker's rule, `cleanup.delete_in_batches`
-with the default settings (batches start at CLEANUP_BATCH_SIZE, 5000 rows, and adapt so each
-takes about CLEANUP_BATCH_TARGET_MS, 50 ms). Round 1 runs (b) then (a), round 2 (a) then (b).
-Before a round both its tables are read the same way; a CHECKPOINT precedes each timing.
+Each shape but "no index" has an index on expires_at. Per shape, two rounds on their own pairs
+of tables: one `DELETE FROM t WHERE expires_at < now()` in one transaction, and the worker's
+rule (`cleanup.delete_in_batches`, default settings: batches start at a tenth of
+CLEANUP_BATCH_SIZE and adapt so each takes about CLEANUP_BATCH_TARGET_MS, 50 ms). Round 1 runs
+the DELETE first, round 2 the rule first; before a round both its tables are read the same
+way, and a CHECKPOINT precedes each timing. A fifth table gets the walk the rule did not
+choose, for comparison. While a rule runs, a second connection polls its backend's
+`pg_stat_activity.xact_start` every 5 ms: the longest transaction seen from outside. One more
+spread table gets the rule while an app writer updates a random live row every 10 ms. Last,
+where the rule's choice between its walks lies: tables with every 200th, 33rd and 10th row
+expired get one DELETE and each walk, in two rounds of opposite orders (no target).
 
-While every rule and every single DELETE runs, a second connection polls
-`pg_stat_activity.xact_start` of its backend every 5 ms: the longest transaction seen from
-outside the worker. One more dense table gets the rule while an app writer updates a random
-live row every 10 ms, each UPDATE timed; one more gets it with synchronize_seqscans off.
+Targets: the rule <= 1.25 x one DELETE on the dense shapes, <= 1.5 x on the sparse ones (both
+rounds summed); every batch <= 0.1 s (timed by the worker and seen from outside); every
+expired row gone and every live row intact (count and checksum of whole rows); the writer's
+slowest UPDATE <= 0.2 s.
 
-Targets: dense (a) <= 1.5 x (b), sparse (a) <= 2 x (b) (both rounds summed); the longest rule
-transaction seen from outside <= 0.1 s; the writer's slowest UPDATE <= 0.2 s; every expired
-row gone and every live row intact (count and checksum of all columns; on the written table,
-the count).
-
-Run: `uv run python scripts/bench_cleanup.py`. Last line `OK: all targets met` or `MISS: ...`.
+Run: `uv run python scripts/bench_cleanup.py` (a few minutes); `--rows 110000` for a quick
+check. Last line `OK: all targets met` or `MISS: ...`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -43,82 +54,65 @@ from benchlib import Report, log
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from worker.jobs.cleanup import RuleOutcome
+    from worker.jobs.cleanup import RuleOutcome, Walk
 
-MAX_DENSE_VS_SINGLE = 1.5
-MAX_SPARSE_VS_SINGLE = 2.0
-MAX_BATCH_S = 0.1  # the longest rule transaction, seen from another connection
+MAX_DENSE_VS_SINGLE = 1.25
+MAX_SPARSE_VS_SINGLE = 1.5
+MAX_BATCH_S = 0.1
 MAX_WRITE_S = 0.2  # the app writer's slowest UPDATE while the rule runs
 POLL_S = 0.005  # how often the outside watch reads pg_stat_activity
 WRITE_EVERY_S = 0.010
+ROWS = 1_100_000
 
-
-@dataclass(frozen=True)
-class Round:
-    """One side-by-side measurement: the rule on `rule_table`, one DELETE on `delete_table`."""
-
-    rule_table: str
-    delete_table: str
-    rule_first: bool
+# Which rows are expired, and when they expired. Live rows expire 1 to 30 days ahead.
+EVERY_11TH_LIVE = "i %% 11 <> 0"
+FIRST_TEN_ELEVENTHS = "i <= %(rows)s / 11 * 10"
+SECOND_HALF = "i > %(rows)s / 2"
+EVERY_100TH = "i %% 100 = 0"
+SHARED_EXPIRY = "now() - interval '1 hour'"
+SPREAD_EXPIRY = "now() - interval '1 minute' - (hashint4(i) & 1023) * interval '42 minutes'"
 
 
 @dataclass(frozen=True)
 class Shape:
-    """Identical tables of `rows` rows; row i is expired unless it is (or is not) an `every`th."""
-
     name: str
-    rows: int
-    every: int
-    every_is_live: bool
-    rounds: tuple[Round, ...]
-    max_vs_single: float
-    extra_tables: tuple[str, ...] = ()
+    expired: str  # SQL condition on i, the row's place in generate_series
+    expired_at: str  # SQL expression: the expired rows' expires_at
+    sparse: bool | None  # None: no ratio target
+    payload_bytes: int = 0
+    indexed: bool = True
+    rows_divisor: int = 1
 
     @property
-    def live(self) -> int:
-        nth = self.rows // self.every
-        return nth if self.every_is_live else self.rows - nth
+    def max_vs_single(self) -> float | None:
+        if self.sparse is None:
+            return None
+        return MAX_SPARSE_VS_SINGLE if self.sparse else MAX_DENSE_VS_SINGLE
 
-    @property
-    def expired(self) -> int:
-        return self.rows - self.live
-
-    @property
     def tables(self) -> list[str]:
-        paired = [t for r in self.rounds for t in (r.rule_table, r.delete_table)]
-        return [*paired, *self.extra_tables]
+        """Round 1 (DELETE, rule), round 2 (rule, DELETE), the other walk."""
+        stem = f"bench_{self.name.split()[0]}"
+        return [f"{stem}_{suffix}" for suffix in ("d1", "r1", "r2", "d2", "other")]
 
 
-# Two rounds per shape in opposite orders, so neither design gains from going second (warmer
-# caches, a quieter machine) or first (no checkpoint debt): the ratio is of the rounds' sums.
-# The dense shape has two more tables: the rule under an app writer, and the rule with
-# synchronized scans off (for the record: a server whose shared_buffers exceed 4x the table
-# starts every seq scan at block 0; batches walk by id range and must not depend on it).
-BUSY_TABLE = "bench_tokens_busy"
-NO_SYNC_TABLE = "bench_tokens_c"
-DENSE = Shape(
-    "dense",
-    1_100_000,
-    11,
-    every_is_live=True,
-    rounds=(
-        Round("bench_tokens_a1", "bench_tokens_b1", rule_first=False),
-        Round("bench_tokens_a2", "bench_tokens_b2", rule_first=True),
+SHAPES = (
+    Shape("uniform expiry", EVERY_11TH_LIVE, SHARED_EXPIRY, sparse=False),
+    Shape("spread expiry", EVERY_11TH_LIVE, SPREAD_EXPIRY, sparse=False),
+    Shape("clustered at the start", FIRST_TEN_ELEVENTHS, SPREAD_EXPIRY, sparse=False),
+    Shape(
+        "wide rows (1 KiB)",
+        EVERY_11TH_LIVE,
+        SPREAD_EXPIRY,
+        sparse=False,
+        payload_bytes=1024,
+        rows_divisor=5,
     ),
-    max_vs_single=MAX_DENSE_VS_SINGLE,
-    extra_tables=(BUSY_TABLE, NO_SYNC_TABLE),
+    Shape("sparse 1 %", EVERY_100TH, SPREAD_EXPIRY, sparse=True),
+    Shape("no index, sparse 1 %", EVERY_100TH, SPREAD_EXPIRY, sparse=True, indexed=False),
+    Shape("live, then expired", SECOND_HALF, SPREAD_EXPIRY, sparse=None),
 )
-SPARSE = Shape(
-    "sparse",
-    1_100_000,
-    100,
-    every_is_live=False,
-    rounds=(
-        Round("bench_sparse_a1", "bench_sparse_b1", rule_first=False),
-        Round("bench_sparse_a2", "bench_sparse_b2", rule_first=True),
-    ),
-    max_vs_single=MAX_SPARSE_VS_SINGLE,
-)
+SHARES_EVERY = (200, 33, 10)  # the sweep: every n-th row expired (1 %: the shape above)
+BUSY_TABLE = "bench_busy"
 
 CREATE_TABLE = """
 CREATE TABLE {table} (
@@ -126,26 +120,25 @@ CREATE TABLE {table} (
     user_id    bigint      NOT NULL,
     token_hash text        NOT NULL,
     expires_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    payload    text
 ) WITH (autovacuum_enabled = false)
 """
-# Live rows expire 1 to 30 days ahead, expired ones 1 minute to 30 days ago; neither in id order.
 LOAD_ROWS = """
-INSERT INTO {table} (user_id, token_hash, expires_at, created_at)
+INSERT INTO {table} (user_id, token_hash, expires_at, created_at, payload)
 SELECT i %% 50000,
        md5(i::text),
-       CASE WHEN (i %% %(every)s = 0) = %(every_is_live)s
-            THEN now() + interval '1 day' + (hashint4(i) & 1023) * interval '41 minutes'
-            ELSE now() - interval '1 minute' - (hashint4(i) & 1023) * interval '42 minutes'
+       CASE WHEN {expired} THEN {expired_at}
+            ELSE now() + interval '1 day' + (hashint4(i) & 1023) * interval '41 minutes'
        END,
-       now() - interval '60 days' + i * interval '3 seconds'
+       now() - interval '60 days' + i * interval '3 seconds',
+       CASE WHEN %(payload_bytes)s > 0 THEN repeat(md5(i::text), %(payload_bytes)s / 32) END
   FROM generate_series(1, %(rows)s) AS i
 """
+# Every column of every live row, in id order (one md5 per row keeps the aggregate small).
 LIVE_CHECKSUM = """
-SELECT count(*) AS live,
-       md5(string_agg(id || ':' || user_id || ':' || token_hash || ':' || expires_at,
-                      ',' ORDER BY id)) AS checksum
-  FROM {table} WHERE expires_at >= now()
+SELECT count(*) AS live, md5(string_agg(md5(t::text), ',' ORDER BY id)) AS checksum
+  FROM {table} AS t WHERE expires_at >= now()
 """
 COUNT_EXPIRED = "SELECT count(*) AS n FROM {table} WHERE expires_at < now()"
 LIVE_IDS = "SELECT id FROM {table} WHERE expires_at >= now()"
@@ -159,27 +152,21 @@ SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age_s
 """
 
 
-def main() -> int:
-    report = Report("bench_cleanup: the rule's adaptive batches against one DELETE")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=ROWS, help=f"rows per table ({ROWS:,})")
+    rows = parser.parse_args(argv).rows
+    report = Report("bench_cleanup: the rule's walks against one DELETE, per table shape")
     with benchlib.embedded_server() as server_url:
         url = benchlib.create_database(server_url, "bench_cleanup")
-        for shape in (DENSE, SPARSE):
-            log(f"loading {len(shape.tables)} identical {shape.name} tables of {shape.rows:,} rows")
-            load_tables(url, shape)
-        before = {t: live_rows(url, t) for shape in (DENSE, SPARSE) for t in shape.tables}
-        dense = [measure_round(url, r) for r in DENSE.rounds]
-        sparse = [measure_round(url, r) for r in SPARSE.rounds]
-        busy = run_busy(url)
-        warm_up(url, NO_SYNC_TABLE)
-        log(f"the rule on {NO_SYNC_TABLE} with synchronize_seqscans off")
-        no_sync = run_rule(url, NO_SYNC_TABLE, sync_scans=False)
-        checks = check_tables(url, before)
-    report_shape(report, DENSE, dense)
-    report_shape(report, SPARSE, sparse)
+        results = [measure_shape(url, shape, rows // shape.rows_divisor) for shape in SHAPES]
+        busy = measure_busy(url, rows)
+        shares = [measure_share(url, every, rows) for every in SHARES_EVERY]
+    print_matrix(results)
+    print_shares(shares)
+    report_shapes(report, results)
     report_busy(report, busy)
-    report_outside(report, [*dense, *sparse], [busy.rule, no_sync])
-    report_no_sync(report, no_sync, dense)
-    report_checks(report, checks)
+    report_shares(report, shares)
     add_notes(report)
     return report.finish()
 
@@ -197,7 +184,6 @@ class TransactionWatch:
     def __init__(self, url: str, pid: int) -> None:
         self.url, self.pid = url, pid
         self.longest_s = 0.0
-        self.polls = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -213,7 +199,6 @@ class TransactionWatch:
         with benchlib.connect(self.url) as conn:
             while not self._stop.wait(POLL_S):
                 row = conn.execute(XACT_AGE, {"pid": self.pid}).fetchone()
-                self.polls += 1
                 if row is not None:
                     self.longest_s = max(self.longest_s, row["age_s"])
 
@@ -257,59 +242,146 @@ class RuleRun:
 
 
 @dataclass(frozen=True)
-class RoundResult:
-    round: Round
-    single_s: float
-    single_deleted: int
-    single_watched_s: float
-    rule: RuleRun
+class ShapeResult:
+    shape: Shape
+    rows: int
+    expired: int
+    single_s: list[float]  # round 1, round 2
+    single_deleted: list[int]
+    rules: list[RuleRun]  # round 1, round 2
+    other: RuleRun  # the walk the rule did not choose
+    live_before: tuple[int, str]
+    live_after: dict[str, tuple[int, str]]  # the rule's tables
+    expired_left: int  # in the rule's tables
+
+    @property
+    def ratio(self) -> float:
+        return sum(r.outcome.elapsed_seconds for r in self.rules) / sum(self.single_s)
+
+    @property
+    def other_ratio(self) -> float:
+        return self.other.outcome.elapsed_seconds / statistics.mean(self.single_s)
+
+    @property
+    def intact(self) -> bool:
+        return all(after == self.live_before for after in self.live_after.values())
 
 
 @dataclass(frozen=True)
 class BusyResult:
     rule: RuleRun
     writes_s: list[float]
+    live_left: int
+    live_wanted: int
 
 
-def measure_round(url: str, r: Round) -> RoundResult:
-    warm_up(url, r.rule_table, r.delete_table)
-    first = "the rule" if r.rule_first else "the single DELETE"
-    log(f"round on {r.rule_table} / {r.delete_table}, {first} first")
-    if r.rule_first:
-        rule = run_rule(url, r.rule_table)
-        single_s, single_deleted, watched_s = time_single_delete(url, r.delete_table)
-    else:
-        single_s, single_deleted, watched_s = time_single_delete(url, r.delete_table)
-        rule = run_rule(url, r.rule_table)
-    return RoundResult(r, single_s, single_deleted, watched_s, rule)
+def measure_shape(url: str, shape: Shape, rows: int) -> ShapeResult:
+    d1, r1, r2, d2, other = tables = shape.tables()
+    log(f"{shape.name}: loading {len(tables)} identical tables of {rows:,} rows")
+    expired = load_tables(url, shape, rows, tables)
+    before = live_rows(url, d1)  # the other tables are copies of it, row for row
+    log(f"{shape.name}: round 1 on {d1} / {r1}, the single DELETE first")
+    warm_up(url, d1, r1)
+    single_1 = time_single_delete(url, d1)
+    rule_1 = run_rule(url, r1)
+    log(f"{shape.name}: round 2 on {r2} / {d2}, the rule first")
+    warm_up(url, r2, d2)
+    rule_2 = run_rule(url, r2)
+    single_2 = time_single_delete(url, d2)
+    other_walk = other_than(rule_1.outcome.walk)
+    log(f"{shape.name}: the {other_walk} walk on {other}, for comparison")
+    warm_up(url, other)
+    other_run = run_rule(url, other, walk=other_walk)
+    rule_tables = (r1, r2, other)
+    after = {table: live_rows(url, table) for table in rule_tables}
+    left = sum(count_rows(url, COUNT_EXPIRED, table) for table in rule_tables)
+    drop_tables(url, tables)
+    return ShapeResult(
+        shape,
+        rows,
+        expired,
+        [single_1[0], single_2[0]],
+        [single_1[1], single_2[1]],
+        [rule_1, rule_2],
+        other_run,
+        before,
+        after,
+        left,
+    )
 
 
-def run_busy(url: str) -> BusyResult:
+def measure_busy(url: str, rows: int) -> BusyResult:
+    shape = SHAPES[1]  # spread expiry
+    load_tables(url, shape, rows, [BUSY_TABLE])
     warm_up(url, BUSY_TABLE)
     with benchlib.connect(url) as conn:
         live_ids = [row["id"] for row in conn.execute(statement(LIVE_IDS, BUSY_TABLE))]
     log(f"the rule on {BUSY_TABLE}, the app updating a live row every {WRITE_EVERY_S * 1000:g} ms")
     with AppWriter(url, BUSY_TABLE, live_ids) as writer:
         rule = run_rule(url, BUSY_TABLE)
-    return BusyResult(rule, writer.seconds)
+    live_left = live_rows(url, BUSY_TABLE)[0]
+    drop_tables(url, [BUSY_TABLE])
+    return BusyResult(rule, writer.seconds, live_left, len(live_ids))
 
 
-def time_single_delete(url: str, table: str) -> tuple[float, int, float]:
-    """The naive design: every expired row in one DELETE, one transaction.
+@dataclass(frozen=True)
+class ShareResult:
+    every: int
+    expired: int
+    chosen: Walk | None
+    single_s: float  # both rounds summed
+    walk_s: dict[Walk, float]  # both rounds summed
+    deleted: list[int]  # by each DELETE and each walk run
+    intact: bool  # no expired row left, live rows unchanged, after each walk
 
-    Returns (seconds, rows deleted, its transaction's length seen from outside).
-    """
+
+def measure_share(url: str, every: int, rows: int) -> ShareResult:
+    """Round 1: one DELETE, the index walk, the block walk; round 2 the other way round."""
+    from worker import db
+    from worker.jobs import cleanup
+    from worker.settings import from_env
+
+    shape = Shape(f"every {every}th", f"i %% {every} = 0", SPREAD_EXPIRY, sparse=True)
+    order = ["delete", *cleanup.Walk]
+    rounds = [order, order[::-1]]
+    tables = [[f"bench_share_{name}{n}" for name in names] for n, names in enumerate(rounds, 1)]
+    log(f"every {every}th row expired: loading {sum(map(len, tables))} tables of {rows:,} rows")
+    expired = load_tables(url, shape, rows, [t for ts in tables for t in ts])
+    before = live_rows(url, tables[0][0])
+    with db.connect(from_env({"DATABASE_URL": url}).database) as conn:
+        chosen = cleanup.choose_walk(conn, cleanup.Rule.of(tables[0][0], "expires_at", 0))
+    single_s, walk_s = 0.0, dict.fromkeys(cleanup.Walk, 0.0)
+    deleted, intact = [], True
+    for names, round_tables in zip(rounds, tables, strict=True):
+        warm_up(url, *round_tables)
+        for name, table in zip(names, round_tables, strict=True):
+            if name == "delete":
+                seconds, rows_deleted = time_single_delete(url, table)
+                single_s += seconds
+            else:
+                outcome = run_rule(url, table, walk=cleanup.Walk(name)).outcome
+                walk_s[cleanup.Walk(name)] += outcome.elapsed_seconds
+                rows_deleted = outcome.deleted
+                intact &= live_rows(url, table) == before
+                intact &= count_rows(url, COUNT_EXPIRED, table) == 0
+            deleted.append(rows_deleted)
+    drop_tables(url, [t for ts in tables for t in ts])
+    return ShareResult(every, expired, chosen, single_s, walk_s, deleted, intact)
+
+
+def time_single_delete(url: str, table: str) -> tuple[float, int]:
+    """The naive design: every expired row in one DELETE, one transaction: (seconds, rows)."""
     checkpoint(url)
-    with benchlib.connect(url) as conn, TransactionWatch(url, conn.info.backend_pid) as watch:
+    with benchlib.connect(url) as conn:
         started = time.monotonic()
         with conn.transaction():
             deleted = conn.execute(statement(SINGLE_DELETE, table)).rowcount
-        elapsed_s = time.monotonic() - started
-    return elapsed_s, deleted, watch.longest_s
+        return time.monotonic() - started, deleted
 
 
-def run_rule(url: str, table: str, *, sync_scans: bool = True) -> RuleRun:
-    """The worker's rule as `cleanup_tokens` runs it (default settings, JSON log to /dev/null)."""
+def run_rule(url: str, table: str, *, walk: Walk | None = None) -> RuleRun:
+    """The worker's rule as `cleanup_tokens` runs it (default settings, JSON log to /dev/null);
+    `walk` forces a walk instead of the one the rule chooses."""
     from worker import db, logs
     from worker.batches import BatchSizer
     from worker.jobs import cleanup
@@ -319,199 +391,201 @@ def run_rule(url: str, table: str, *, sync_scans: bool = True) -> RuleRun:
     checkpoint(url)
     with open(os.devnull, "w") as devnull, db.connect(settings.database) as conn:
         logs.configure("INFO", "json", stream=devnull)
-        if not sync_scans:
-            conn.execute("SET synchronize_seqscans = off")
         with TransactionWatch(url, conn.info.backend_pid) as watch:
             outcome = cleanup.delete_in_batches(
                 conn,
-                cleanup.Rule(table, "expires_at", 0),
+                cleanup.Rule.of(table, "expires_at", 0),
                 BatchSizer.from_settings(settings),
                 lambda: False,
                 logs.get_logger(job=cleanup.TOKENS),
+                walk=walk,
             )
     return RuleRun(outcome, watch.longest_s)
 
 
+def other_than(walk: Walk | None) -> Walk:
+    from worker.jobs.cleanup import Walk
+
+    return Walk.INDEX if walk == Walk.BLOCKS else Walk.BLOCKS
+
+
 # --- reporting ---------------------------------------------------------------------------
 
+MATRIX_HEADER = (
+    "| shape | rows | expired | walk | rule | one DELETE | rule / DELETE | target | batches "
+    "| longest batch | checksum | other walk / DELETE |"
+)
 
-def report_shape(report: Report, shape: Shape, results: list[RoundResult]) -> None:
-    label = f"{shape.name}, {shape.expired:,} expired of {shape.rows:,}"
-    for i, res in enumerate(results, 1):
-        order = "rule first" if res.round.rule_first else "DELETE first"
-        report.figure(
-            f"{label}, round {i} ({order}): (b) one DELETE, one transaction",
-            rate(res.single_s, res.single_deleted),
-        )
-        report.figure(
-            f"{label}, round {i} ({order}): (a) the cleanup rule",
-            f"{rate(res.rule.outcome.elapsed_seconds, res.rule.outcome.deleted)}, "
-            f"{res.rule.outcome.batches} batches, {batch_sizes(res.rule.outcome)}",
-        )
-        report.figure(f"{label}, round {i}: (a) / (b)", f"{ratio(res):.2f}")
-    rule_s = sum(res.rule.outcome.elapsed_seconds for res in results)
-    single_s = sum(res.single_s for res in results)
+
+def print_matrix(results: list[ShapeResult]) -> None:
+    """One line per shape: times are the means of the two rounds, the ratio their sums'."""
+    print("\n## bench_cleanup: the rule against one DELETE, per table shape\n")
+    print(MATRIX_HEADER)
+    print("|" + "---|" * MATRIX_HEADER.count(" | ") + "---|")
+    for res in results:
+        rule_s = statistics.mean(r.outcome.elapsed_seconds for r in res.rules)
+        longest_s = max(max(r.outcome.longest_batch_seconds, r.watched_s) for r in res.rules)
+        cells = [
+            res.shape.name,
+            f"{res.rows:,}",
+            f"{res.expired:,}",
+            str(res.rules[0].outcome.walk),
+            f"{rule_s:.3f} s",
+            f"{statistics.mean(res.single_s):.3f} s",
+            f"{res.ratio:.2f}",
+            "—" if res.shape.max_vs_single is None else f"≤ {res.shape.max_vs_single:g}",
+            ", ".join(str(r.outcome.batches) for r in res.rules),
+            f"{longest_s:.3f} s",
+            "ok" if res.intact and res.expired_left == 0 else "MISS",
+            f"{res.other_ratio:.2f} ({res.other.outcome.walk})",
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+def report_shapes(report: Report, results: list[ShapeResult]) -> None:
+    for res in results:
+        name, limit = f"{res.shape.name}: rule / one DELETE", res.shape.max_vs_single
+        if limit is None:
+            report.figure(f"{name} (no target)", f"{res.ratio:.2f}")
+        else:
+            report.at_most(name, res.ratio, limit)
+    runs = [run for res in results for run in res.rules]
     report.at_most(
-        f"{label}: (a) / (b), both rounds summed", rule_s / single_s, shape.max_vs_single
-    )
-    report.expect(
-        f"{label}: rows deleted by the rule, by the single DELETE, each round",
-        [(res.rule.outcome.deleted, res.single_deleted) for res in results],
-        [(shape.expired, shape.expired)] * len(results),
-    )
-
-
-def report_busy(report: Report, busy: BusyResult) -> None:
-    outcome, writes = busy.rule.outcome, sorted(busy.writes_s)
-    report.figure(
-        "dense, app writing: the cleanup rule",
-        f"{rate(outcome.elapsed_seconds, outcome.deleted)}, {outcome.batches} batches, "
-        f"{batch_sizes(outcome)}",
-    )
-    p99_s = statistics.quantiles(writes, n=100)[98] if len(writes) > 1 else writes[-1]
-    report.figure(
-        f"dense, app writing: its UPDATEs (one every {WRITE_EVERY_S * 1000:g} ms), p50 / p99",
-        f"{len(writes)} UPDATEs, {statistics.median(writes) * 1000:.1f} ms / {p99_s * 1000:.1f} ms",
-    )
-    report.at_most("dense, app writing: its slowest UPDATE", writes[-1], MAX_WRITE_S, "s", 3)
-
-
-def report_outside(report: Report, rounds: list[RoundResult], others: list[RuleRun]) -> None:
-    runs = [*(res.rule for res in rounds), *others]
-    report.figure(
-        "longest rule batch, timed by the worker (every run)",
-        f"{max(run.outcome.longest_batch_seconds for run in runs):.3f} s",
+        "longest rule batch, timed by the worker (every round)",
+        max(run.outcome.longest_batch_seconds for run in runs),
+        MAX_BATCH_S,
+        "s",
+        3,
     )
     report.at_most(
-        f"longest rule transaction seen from outside (every run; polled every "
+        f"longest rule transaction seen from outside (every round; polled every "
         f"{POLL_S * 1000:g} ms)",
         max(run.watched_s for run in runs),
         MAX_BATCH_S,
         "s",
         3,
     )
+    report.expect(
+        "rows deleted by the rule (each round, the other walk) and by each DELETE, per shape",
+        [
+            [r.outcome.deleted for r in (*res.rules, res.other)] + res.single_deleted
+            for res in results
+        ],
+        [[res.expired] * 5 for res in results],
+    )
+    report.expect(
+        "expired rows left after every rule run, live rows' count and checksum unchanged",
+        [res.expired_left == 0 and res.intact for res in results],
+        [True] * len(results),
+    )
+
+
+def print_shares(shares: list[ShareResult]) -> None:
+    """One line per share of expired rows: each walk against one DELETE, and the rule's choice."""
+    from worker.jobs.cleanup import Walk
+
+    print("\n## bench_cleanup: both walks around the rule's choice (two rounds, no target)\n")
+    print("| expired | of rows | one DELETE | index walk / DELETE | block walk / DELETE | chosen |")
+    print("|---|---|---|---|---|---|")
+    for share in shares:
+        cells = [
+            f"{share.expired:,}",
+            f"{100 / share.every:.1f} %",
+            f"{share.single_s / 2:.3f} s",
+            f"{share.walk_s[Walk.INDEX] / share.single_s:.2f}",
+            f"{share.walk_s[Walk.BLOCKS] / share.single_s:.2f}",
+            str(share.chosen),
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+def report_shares(report: Report, shares: list[ShareResult]) -> None:
+    report.expect(
+        "the sweep: rows deleted by the DELETE and by each walk, per share",
+        [s.deleted for s in shares],
+        [[s.expired] * 6 for s in shares],
+    )
+    report.expect(
+        "the sweep: expired rows left after each walk, live rows' count and checksum unchanged",
+        [s.intact for s in shares],
+        [True] * len(shares),
+    )
+
+
+def report_busy(report: Report, busy: BusyResult) -> None:
+    outcome, writes = busy.rule.outcome, sorted(busy.writes_s)
     report.figure(
-        "the single DELETE's transaction seen from outside (each dense round)",
-        ", ".join(f"{res.single_watched_s:.3f} s" for res in rounds[: len(DENSE.rounds)]),
+        "spread expiry, app writing: the rule",
+        f"{outcome.elapsed_seconds:.3f} s, {outcome.walk} walk, {outcome.batches} batches, "
+        f"longest {max(outcome.longest_batch_seconds, busy.rule.watched_s):.3f} s",
     )
-
-
-def report_no_sync(report: Report, no_sync: RuleRun, dense: list[RoundResult]) -> None:
-    outcome = no_sync.outcome
-    mean_single_s = sum(res.single_s for res in dense) / len(dense)
+    p99_s = statistics.quantiles(writes, n=100)[98] if len(writes) > 1 else writes[-1]
     report.figure(
-        "dense, synchronize_seqscans off (no target): the rule, / mean (b)",
-        f"{rate(outcome.elapsed_seconds, outcome.deleted)}, "
-        f"{outcome.elapsed_seconds / mean_single_s:.2f}, {batch_sizes(outcome)}",
+        f"spread expiry, app writing: its UPDATEs (one every {WRITE_EVERY_S * 1000:g} ms), "
+        "p50 / p99",
+        f"{len(writes)} UPDATEs, {statistics.median(writes) * 1000:.1f} ms / {p99_s * 1000:.1f} ms",
     )
-
-
-def batch_sizes(outcome: RuleOutcome) -> str:
-    return (
-        f"batch sizes {outcome.min_batch_size:,} to {outcome.max_batch_size:,}, "
-        f"final {outcome.final_batch_size:,}"
+    report.at_most(
+        "spread expiry, app writing: its slowest UPDATE", writes[-1], MAX_WRITE_S, "s", 3
     )
-
-
-def ratio(res: RoundResult) -> float:
-    return res.rule.outcome.elapsed_seconds / res.single_s
-
-
-def rate(seconds: float, rows: int) -> str:
-    return f"{seconds:.2f} s ({rows / seconds:,.0f} rows/s)"
+    report.expect("spread expiry, app writing: live rows left", busy.live_left, busy.live_wanted)
 
 
 def add_notes(report: Report) -> None:
     report.note(
-        "order: round 1 of each shape ran the single DELETE first, round 2 the rule first; "
-        "each round on its own pair of identical tables. Before each round both of its tables "
-        "were read once (count(*) and a count over the expires_at index); a CHECKPOINT "
-        "preceded each timing; autovacuum was off on all tables."
+        "each shape's tables were copied row for row from its first; round 1 ran "
+        "the single DELETE first, round 2 the rule first, each on its own pair of tables; "
+        "before each round both tables were read once (count(*) and a count of the expired "
+        "rows); a CHECKPOINT preceded each timing; autovacuum was off. The rule's time includes "
+        "choosing its walk (two EXPLAINs and a catalog read). 'other walk': the walk the rule "
+        "did not choose, once, against the mean of the two DELETEs; no target. Checksums: every "
+        "column of every live row, before (the first table) and after (each rule's table)."
     )
     report.note(
-        "seen from outside: a second connection read clock_timestamp() - xact_start of the "
-        "worker's backend from pg_stat_activity every 5 ms, so a transaction may have lasted "
-        "up to one interval longer than seen. The app writer ran in a thread of this process, "
-        "each UPDATE in its own transaction, on rows the rule does not delete."
+        "longest batch: the longer of the worker's own timer and a second connection reading "
+        "clock_timestamp() - xact_start of the worker's backend every 5 ms (a transaction may "
+        "have lasted up to one interval longer than seen)."
     )
 
 
 # --- tables ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Checks:
-    identical: dict[str, bool]  # per shape: its tables' live rows identical before the runs
-    before: dict[str, tuple[int, str]]
-    after: dict[str, tuple[int, str]]
-    expired_left: int
-
-
-RULE_TABLES = [
-    *(r.rule_table for shape in (DENSE, SPARSE) for r in shape.rounds),
-    BUSY_TABLE,
-    NO_SYNC_TABLE,
-]
-
-
-def check_tables(url: str, before: dict[str, tuple[int, str]]) -> Checks:
-    identical = {
-        shape.name: len({before[t] for t in shape.tables}) == 1 for shape in (DENSE, SPARSE)
-    }
-    after = {t: live_rows(url, t) for t in RULE_TABLES}
-    expired_left = sum(count_rows(url, COUNT_EXPIRED, t) for t in RULE_TABLES)
-    return Checks(identical, before, after, expired_left)
-
-
-def report_checks(report: Report, checks: Checks) -> None:
-    report.expect(
-        "each shape's tables identical before the runs",
-        checks.identical,
-        {"dense": True, "sparse": True},
-    )
-    report.expect(
-        "expired rows left after every rule run (checked in the tables)", checks.expired_left, 0
-    )
-    untouched = [t for t in RULE_TABLES if t != BUSY_TABLE]
-    wanted = {t: (DENSE if t.startswith("bench_tokens") else SPARSE).live for t in RULE_TABLES}
-    report.expect(
-        "live rows left after each rule run (checked in the tables)",
-        [checks.after[t][0] for t in RULE_TABLES],
-        [wanted[t] for t in RULE_TABLES],
-    )
-    report.expect(
-        "live rows' checksum unchanged by the rule, each run without the app writer",
-        [checks.after[t][1] == checks.before[t][1] for t in untouched],
-        [True] * len(untouched),
-    )
-
-
 def statement(template: str, table: str) -> sql.Composed:
     return sql.SQL(template).format(table=sql.Identifier(table))
 
 
-def load_tables(url: str, shape: Shape) -> None:
-    """The first table from generate_series, the others copied from it row for row."""
-    source, *copies = shape.tables
-    params = {"every": shape.every, "every_is_live": shape.every_is_live, "rows": shape.rows}
+def load_tables(url: str, shape: Shape, rows: int, tables: list[str]) -> int:
+    """The first table from generate_series, the others copied from it row for row; returns
+    how many rows are expired."""
+    source, *copies = tables
+    load = sql.SQL(LOAD_ROWS).format(
+        table=sql.Identifier(source),
+        expired=sql.SQL(shape.expired),
+        expired_at=sql.SQL(shape.expired_at),
+    )
     with benchlib.connect(url) as conn:
-        for table in shape.tables:
+        for table in tables:
             conn.execute(statement("DROP TABLE IF EXISTS {table}", table))
             conn.execute(statement(CREATE_TABLE, table))
-        conn.execute(statement(LOAD_ROWS, source), params)
+        conn.execute(load, {"rows": rows, "payload_bytes": shape.payload_bytes})
         for table in copies:
             conn.execute(
                 sql.SQL("INSERT INTO {} SELECT * FROM {} ORDER BY id").format(
                     sql.Identifier(table), sql.Identifier(source)
                 )
             )
-        for table in shape.tables:
-            conn.execute(statement("CREATE INDEX ON {table} (expires_at)", table))
-        conn.execute(
-            sql.SQL("VACUUM ANALYZE {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, shape.tables))
-            )
-        )
+        for table in tables:
+            if shape.indexed:
+                conn.execute(statement("CREATE INDEX ON {table} (expires_at)", table))
+            conn.execute(statement("VACUUM ANALYZE {table}", table))
+    return count_rows(url, COUNT_EXPIRED, source)
+
+
+def drop_tables(url: str, tables: list[str]) -> None:
+    with benchlib.connect(url) as conn:
+        for table in tables:
+            conn.execute(statement("DROP TABLE {table}", table))
 
 
 def live_rows(url: str, table: str) -> tuple[int, str]:
@@ -530,7 +604,7 @@ def count_rows(url: str, template: str, table: str) -> int:
 
 
 def warm_up(url: str, *tables: str) -> None:
-    """Read the tables and their expiry indexes the same way, so they start equally warm."""
+    """Read the tables (and their expiry indexes) the same way, so they start equally warm."""
     with benchlib.connect(url) as conn:
         for table in tables:
             conn.execute(statement("SELECT count(*) FROM {table}", table))

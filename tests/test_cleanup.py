@@ -25,6 +25,9 @@ from worker.registry import JOBS, SERVICES
 
 GUARDED = "cleanup_test_guarded"  # a throwaway table whose deletes a trigger refuses
 EXTRA = "cleanup_test_extra"  # a throwaway table for operator-configured rules
+WALKED = "cleanup_test_walked"  # a throwaway table for the walks
+WALKED_RULE = cleanup.Rule.of(WALKED, "created_at", 7)
+EACH_WALK = pytest.mark.parametrize("walk", list(cleanup.Walk))
 
 
 def add_rows(conn: db.Conn, table: str, column: str, age: str, count: int = 1) -> list[int]:
@@ -106,6 +109,71 @@ def throwaway_table(conn: db.Conn, name: str, *, refuse_deletes: bool = False) -
     finally:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
         conn.execute("DROP FUNCTION IF EXISTS cleanup_test_refuse()")
+
+
+@contextmanager
+def walked_table(
+    conn: db.Conn,
+    *,
+    rows: int,
+    every: int,
+    every_is_live: bool = True,
+    indexed: bool = True,
+    pad_bytes: int = 1000,
+) -> Iterator[None]:
+    """WALKED with `rows` rows in id (and block) order, each `every`th live (created an hour
+    ago) and the others 10 days old, or the other way round; analyzed. A note of `pad_bytes`
+    bytes per row puts a few rows in each block, so a small table spans several batches of
+    the block walk too. `indexed`: an index on created_at."""
+    with throwaway_table(conn, WALKED):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (created_at, note)"
+                " SELECT CASE WHEN (g %% %s = 0) = %s THEN now() - interval '1 hour'"
+                "             ELSE now() - interval '10 days' END,"
+                "        repeat('x', %s)"
+                "   FROM generate_series(1, %s) AS g"
+            ).format(sql.Identifier(WALKED)),
+            (every, every_is_live, pad_bytes, rows),
+        )
+        if indexed:
+            conn.execute(sql.SQL("CREATE INDEX ON {} (created_at)").format(sql.Identifier(WALKED)))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(WALKED)))
+        yield
+
+
+def live_rows(conn: db.Conn, table: str) -> tuple[int, str]:
+    """(count, checksum of every column) of the rows of `table` created in the last 7 days."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*) AS n, md5(string_agg(id || ':' || created_at || ':' || note, ','"
+            " ORDER BY id)) AS checksum FROM {} WHERE created_at > now() - interval '7 days'"
+        ).format(sql.Identifier(table))
+    ).fetchone()
+    assert row is not None
+    return row["n"], row["checksum"]
+
+
+def old_rows(conn: db.Conn, table: str) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) AS n FROM {} WHERE created_at < now() - interval '7 days'").format(
+            sql.Identifier(table)
+        )
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def walk_rule(
+    conn: db.Conn,
+    walk: cleanup.Walk | None,
+    size: int = 7,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> cleanup.RuleOutcome:
+    """WALKED_RULE applied on `walk` (None: the one it chooses), `size` rows a batch."""
+    return cleanup.delete_in_batches(
+        conn, WALKED_RULE, BatchSizer.fixed(size), should_stop, get_logger(), walk=walk
+    )
 
 
 @contextmanager
@@ -202,6 +270,7 @@ def test_many_rows_go_in_small_batches_while_the_app_updates_a_live_row(
 ) -> None:
     add_rows(conn, "scrape_sessions", "created_at", "31 days", 50)
     [live] = add_rows(conn, "scrape_sessions", "created_at", "1 day")
+    conn.execute("UPDATE scrape_sessions SET url = repeat('x', 1000)")  # a few rows a block
     # If a batch ever waited on the app's lock, fail the test instead of hanging it.
     conn.execute("SET statement_timeout = '10s'")
     with psycopg.connect(db_url) as app:
@@ -213,29 +282,36 @@ def test_many_rows_go_in_small_batches_while_the_app_updates_a_live_row(
 
     rule = result.details["rules"]["scrape_sessions.created_at"]
     assert (rule["status"], rule["deleted"], rule["min_batch_size"]) == ("completed", 50, 7)
-    assert rule["batches"] > 1
+    assert rule["walk"] == "blocks" and rule["batches"] > 1
     assert result.failed == 0
     row = conn.execute("SELECT id, url FROM scrape_sessions").fetchall()
     assert row == [{"id": live, "url": "edited by the app"}]
 
 
+@EACH_WALK
 def test_a_batch_waiting_on_an_app_row_lock_fails_fast_and_rolls_back(
-    conn: db.Conn, db_url: str
+    conn: db.Conn, db_url: str, walk: cleanup.Walk
 ) -> None:
     expired = add_tokens(conn, "refresh_tokens", "-1 hour", 5)
-    rule = cleanup.Rule("refresh_tokens", "expires_at", 0)
+    rule = cleanup.Rule.of("refresh_tokens", "expires_at", 0)
     conn.execute("SET statement_timeout = '10s'")  # a regression fails instead of hanging
     with psycopg.connect(db_url) as app:
         # The app checks (and holds) one expired token, as a login flow would.
         app.execute("SELECT id FROM refresh_tokens WHERE id = %s FOR UPDATE", (expired[0],))
         with capture_logs() as logs:
             outcome = cleanup.delete_in_batches(
-                conn, rule, BatchSizer.fixed(100), lambda: False, get_logger(), lock_timeout_ms=100
+                conn,
+                rule,
+                BatchSizer.fixed(100),
+                lambda: False,
+                get_logger(),
+                lock_timeout_ms=100,
+                walk=walk,
             )
         app.execute("UPDATE refresh_tokens SET token_hash = 'rotated' WHERE id = %s", (expired[0],))
         app.commit()
 
-    assert outcome.status == cleanup.FAILED
+    assert outcome.status == cleanup.RuleStatus.FAILED
     assert outcome.error is not None and "lock timeout" in outcome.error
     assert outcome.elapsed_seconds < 5  # it gave up; it did not wait for the app
     assert outcome.deleted == 0 and ids(conn, "refresh_tokens") == set(expired)  # rolled back
@@ -246,22 +322,25 @@ def test_a_batch_waiting_on_an_app_row_lock_fails_fast_and_rolls_back(
     assert failed["log_level"] == "error" and failed["table"] == "refresh_tokens"
 
 
-def test_a_stop_request_is_honoured_between_batches(conn: db.Conn) -> None:
-    add_rows(conn, "scrape_sessions", "created_at", "40 days", 30)
+@EACH_WALK
+def test_a_stop_request_is_honoured_between_batches(conn: db.Conn, walk: cleanup.Walk) -> None:
     asked: list[int] = []
 
     def stop_after_first_batch() -> bool:
         asked.append(1)
         return True
 
-    rule = cleanup.Rule("scrape_sessions", "created_at", 30)
-    outcome = cleanup.delete_in_batches(
-        conn, rule, BatchSizer.fixed(10), stop_after_first_batch, get_logger()
-    )
+    with walked_table(conn, rows=100, every=3):
+        outcome = walk_rule(conn, walk, should_stop=stop_after_first_batch)
+        left = old_rows(conn, WALKED)
 
-    assert (outcome.status, outcome.deleted, outcome.batches) == (cleanup.INTERRUPTED, 10, 1)
+    assert (outcome.walk, outcome.status, outcome.batches) == (
+        walk,
+        cleanup.RuleStatus.INTERRUPTED,
+        1,
+    )
     assert len(asked) == 1
-    assert len(ids(conn, "scrape_sessions")) == 20
+    assert 0 < outcome.deleted < 67 and left == 67 - outcome.deleted  # the first batch stays done
 
 
 def test_missing_table_and_failing_batch_leave_other_rules_running(conn: db.Conn) -> None:
@@ -445,32 +524,9 @@ def test_cleanup_once_deletes_old_rows_and_prints_per_rule_counts(
     ]
 
 
-def test_batches_walk_uuid_keys_too(conn: db.Conn) -> None:
-    conn.execute(
-        "CREATE TABLE cleanup_test_uuid (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
-        " seen_at timestamptz NOT NULL)"
-    )
-    try:
-        conn.execute(
-            "INSERT INTO cleanup_test_uuid (seen_at) SELECT now() - interval '10 days'"
-            " FROM generate_series(1, 23)"
-        )
-        conn.execute(
-            "INSERT INTO cleanup_test_uuid (seen_at) SELECT now() FROM generate_series(1, 4)"
-        )
-        rule = cleanup.Rule("cleanup_test_uuid", "seen_at", 7)
-        sizer = BatchSizer.from_settings(make_settings(conn.info.dsn, CLEANUP_BATCH_SIZE="5"))
-        outcome = cleanup.delete_in_batches(conn, rule, sizer, lambda: False, get_logger())
-        left = conn.execute("SELECT count(*) AS n FROM cleanup_test_uuid").fetchone()
-    finally:
-        conn.execute("DROP TABLE cleanup_test_uuid")
-    assert (outcome.status, outcome.deleted) == ("completed", 23)
-    assert outcome.batches > 1 and outcome.min_batch_size == 5  # walked in several id ranges
-    assert left is not None and left["n"] == 4
-
-
+@EACH_WALK
 def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
-    db_url: str, conn: db.Conn
+    db_url: str, conn: db.Conn, walk: cleanup.Walk
 ) -> None:
     import threading
     import time
@@ -484,13 +540,13 @@ def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
             (extended,),
         )
         outcomes: list[cleanup.RuleOutcome] = []
-        rule = cleanup.Rule("refresh_tokens", "expires_at", 0)
+        rule = cleanup.Rule.of("refresh_tokens", "expires_at", 0)
 
         def clean() -> None:
             with psycopg.connect(db_url, autocommit=True, row_factory=psycopg.rows.dict_row) as own:
                 outcomes.append(
                     cleanup.delete_in_batches(
-                        own, rule, BatchSizer.fixed(100), lambda: False, get_logger()
+                        own, rule, BatchSizer.fixed(100), lambda: False, get_logger(), walk=walk
                     )
                 )
 
@@ -506,6 +562,164 @@ def test_a_token_the_app_extends_during_the_batch_is_not_deleted(
         worker.join(10)
     assert [(o.status, o.deleted) for o in outcomes] == [("completed", 2)]
     assert ids(conn, "refresh_tokens") == {extended}
+
+
+# --- walks -------------------------------------------------------------------------------
+
+
+@EACH_WALK
+@pytest.mark.parametrize("indexed", [True, False], ids=["indexed", "no_index"])
+def test_each_walk_deletes_exactly_the_matching_rows(
+    conn: db.Conn, walk: cleanup.Walk, indexed: bool
+) -> None:
+    with walked_table(conn, rows=100, every=3, indexed=indexed):
+        before = live_rows(conn, WALKED)
+        outcome = walk_rule(conn, walk)
+        after, left = live_rows(conn, WALKED), old_rows(conn, WALKED)
+
+    assert (outcome.walk, outcome.status, outcome.deleted, left) == (walk, "completed", 67, 0)
+    assert outcome.batches > 1 and outcome.min_batch_size == 7
+    assert after == before and after[0] == 33  # every live row intact, every column
+
+
+@EACH_WALK
+def test_a_row_the_app_extends_between_batches_survives(
+    conn: db.Conn, db_url: str, walk: cleanup.Walk
+) -> None:
+    with walked_table(conn, rows=100, every=3), psycopg.connect(db_url, autocommit=True) as app:
+        # The old row with the largest id: the last one either walk reaches (its created_at
+        # ties with every other old row's, and the index orders ties by their place).
+        [last_old] = conn.execute(
+            sql.SQL(
+                "SELECT max(id) AS id FROM {} WHERE created_at < now() - interval '7 days'"
+            ).format(sql.Identifier(WALKED))
+        ).fetchall()
+        extended: list[int] = []
+
+        def app_extends_once() -> bool:  # called between batches: the app runs meanwhile
+            if not extended:
+                app.execute(
+                    sql.SQL("UPDATE {} SET created_at = now() WHERE id = %s").format(
+                        sql.Identifier(WALKED)
+                    ),
+                    (last_old["id"],),
+                )
+                extended.append(last_old["id"])
+            return False
+
+        outcome = walk_rule(conn, walk, should_stop=app_extends_once)
+        left = ids(conn, WALKED)
+
+    assert extended and outcome.batches > 1
+    assert (outcome.status, outcome.deleted) == ("completed", 66)
+    assert last_old["id"] in left and len(left) == 34
+
+
+@EACH_WALK
+def test_walks_need_no_id_column(conn: db.Conn, walk: cleanup.Walk) -> None:
+    conn.execute("CREATE TABLE cleanup_test_keyless (seen_at timestamptz NOT NULL, note text)")
+    try:
+        conn.execute(
+            "INSERT INTO cleanup_test_keyless"
+            " SELECT now() - CASE WHEN g % 4 = 0 THEN interval '1 day' ELSE interval '10 days' END,"
+            "        repeat('x', 1000)"
+            "   FROM generate_series(1, 40) AS g"
+        )
+        rule = cleanup.Rule.of("cleanup_test_keyless", "seen_at", 7)
+        outcome = cleanup.delete_in_batches(
+            conn, rule, BatchSizer.fixed(5), lambda: False, get_logger(), walk=walk
+        )
+        left = conn.execute("SELECT count(*) AS n FROM cleanup_test_keyless").fetchone()
+    finally:
+        conn.execute("DROP TABLE cleanup_test_keyless")
+    assert (outcome.status, outcome.deleted) == ("completed", 30)
+    assert outcome.batches > 1
+    assert left == {"n": 10}
+
+
+@EACH_WALK
+def test_walks_delete_across_the_partitions_of_a_partitioned_table(
+    conn: db.Conn, walk: cleanup.Walk
+) -> None:
+    conn.execute(
+        "CREATE TABLE cleanup_test_parts (id bigint, created_at timestamptz, note text)"
+        " PARTITION BY RANGE (id)"
+    )
+    try:
+        conn.execute(
+            "CREATE TABLE cleanup_test_parts_1 PARTITION OF cleanup_test_parts"
+            " FOR VALUES FROM (0) TO (30)"
+        )
+        conn.execute(
+            "CREATE TABLE cleanup_test_parts_2 PARTITION OF cleanup_test_parts"
+            " FOR VALUES FROM (30) TO (1000)"
+        )
+        conn.execute("CREATE INDEX ON cleanup_test_parts (created_at)")
+        conn.execute(
+            "INSERT INTO cleanup_test_parts"
+            " SELECT g, now() - CASE WHEN g % 3 = 0 THEN interval '1 day' ELSE interval '10 days'"
+            "        END, repeat('x', 1000)"
+            "   FROM generate_series(1, 100) AS g"
+        )
+        rule = cleanup.Rule.of("cleanup_test_parts", "created_at", 7)
+        chosen = cleanup.choose_walk(conn, rule)
+        outcome = cleanup.delete_in_batches(
+            conn, rule, BatchSizer.fixed(7), lambda: False, get_logger(), walk=walk
+        )
+        left = conn.execute(
+            "SELECT count(*) AS n, bool_and(id % 3 = 0) AS all_live FROM cleanup_test_parts"
+        ).fetchone()
+    finally:
+        conn.execute("DROP TABLE cleanup_test_parts")
+    assert chosen == cleanup.Walk.BLOCKS  # two thirds of the rows match
+    assert (outcome.status, outcome.deleted) == ("completed", 67)
+    assert left == {"n": 33, "all_live": True}
+
+
+@EACH_WALK
+def test_each_walk_keeps_a_running_run_however_old(conn: db.Conn, walk: cleanup.Walk) -> None:
+    old_runs = [add_run(conn, age="40 days") for _ in range(5)]
+    running = add_run(conn, age="45 days", status="running")
+    recent = add_run(conn, age="1 day")
+    rule = cleanup.Rule.of("worker_job_runs", "started_at", 30, kept="running_run")
+
+    outcome = cleanup.delete_in_batches(
+        conn, rule, BatchSizer.fixed(2), lambda: False, get_logger(), walk=walk
+    )
+
+    assert (outcome.status, outcome.deleted) == ("completed", len(old_runs))
+    assert ids(conn, "worker_job_runs") == {running, recent}
+
+
+@pytest.mark.parametrize(
+    ("every", "every_is_live", "index", "walk"),
+    [
+        (3, True, "created_at", cleanup.Walk.BLOCKS),  # two thirds match
+        (20, False, "created_at", cleanup.Walk.BLOCKS),  # 5 %: above the share
+        (200, False, "created_at", cleanup.Walk.INDEX),  # 0.5 %: below it, and indexed
+        (200, False, None, cleanup.Walk.BLOCKS),  # no index on the rule's column
+        (200, False, "note, created_at", cleanup.Walk.BLOCKS),  # not led by the column
+        (200, False, "created_at) WHERE (note IS NULL", cleanup.Walk.BLOCKS),  # partial
+    ],
+    ids=["dense", "5_percent", "sparse", "sparse_no_index", "other_leading", "partial_index"],
+)
+def test_the_walk_follows_the_planners_estimate_and_the_indexes(
+    conn: db.Conn, every: int, every_is_live: bool, index: str | None, walk: cleanup.Walk
+) -> None:
+    with walked_table(
+        conn, rows=20_000, every=every, every_is_live=every_is_live, indexed=False, pad_bytes=0
+    ):
+        if index is not None:
+            conn.execute(sql.SQL(f"CREATE INDEX ON {WALKED} ({index})"))
+        chosen = cleanup.choose_walk(conn, WALKED_RULE)
+        outcome = walk_rule(conn, None, size=500)  # the walk it chooses
+        left = old_rows(conn, WALKED)
+
+    assert (chosen, outcome.walk, outcome.status, left) == (walk, walk, "completed", 0)
+
+
+def test_no_walk_for_a_missing_table(conn: db.Conn) -> None:
+    assert cleanup.choose_walk(conn, cleanup.Rule.of("no_such_table", "created_at", 7)) is None
 
 
 # --- batch sizes -------------------------------------------------------------------------
@@ -607,34 +821,62 @@ def test_batches_grow_when_fast_up_to_100_times_the_setting(conn: db.Conn) -> No
     )
 
     rule = result.details["rules"]["scrape_sessions.created_at"]
-    assert (rule["status"], rule["deleted"]) == ("completed", 1500)
+    assert (rule["walk"], rule["status"], rule["deleted"]) == ("blocks", "completed", 1500)
+    # 2, 4, 8 ... 128, then 200 (100 x 2) rows' worth of blocks until the table ends.
+    assert (rule["min_batch_size"], rule["max_batch_size"]) == (2, 200)
+    assert ids(conn, "scrape_sessions") == set(kept)
+
+
+def test_index_walk_batches_grow_by_rows_up_to_100_times_the_setting(conn: db.Conn) -> None:
+    add_rows(conn, "scrape_sessions", "created_at", "31 days", 1500)
+    kept = add_rows(conn, "scrape_sessions", "created_at", "1 day", 3)
+    settings = make_settings(conn.info.dsn, CLEANUP_BATCH_SIZE="2", CLEANUP_BATCH_TARGET_MS="1000")
+    rule = cleanup.Rule.of("scrape_sessions", "created_at", 30)
+
+    outcome = cleanup.delete_in_batches(
+        conn,
+        rule,
+        BatchSizer.from_settings(settings),
+        lambda: False,
+        get_logger(),
+        walk=cleanup.Walk.INDEX,
+    )
+
+    assert (outcome.status, outcome.deleted) == ("completed", 1500)
     # 2, 4, 8 ... 128, then 200 (100 x 2) until the rows run out.
-    assert (rule["min_batch_size"], rule["max_batch_size"], rule["final_batch_size"]) == (
+    assert (outcome.min_batch_size, outcome.max_batch_size, outcome.final_batch_size) == (
         2,
         200,
         200,
     )
-    assert rule["batches"] == 7 + math.ceil((1500 - 254) / 200)
+    assert outcome.batches == 7 + math.ceil((1500 - 254) / 200)
     assert ids(conn, "scrape_sessions") == set(kept)
 
 
-def test_batches_shrink_when_slow_down_to_100_rows(conn: db.Conn) -> None:
+@EACH_WALK
+def test_batches_shrink_when_slow_down_to_100_rows(conn: db.Conn, walk: cleanup.Walk) -> None:
     table = "cleanup_test_slow"
     with slow_deletes(conn, table, sleep_s=0.05):
-        add_rows(conn, table, "created_at", "10 days", 1600)
+        add_rows(conn, table, "created_at", "10 days", 3000)
         kept = add_rows(conn, table, "created_at", "1 day", 2)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
         # The first batch takes a tenth of CLEANUP_BATCH_SIZE: 1000 rows.
         settings = make_settings(
             conn.info.dsn, CLEANUP_BATCH_SIZE="10000", CLEANUP_BATCH_TARGET_MS="10"
         )
-        rule = cleanup.Rule(table, "created_at", 7)
+        rule = cleanup.Rule.of(table, "created_at", 7)
         with capture_logs() as logs:
             outcome = cleanup.delete_in_batches(
-                conn, rule, BatchSizer.from_settings(settings), lambda: False, get_logger()
+                conn,
+                rule,
+                BatchSizer.from_settings(settings),
+                lambda: False,
+                get_logger(),
+                walk=walk,
             )
         left = ids(conn, table)
 
-    assert (outcome.status, outcome.deleted) == ("completed", 1600)
+    assert (outcome.status, outcome.deleted) == ("completed", 3000)
     # Every DELETE takes 50 ms whatever its size, five times the target: 1000 rows, then
     # about 200 (sized from the first batch alone), then the floor.
     assert (outcome.max_batch_size, outcome.min_batch_size, outcome.final_batch_size) == (
@@ -645,36 +887,4 @@ def test_batches_shrink_when_slow_down_to_100_rows(conn: db.Conn) -> None:
     assert left == set(kept)
     [completed] = events(logs, "cleanup_rule_completed")
     assert (completed["max_batch_size"], completed["min_batch_size"]) == (1000, 100)
-
-
-@pytest.mark.parametrize("id_type", ["bigserial", "uuid DEFAULT gen_random_uuid()"])
-@pytest.mark.parametrize("one_walk_max_rows", [0, 1_000_000], ids=["by_range", "by_id"])
-def test_both_batch_forms_delete_exactly_the_expired_rows(
-    conn: db.Conn, monkeypatch: pytest.MonkeyPatch, id_type: str, one_walk_max_rows: int
-) -> None:
-    # Small batches delete by id what one walk found, large ones by id range: force each.
-    monkeypatch.setattr(cleanup, "ONE_WALK_MAX_ROWS", one_walk_max_rows)
-    conn.execute(
-        sql.SQL("CREATE TABLE cleanup_test_forms (id {} PRIMARY KEY, seen_at timestamptz)").format(
-            sql.SQL(id_type)
-        )
-    )
-    try:
-        conn.execute(
-            "INSERT INTO cleanup_test_forms (seen_at)"
-            " SELECT CASE WHEN g % 3 = 0 THEN now() ELSE now() - interval '10 days' END"
-            " FROM generate_series(1, 100) g"
-        )
-        rule = cleanup.Rule("cleanup_test_forms", "seen_at", 7)
-        outcome = cleanup.delete_in_batches(
-            conn, rule, BatchSizer.fixed(7), lambda: False, get_logger()
-        )
-        left = conn.execute(
-            "SELECT count(*) AS n, bool_and(seen_at > now() - interval '1 day') AS all_live"
-            " FROM cleanup_test_forms"
-        ).fetchone()
-    finally:
-        conn.execute("DROP TABLE cleanup_test_forms")
-    assert (outcome.status, outcome.deleted) == ("completed", 67)
-    assert outcome.batches == 10  # 67 rows, 7 a batch
-    assert left == {"n": 33, "all_live": True}
+    assert completed["walk"] == walk

@@ -1,18 +1,47 @@
--- Retention cleanup. `{table}`, `{column}` and `{predicate}` are placeholders that
--- worker/jobs/cleanup.py fills with psycopg.sql.Identifier and SQL composed from this file,
--- never with text taken from configuration.
+-- Retention cleanup (worker/jobs/cleanup.py). Every statement a rule runs is here, whole. Their
+-- placeholders: `{table}` and `{column}` are the rule's table and column, quoted with
+-- psycopg.sql.Identifier (never text from configuration); `{kept}` is the condition of rows the
+-- rule never deletes: `false` for every rule but worker_job_runs', whose is `running_run` below.
+-- The cutoff is computed by PostgreSQL (`now() - make_interval(days => %(days)s)`), never by
+-- the process clock, and every DELETE checks the rule's condition itself: a row the app
+-- extended since a batch was planned is not deleted.
 
--- name: relation_exists
-SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
+-- name: running_run
+-- A `running` row is the live record of a run in progress (or of a dead process whose row the
+-- next run marks `abandoned`): it is never retention's to delete.
+status = 'running'
 
--- name: older_than
--- The cutoff is computed by PostgreSQL, never by the process clock.
-{column} < now() - make_interval(days => %(days)s)
+-- name: describe_table
+-- What choosing a walk needs to know about the rule's table: whether it exists, its size in
+-- blocks now, and whether a valid btree index without a WHERE clause leads with the rule's
+-- column. A partitioned table's size is its largest partition's: a TID range applies to every
+-- partition alike.
+SELECT c.oid IS NOT NULL AS present,
+       greatest(pg_relation_size(c.oid),
+                (SELECT max(pg_relation_size(p.relid))
+                   FROM pg_partition_tree(c.oid) AS p
+                  WHERE p.isleaf)) / current_setting('block_size')::bigint AS blocks,
+       EXISTS (SELECT 1
+                 FROM pg_index AS i
+                 JOIN pg_class AS ic ON ic.oid = i.indexrelid
+                 JOIN pg_am AS am ON am.oid = ic.relam
+                 JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                WHERE i.indrelid = c.oid AND a.attname = %(column)s
+                  AND i.indisvalid AND i.indpred IS NULL AND am.amname = 'btree') AS indexed
+  FROM (SELECT to_regclass(%(relation)s)::oid AS oid) AS c;
 
--- name: not_running
--- A `running` row is the live record of a run in progress (or of a dead process whose
--- row the next run marks `abandoned`): it is never retention's to delete.
-status <> 'running'
+-- name: estimate_matching
+-- The planner's estimate of how many rows the rule matches now (EXPLAIN plans, runs nothing).
+EXPLAIN (FORMAT JSON)
+SELECT 1
+  FROM {table}
+ WHERE {column} < now() - make_interval(days => %(days)s)
+   AND NOT ({kept});
+
+-- name: estimate_rows
+-- The planner's estimate of the table's rows now: its last ANALYZE's density times its size.
+EXPLAIN (FORMAT JSON)
+SELECT 1 FROM {table};
 
 -- name: batch_settings
 -- Inside a batch's transaction, both transaction-local. A lock wait longer than
@@ -24,66 +53,59 @@ status <> 'running'
 SELECT set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('synchronous_commit', 'off', true);
 
--- name: batch_bound
--- A batch is a range of ids: from just after the previous batch's last id (`{after}`; the
--- first batch has no lower bound) up to the id of the n-th row the rule matches (OFFSET is
--- n - 1). No row means fewer than n are left: the final batch then has no upper bound.
--- Walking the table in id order makes each batch start where the last one ended, instead of
--- re-reading the dead rows earlier batches left behind: the `id = ANY(ARRAY(SELECT id ...
--- LIMIT n))` form did that, and was 3x slower on a 1M-row table once PostgreSQL's
--- synchronized scans did not happen to hide it (they only apply to tables larger than a
--- quarter of shared_buffers).
-SELECT id FROM {table}
- WHERE {predicate} {after}
- ORDER BY id
-OFFSET %(offset)s
- LIMIT 1;
+-- name: delete_blocks
+-- One batch of the block walk: the rows the rule matches in the blocks `first_tid` (`(n,0)`,
+-- before every row of block n) up to, not including, `end_tid`. A TID range scan (PostgreSQL
+-- 14+) reads just those blocks, in the table's own order, as one DELETE's sequential scan
+-- would, and needs no index: the walk for rules that match many of the table's rows.
+DELETE FROM {table}
+ WHERE ctid >= %(first_tid)s::tid
+   AND ctid < %(end_tid)s::tid
+   AND {column} < now() - make_interval(days => %(days)s)
+   AND NOT ({kept});
 
--- name: delete_walked
--- A small batch in one walk of the table in id order: the next n rows the rule matches
--- after the previous batch's last id, deleted by id, the predicate checked again on each.
--- Fewer than n matched: this was the final batch.
+-- name: delete_indexed
+-- One batch of the index walk: the next `limit` rows the rule matches in the order of the
+-- rule column's index, from the previous batch's last value on (`from_value`; `-infinity` for
+-- the first batch), deleted by their tids in the same statement. Only matching rows are read:
+-- the walk for rules that match few of the table's rows. Rows of the previous batch at its last
+-- value are gone, so starting at that value (not after it) skips none that tie with it. Fewer
+-- than `limit` matched: this was the final batch.
 WITH batch AS MATERIALIZED (
-    SELECT id FROM {table}
-     WHERE {predicate} {after}
-     ORDER BY id
+    SELECT ctid AS row_tid, {column} AS value
+      FROM {table}
+     WHERE {column} >= %(from_value)s
+       AND {column} < now() - make_interval(days => %(days)s)
+       AND NOT ({kept})
+     ORDER BY {column}
      LIMIT %(limit)s
 ), gone AS (
     DELETE FROM {table}
-     WHERE id = ANY(ARRAY(SELECT id FROM batch)) AND {predicate}
+     WHERE ctid = ANY(ARRAY(SELECT row_tid FROM batch))
+       AND {column} < now() - make_interval(days => %(days)s)
+       AND NOT ({kept})
     RETURNING 1
 )
-SELECT (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
+SELECT (SELECT max(value) FROM batch) AS last_value,
        (SELECT count(*) FROM batch) AS matched,
        (SELECT count(*) FROM gone) AS deleted;
 
--- name: delete_range
--- The predicate is checked again on every row: a token the app extended since the bound was
--- read is not deleted.
-DELETE FROM {table}
- WHERE {predicate} {after} {upto};
-
--- name: after_id
-AND id > %(after_id)s
-
--- name: upto_id
-AND id <= %(upto_id)s
-
 -- name: count_rows
-SELECT count(*) AS n FROM {table} WHERE {predicate};
+-- What a dry run reports: the rows the rule would delete now.
+SELECT count(*) AS n
+  FROM {table}
+ WHERE {column} < now() - make_interval(days => %(days)s)
+   AND NOT ({kept});
 
 -- name: describe_rule
--- What the start-up check needs to know about an extra rule's table: does it exist, the
--- type of the rule's column, whether it has the `id` the batches select on, and whether
+-- What the start-up check needs to know about an extra rule's relation: does it exist, is it a
+-- table (batches walk its blocks or delete by tid), the type of the rule's column, and whether
 -- this role may delete from it.
 SELECT c.oid IS NOT NULL AS table_exists,
+       (SELECT r.relkind IN ('r', 'p') FROM pg_class AS r WHERE r.oid = c.oid) AS is_table,
        (SELECT a.atttypid::regtype::text
           FROM pg_attribute a
          WHERE a.attrelid = c.oid AND a.attname = %(column)s
            AND a.attnum > 0 AND NOT a.attisdropped) AS column_type,
-       EXISTS (SELECT 1
-                 FROM pg_attribute a
-                WHERE a.attrelid = c.oid AND a.attname = 'id'
-                  AND a.attnum > 0 AND NOT a.attisdropped) AS has_id,
        coalesce(has_table_privilege(c.oid, 'DELETE'), false) AS can_delete
   FROM (SELECT to_regclass(%(relation)s)::oid AS oid) AS c;
