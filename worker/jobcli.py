@@ -256,7 +256,9 @@ def _create(
     )
     print(f"created {name}: {definition.handler}, {_next(definition, done['first_due'])}")
     if not done["served"]:
-        print("no live process of the jobs service runs it yet: start `worker jobs` or `all`")
+        print(
+            "no live process of the jobs service runs it yet: start `worker jobs` (or `worker all`)"
+        )
     return EXIT_OK
 
 
