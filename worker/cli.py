@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, embedded, jobscheck, logs, registry, service, settings, status
+from . import db, embedded, jobcli, jobscheck, logs, registry, service, settings, status
 from .daemon import Daemon
 from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
         flag.add_argument("job", metavar="JOB")
+    jobcli.add_parser(sub)
     _embedded_commands(sub)
     report = sub.add_parser("status", help="each job's last run, next due time and health")
     report.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -147,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(secret for spec in jobs.values() for secret in spec.secrets),
         ]
     )
-    # `status` and `db` own stdout (a table, JSON, a URL, psql); their log lines go to stderr.
-    log_stream = sys.stderr if args.command in ("status", "db") else None
+    # `status`, `job` and `db` own stdout (a table, JSON, a URL, psql): their log goes to stderr.
+    log_stream = sys.stderr if args.command in ("status", "job", "db") else None
     logs.configure(config.log_level, config.log_format, stream=log_stream)
     for old in config.deprecated:
         logs.get_logger().warning(
@@ -174,7 +175,8 @@ def _configure(
         stdout_is_tty=sys.stdout.isatty(),
         need_database=args.command != "jobs-check",
     )
-    jobs = registry.resolve(config, env, need_tokens=args.command != "jobs-check")
+    # Neither checking the jobs file nor managing runtime jobs needs its jobs' tokens.
+    jobs = registry.resolve(config, env, need_tokens=args.command not in ("jobs-check", "job"))
     _check_job_argument(args, jobs, config)
     _check_service_argument(args)
     if getattr(args, "due", False) and not args.once:
@@ -205,6 +207,8 @@ def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpe
         return _migrate(config, app_tables=args.app_tables)
     if args.command == "status":
         return status.run(config, service=args.service, as_json=args.json, out=sys.stdout)
+    if args.command == "job":
+        return jobcli.run(args, config, jobs, _on_database)
     return _set_paused(config, args.job, paused=args.command == "pause")
 
 
