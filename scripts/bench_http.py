@@ -145,7 +145,8 @@ def measure_runtime(url: str, report: Report) -> None:
         try:
             daemon.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
             base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=30) as http:
+            # Without a token, a loopback POST must name its own origin (CSRF).
+            with httpx.Client(base_url=base, timeout=30, headers={"Origin": base}) as http:
                 http.get("/api/handlers").raise_for_status()  # the catalogue, loaded
                 time.sleep(2.0)
                 rss = benchlib.mb(benchlib.status_kb(daemon.pid, "VmRSS") or 0)

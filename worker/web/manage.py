@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound
 from werkzeug.wrappers import Request, Response
 
-from .. import db, schedules, status
+from .. import db, registry, schedules, status
 from ..handlers import KwargsError
 from ..jobs import runtime
 from ..jobs.runtime import Definition, DefinitionError
@@ -44,6 +44,8 @@ class Manage:
     def create(self, request: Request) -> Response:
         body = read_body(request)
         name = _checked(lambda: runtime.check_name(body.get("name")))
+        if name in registry.JOBS:  # a built-in job, even before its service first started
+            raise Conflict(f"a job named {name!r} exists (built in)")
         fields = {key: value for key, value in body.items() if key != "name"}
         definition = _checked(lambda: runtime.parse(fields, self.handlers.catalogue()))
         with self.app.connections.connection() as conn:
