@@ -75,6 +75,8 @@ class RunOutcome:
     total: int
     failed: int
     duration_ms: int
+    # A declared job's run is one item: it failed or it did not, which RUN_FAILED says.
+    one_item: bool = False
 
 
 # (breached, message, metadata); a rule returns None when the run tells it nothing.
@@ -92,8 +94,10 @@ class Rule:
 
 
 def _check_failure_rate(run: RunOutcome, settings: Settings) -> Verdict | None:
-    if run.total == 0:
-        return None  # no item reached, no rate; a broken run is RUN_FAILED's business
+    if run.total == 0 or run.one_item:
+        # No item reached, or a one-item job's: no rate. RUN_FAILED alone says it failed,
+        # so a failed declared job raises one alert, not two.
+        return None
     rate = run.failed / run.total
     threshold = settings.alert_failure_rate
     message = (
