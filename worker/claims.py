@@ -35,7 +35,9 @@ def register(
 ) -> dict[str, Any]:
     """Upsert the job's row; a changed schedule recomputes `next_due_at` from now."""
     first_due = schedule.first_due(db.now(conn))
-    return ledger.register_job(conn, job, service, schedule.text, first_due, max_attempts)
+    return ledger.register_job(
+        conn, job, service, schedule.text, first_due, max_attempts, schedule.period_s
+    )
 
 
 @dataclass(frozen=True)

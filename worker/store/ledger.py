@@ -16,9 +16,16 @@ from ..vocab import Claim, RunStatus
 
 
 def register_job(
-    conn: Conn, job: str, service: str, schedule: str, first_due: datetime, max_attempts: int
+    conn: Conn,
+    job: str,
+    service: str,
+    schedule: str,
+    first_due: datetime,
+    max_attempts: int,
+    period_s: int | None = None,
 ) -> dict[str, Any]:
-    """Upsert the job's row; a changed schedule text moves `next_due_at` to `first_due`."""
+    """Upsert the job's row; a changed schedule text moves `next_due_at` to `first_due`.
+    `period_s`, the schedule's period, is what the watchdog's overdue grace is taken from."""
     row = conn.execute(
         db.query("ledger.register_job"),
         {
@@ -27,6 +34,7 @@ def register_job(
             "schedule": schedule,
             "first_due": first_due,
             "max_attempts": max_attempts,
+            "period_s": period_s,
         },
     ).fetchone()
     assert row is not None

@@ -4,12 +4,14 @@
 
 -- name: register_job
 -- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
-INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, updated_at)
-VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, now())
+-- `period_s` is the schedule's period, from which the watchdog's overdue grace is taken.
+INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, period_s, updated_at)
+VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, %(period_s)s, now())
 ON CONFLICT (job) DO UPDATE
    SET service = excluded.service,
        schedule = excluded.schedule,
        max_attempts = excluded.max_attempts,
+       period_s = excluded.period_s,
        next_due_at = CASE
            WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule
              OR worker_jobs.next_due_at IS NULL THEN excluded.next_due_at
