@@ -52,17 +52,33 @@ def raise_alert(
         "metadata": metadata or {},
         "created_at": row["created_at"],
     }
+    announce(alert, webhook_url=webhook_url, webhook_format=webhook_format, http=http, log=log)
+    return int(row["id"])
+
+
+def announce(
+    alert: dict[str, Any],
+    *,
+    webhook_url: str | None,
+    webhook_format: str = "json",
+    http: httpx.Client | None = None,
+    log: Any = None,
+) -> None:
+    """What follows an alert's row (`id`, `type`, `level`, `job`, `message`, `metadata`,
+    `created_at`): the `alert_raised` line, then the webhook if one is set. Delivery
+    failures are logged as `alert_webhook_failed` and never raised."""
     if log is not None:
-        log.warning("alert_raised", alert_id=row["id"], type=type, alert_level=level)
+        log.warning(
+            "alert_raised", alert_id=alert["id"], type=alert["type"], alert_level=alert["level"]
+        )
     if webhook_url and http is not None:
         error = clients.notify(
             http, "POST", webhook_url, json=webhook_payload(alert, webhook_format)
         )
         if error and log is not None:
             log.warning(
-                "alert_webhook_failed", alert_id=row["id"], error=error, format=webhook_format
+                "alert_webhook_failed", alert_id=alert["id"], error=error, format=webhook_format
             )
-    return int(row["id"])
 
 
 @dataclass(frozen=True)
