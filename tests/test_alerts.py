@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import structlog
 
 from tests.conftest import make_settings
 from tests.support.fakes import Reply, dripped, serving
-from worker import alerts, db, http_client
+from worker import alerts, db, http_client, registry
 from worker.daemon import Daemon
 from worker.jobs.base import JobContext
 from worker.registry import JobSpec
@@ -97,6 +98,38 @@ def test_three_failing_runs_raise_one_alert_per_rule_then_one_recovery(
         "JOB_RECOVERED",
         "JOB_RECOVERED",
     ]
+
+
+def test_a_failed_declared_job_raises_one_alert_and_its_next_success_one_recovery(
+    tmp_path: Path, conn: db.Conn, db_url: str, daemon_for: Callable[..., Daemon]
+) -> None:
+    # A declared job's run is one item: it failed or it did not. JOB_FAILED says so; a
+    # failure rate of 1 of 1 would only say it twice.
+    flag = tmp_path / "works"
+    jobs = tmp_path / "worker.toml"
+    jobs.write_text(
+        f'[jobs.export]\nschedule = "every 1h"\ncommand = ["test", "-e", "{flag}"]\n',
+        encoding="utf-8",
+    )
+    spec = registry.resolve(make_settings(db_url, WORKER_JOBS_FILE=str(jobs)))["export"]
+    with serving() as hook:
+        env = {"WORKER_JOBS_FILE": str(jobs), "ALERT_WEBHOOK_URL": f"{hook.url}/hook"}
+        assert daemon_for(**env).run_job(spec) == "failed"
+        failed = alert_rows(conn)
+        assert daemon_for(**env).run_job(spec) == "failed"  # the streak goes on: nothing
+        flag.touch()
+        assert daemon_for(**env).run_job(spec) == "success"
+        posted = [r.json()["type"] for r in hook.received("POST", "/hook")]
+
+    [run] = conn.execute("SELECT id, total, failed FROM worker_job_runs ORDER BY id LIMIT 1")
+    assert (run["total"], run["failed"]) == (1, 1)
+    assert [(a["type"], a["metadata"]["rule"], a["metadata"]["run_id"]) for a in failed] == [
+        ("JOB_FAILED", "RUN_FAILED", run["id"])
+    ]
+    assert [(a["type"], a["metadata"]["rule"]) for a in alert_rows(conn)[1:]] == [
+        ("JOB_RECOVERED", "RUN_FAILED")
+    ]
+    assert posted == ["JOB_FAILED", "JOB_RECOVERED"]
 
 
 def test_interrupted_runs_neither_fire_nor_clear(

@@ -52,17 +52,33 @@ def raise_alert(
         "metadata": metadata or {},
         "created_at": row["created_at"],
     }
+    announce(alert, webhook_url=webhook_url, webhook_format=webhook_format, http=http, log=log)
+    return int(row["id"])
+
+
+def announce(
+    alert: dict[str, Any],
+    *,
+    webhook_url: str | None,
+    webhook_format: str = "json",
+    http: httpx.Client | None = None,
+    log: Any = None,
+) -> None:
+    """What follows an alert's row (`id`, `type`, `level`, `job`, `message`, `metadata`,
+    `created_at`): the `alert_raised` line, then the webhook if one is set. Delivery
+    failures are logged as `alert_webhook_failed` and never raised."""
     if log is not None:
-        log.warning("alert_raised", alert_id=row["id"], type=type, alert_level=level)
+        log.warning(
+            "alert_raised", alert_id=alert["id"], type=alert["type"], alert_level=alert["level"]
+        )
     if webhook_url and http is not None:
         error = http_client.notify(
             http, "POST", webhook_url, json=webhook_payload(alert, webhook_format)
         )
         if error and log is not None:
             log.warning(
-                "alert_webhook_failed", alert_id=row["id"], error=error, format=webhook_format
+                "alert_webhook_failed", alert_id=alert["id"], error=error, format=webhook_format
             )
-    return int(row["id"])
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,8 @@ class RunOutcome:
     total: int
     failed: int
     duration_ms: int
+    # A declared job's run is one item: it failed or it did not, which RUN_FAILED says.
+    one_item: bool = False
 
 
 # (breached, message, metadata); a rule returns None when the run tells it nothing.
@@ -92,8 +110,10 @@ class Rule:
 
 
 def _check_failure_rate(run: RunOutcome, settings: Settings) -> Verdict | None:
-    if run.total == 0:
-        return None  # no item reached, no rate; a broken run is RUN_FAILED's business
+    if run.total == 0 or run.one_item:
+        # No item reached, or a one-item job's: no rate. RUN_FAILED alone says it failed,
+        # so a failed declared job raises one alert, not two.
+        return None
     rate = run.failed / run.total
     threshold = settings.alert_failure_rate
     message = (

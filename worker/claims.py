@@ -53,6 +53,7 @@ def register(
         max_attempts,
         source=source,
         declared_in=declared_in,
+        period_s=schedule.period_s,
     )
 
 

@@ -23,6 +23,7 @@ from .runs import Runner
 from .settings import Settings
 from .store import ledger, processes
 from .vocab import Claim, Mode, RunStatus
+from .watchdog import Watchdog
 
 REQUEST_POLL_S = processes.POLL_S  # the ledger is read at least this often, and the heart beats
 WAKE_MARGIN_S = 0.001  # wake this much after a due instant, never just before it
@@ -72,6 +73,10 @@ class Dispatcher:
         self._slot_conns: list[db.Conn] = []
         self._down = False
         self._saturated = False
+        # Every live process watches what none sees on its own, once a poll (the reads that
+        # carry the heartbeat): ARCHITECTURE.md, "Watchdog".
+        self._watchdog = None if process_id is None else Watchdog(settings, runner.http, log)
+        self._watch_due = False
 
     @property
     def running(self) -> list[str]:
@@ -117,6 +122,7 @@ class Dispatcher:
                 self._submit(spec, claimed)
                 free -= 1
         self._note_saturation(waiting)
+        self._watch()
 
     def drain(self) -> None:
         """Wait for every run in progress to end (they were asked to stop); close the pool.
@@ -124,6 +130,8 @@ class Dispatcher:
         The shutdown watcher bounds this by SHUTDOWN_GRACE_SECONDS.
         """
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
         for conn in [self._conn, *self._slot_conns]:
             if conn is not None:
                 conn.close()
@@ -144,6 +152,7 @@ class Dispatcher:
         with self._lock:
             self._clock = (due.now, read_at)
             self._beat_at = read_at if beat is not None else self._beat_at
+            self._watch_due = self._watch_due or beat is not None
             self._wake_at = max(self._beat_at, read_at - REQUEST_POLL_S) + REQUEST_POLL_S
             if due.next_wake is not None:
                 self._wake_at = min(self._wake_at, self._monotonic(due.next_wake))
@@ -163,6 +172,16 @@ class Dispatcher:
         spec = runtime.spec(row["job"], row["definition"], self._handlers)
         self._runtime[row["job"]] = (row["definition"], spec)
         return spec
+
+    def _watch(self) -> None:
+        """After a read that beat, once this process claimed what it could (its own due jobs
+        are not overdue): the watchdog's check, on the loop's connection."""
+        if self._watchdog is None or not self._watch_due or self._conn is None:
+            return
+        self._watch_due = False
+        self._watchdog.check(self._conn)
+        if self._conn.broken:
+            self._conn.close()
 
     def _beat(self) -> ledger.Beat | None:
         """This read's heartbeat, when the last one is most of a poll old."""

@@ -323,6 +323,7 @@ def _stored(conn: db.Conn, job: str, definition: Definition, write: Callable[...
         max_attempts=definition.max_attempts,
         definition=definition.stored(),
         actor=actor(),
+        period_s=schedule.period_s,
     )
     return first_due if written else None
 

@@ -359,6 +359,7 @@ class Runner:
             result.total,
             result.failed,
             finished.duration_ms,
+            one_item=spec.kind != "builtin",  # a declared job's run is one item
         )
         try:
             alerts.evaluate_run(

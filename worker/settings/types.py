@@ -110,6 +110,9 @@ class Settings:
     alert_webhook_format: str
     alert_failure_rate: float
     alert_slow_run_s: float
+    # None: each job's own grace, max(60 s, 10 % of its period) (ARCHITECTURE.md, "Watchdog")
+    overdue_grace_s: float | None
+    service_down_s: float
     heartbeat_url: str | None = field(repr=False)
     http_port: int | None  # None: no HTTP endpoint (ARCHITECTURE.md, "The HTTP endpoint")
     http_host: str

@@ -270,6 +270,21 @@ VARIABLES: tuple[Var, ...] = (
         "a run slower than this alerts",
     ),
     Var(
+        "OVERDUE_GRACE_SECONDS",
+        "overdue_grace_s",
+        None,
+        number(1, 7 * 24 * 3600),
+        "how long past its due time a job may stay unclaimed before JOB_OVERDUE",
+        shown="`max(60, 10 % of the job's period)`",
+    ),
+    Var(
+        "SERVICE_DOWN_SECONDS",
+        "service_down_s",
+        120.0,
+        number(1, 7 * 24 * 3600),
+        "how long a service may have no live process before SERVICE_DOWN",
+    ),
+    Var(
         "HEARTBEAT_URL",
         "heartbeat_url",
         None,

@@ -1,5 +1,6 @@
 """`worker_alerts`: written by the alert path (`worker.alerts`), listed and acknowledged from
-the dashboard and the JSON API. One function per named query of `alerts.sql`."""
+the dashboard and the JSON API; and `worker_streaks`, the watchdog's open streaks, each
+opened and closed with its alert. One function per named query of `alerts.sql`."""
 
 from __future__ import annotations
 
@@ -45,3 +46,14 @@ def acknowledge(conn: Conn, alert_id: int) -> datetime | None:
     """Acknowledge the alert (again is harmless): when it was, or None if there is none."""
     row = conn.execute(db.query("alerts.ack_alert"), {"id": alert_id}).fetchone()
     return None if row is None else row["acknowledged_at"]
+
+
+def change_streaks(
+    conn: Conn, events: list[dict[str, Any]], *, dead_after_s: float
+) -> list[dict[str, Any]]:
+    """Open and close the watchdog's streaks (`worker.watchdog.Change.event`), each with its
+    alert, in one statement; the alert rows this process raised (none for a streak another
+    process opened or closed first). `dead_after_s`: a process silent this long is dead."""
+    return conn.execute(
+        db.query("alerts.change_streaks"), {"events": Jsonb(events), "dead_after_s": dead_after_s}
+    ).fetchall()

@@ -21,6 +21,7 @@ def create(
     max_attempts: int,
     definition: dict[str, Any],
     actor: str,
+    period_s: int | None = None,
 ) -> bool:
     """Insert the runtime job and its `create` change; False when the name is taken."""
     row = conn.execute(
@@ -30,6 +31,7 @@ def create(
             "schedule": schedule,
             "first_due": first_due,
             "max_attempts": max_attempts,
+            "period_s": period_s,
             "definition": Jsonb(definition),
             "actor": actor,
         },
@@ -46,6 +48,7 @@ def update(
     max_attempts: int,
     definition: dict[str, Any],
     actor: str,
+    period_s: int | None = None,
 ) -> bool:
     """Replace the runtime job's definition, recording the change; False if none such."""
     row = conn.execute(
@@ -55,6 +58,7 @@ def update(
             "schedule": schedule,
             "first_due": first_due,
             "max_attempts": max_attempts,
+            "period_s": period_s,
             "definition": Jsonb(definition),
             "actor": actor,
         },

@@ -25,8 +25,10 @@ def register_job(
     *,
     source: str = "system",
     declared_in: str | None = None,
+    period_s: int | None = None,
 ) -> dict[str, Any]:
-    """Upsert the job's row; a changed schedule text moves `next_due_at` to `first_due`."""
+    """Upsert the job's row; a changed schedule text moves `next_due_at` to `first_due`.
+    `period_s`, the schedule's period, is what the watchdog's overdue grace is taken from."""
     row = conn.execute(
         db.query("ledger.register_job"),
         {
@@ -37,6 +39,7 @@ def register_job(
             "max_attempts": max_attempts,
             "source": source,
             "declared_in": declared_in,
+            "period_s": period_s,
         },
     ).fetchone()
     assert row is not None

@@ -1,5 +1,7 @@
 """`worker_processes`: one row per live daemon, refreshed by its loop's read once a poll
-(ARCHITECTURE.md, "Processes"). One function per named query of `processes.sql`."""
+(ARCHITECTURE.md, "Processes"); and `worker_services`, every service a daemon ever ran, live
+as of its last start or clean stop (the watchdog's memory). One function per named query of
+`processes.sql`."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ DEAD_AFTER_S = POLL_S * DEAD_AFTER_POLLS
 
 
 def register(conn: Conn, service: str, version: str, concurrency: int) -> int:
-    """This daemon's row (a dead one of the same host and pid goes); rows silent for a day
-    are pruned on the way."""
+    """This daemon's row (a dead one of the same host and pid goes), its service remembered
+    as live; rows silent for a day are pruned on the way."""
     host, pid = db.process_identity()
     row = conn.execute(
         db.query("processes.register_process"),
@@ -37,6 +39,7 @@ def register(conn: Conn, service: str, version: str, concurrency: int) -> int:
 
 
 def deregister(conn: Conn, process_id: int) -> None:
+    """A clean stop: the row goes, its service remembered as live until now."""
     conn.execute(db.query("processes.deregister_process"), {"id": process_id})
 
 

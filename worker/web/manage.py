@@ -58,6 +58,7 @@ class Manage:
                 max_attempts=definition.max_attempts,
                 definition=definition.stored(),
                 actor=self.actor,
+                period_s=schedule.period_s,
             )
         if not created:
             raise Conflict(f"a job named {name!r} exists")
@@ -83,6 +84,7 @@ class Manage:
                 max_attempts=definition.max_attempts,
                 definition=definition.stored(),
                 actor=self.actor,
+                period_s=schedule.period_s,
             )
         self.app.log.info("runtime_job_updated", job=job)
         self._wake()

@@ -6,9 +6,9 @@
 -- A new runtime job of the `jobs` service; nothing when the name is taken (by any job).
 WITH created AS (
     INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, source,
-                             definition, updated_at)
+                             definition, period_s, updated_at)
     VALUES (%(job)s, 'jobs', %(schedule)s, %(first_due)s, %(max_attempts)s, 'runtime',
-            %(definition)s, now())
+            %(definition)s, %(period_s)s, now())
     ON CONFLICT (job) DO NOTHING
     RETURNING job, definition
 ), change AS (
@@ -29,6 +29,7 @@ WITH old AS (
        SET definition = %(definition)s,
            schedule = %(schedule)s,
            max_attempts = %(max_attempts)s,
+           period_s = %(period_s)s,
            next_due_at = CASE WHEN old.schedule IS DISTINCT FROM %(schedule)s
                               THEN %(first_due)s ELSE j.next_due_at END,
            updated_at = now()

@@ -5,11 +5,12 @@
 -- name: register_job
 -- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
 -- A file or built-in job registered under a runtime job's name takes the name over: the
--- file is what a deploy ships.
+-- file is what a deploy ships. `period_s` is the schedule's period, from which the
+-- watchdog's overdue grace is taken.
 INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, source,
-                         declared_in, updated_at)
+                         declared_in, period_s, updated_at)
 VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, %(source)s,
-        %(declared_in)s, now())
+        %(declared_in)s, %(period_s)s, now())
 ON CONFLICT (job) DO UPDATE
    SET service = excluded.service,
        schedule = excluded.schedule,
@@ -17,6 +18,7 @@ ON CONFLICT (job) DO UPDATE
        source = excluded.source,
        declared_in = excluded.declared_in,
        definition = NULL,
+       period_s = excluded.period_s,
        next_due_at = CASE
            WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule
              OR worker_jobs.next_due_at IS NULL THEN excluded.next_due_at

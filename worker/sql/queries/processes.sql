@@ -2,16 +2,27 @@
 
 -- name: register_process
 -- A daemon's row, inserted at start. A row of this host and pid is a dead process's (a pid
--- is one process at a time): it goes first.
+-- is one process at a time): it goes first. The service is remembered in worker_services
+-- (the watchdog's memory of which services had processes), live as of now.
 WITH gone AS (
     DELETE FROM worker_processes WHERE host = %(host)s AND pid = %(pid)s
+), seen AS (
+    INSERT INTO worker_services (service) VALUES (%(service)s)
+    ON CONFLICT (service) DO UPDATE SET last_live_at = now()
 )
 INSERT INTO worker_processes (host, pid, service, version, concurrency)
 VALUES (%(host)s, %(pid)s, %(service)s, %(version)s, %(concurrency)s)
 RETURNING id;
 
 -- name: deregister_process
-DELETE FROM worker_processes WHERE id = %(id)s;
+-- A clean stop: the row goes, and its service was live until now.
+WITH gone AS (
+    DELETE FROM worker_processes WHERE id = %(id)s RETURNING service
+)
+UPDATE worker_services s
+   SET last_live_at = now()
+  FROM gone
+ WHERE s.service = gone.service;
 
 -- name: prune_processes
 -- Rows of processes not seen for a day: long dead, and of no interest to anyone.
