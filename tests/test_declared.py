@@ -393,6 +393,10 @@ retry_delay = "1h"
             "cannot start no-such-program-7x: No such file or directory",
         ),
         (
+            'command = ["pwd"]\ncwd = "/no/such/folder-7x"',
+            "cannot start pwd: its cwd /no/such/folder-7x is not a directory",
+        ),
+        (
             'python = "demoapp.missing:run"',
             "ModuleNotFoundError: No module named 'demoapp.missing'",
         ),
@@ -401,16 +405,18 @@ retry_delay = "1h"
             "AttributeError: module 'demoapp.tasks' has no attribute 'missing'",
         ),
     ],
-    ids=["no program", "no module", "no function"],
+    ids=["no program", "no cwd", "no module", "no function"],
 )
 def test_a_job_that_cannot_start_fails_saying_why(
     conn: db.Conn, spawn: Spawn, tmp_path: Path, action: str, error: str
 ) -> None:
     jobs = write_jobs(tmp_path, f'[jobs.broken]\nschedule = "every 1h"\n{action}\n')
-    _, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs))
+    worker, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs))
 
     assert code == 1, stderr
     assert only_run(conn, "broken", "failed")["error"] == error
+    event = finished(worker, "broken")  # a failure is an error line, saying why
+    assert (event["level"], event["status"], event["error"]) == ("error", "failed", error)
 
 
 # --- secrets and output ---

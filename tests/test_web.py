@@ -403,6 +403,9 @@ def test_a_taken_port_exits_1_naming_it(spawn: Spawn, db_url: str) -> None:
         worker = spawn("quota", env={"DATABASE_URL": db_url, "WORKER_HTTP_PORT": str(port)})
         assert worker.wait() == 1
     assert worker.wait_for("http_listen_failed")["port"] == port
+    assert f"worker: error: cannot listen on 127.0.0.1:{port} (WORKER_HTTP_PORT)" in (
+        worker.stderr()
+    )
 
 
 def test_a_silent_loop_is_stalled(db_url: str) -> None:

@@ -14,7 +14,7 @@ import schedule
 from . import db, http_client, service, signals
 from .dispatch import REQUEST_POLL_S, Dispatcher
 from .jobs import runtime
-from .logs import get_logger
+from .logs import get_logger, say_error
 from .registry import JobSpec, Service, jobs_of
 from .runs import Runner
 from .settings import Settings
@@ -178,6 +178,10 @@ class Daemon:
             )
         except OSError as exc:
             self.log.error("http_listen_failed", port=self.settings.http_port, error=str(exc))
+            say_error(
+                f"cannot listen on {self.settings.http_host}:{self.settings.http_port} "
+                f"(WORKER_HTTP_PORT): {exc.strerror or exc}"
+            )
             return False
         return True
 

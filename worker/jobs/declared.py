@@ -152,12 +152,16 @@ def _record(ctx: JobContext, job: Declared, attempt: Attempt) -> None:
         result.error = SECRETS(attempt.error or "failed")
         result.fail(job.name, result.error)
     interrupted = ctx.should_stop() and not attempt.ok
-    ctx.log.info(
+    failed = not attempt.ok and not interrupted
+    # A failure is an error a person reads in the log, with its (masked) reason.
+    log = ctx.log.error if failed else ctx.log.info
+    log(
         "declared_job_finished",
         job=job.name,
         kind=job.kind,
         status="interrupted" if interrupted else ("success" if attempt.ok else "failed"),
         duration_ms=int((time.monotonic() - ctx.started) * 1000),
+        **({"error": result.error} if not attempt.ok else {}),
         **(attempt.fields or {}),
     )
 
@@ -324,7 +328,7 @@ def _child_attempt(
     try:
         child = Child.start(argv, env=env, cwd=cwd, stdin=stdin, keep_bytes=OUTPUT_MAX_BYTES)
     except OSError as exc:
-        return Attempt(False, error=f"cannot start {argv[0]}: {exc.strerror}", retryable=False)
+        return Attempt(False, error=_start_error(argv[0], cwd, exc), retryable=False)
     stop_grace_s = max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1)
     live = LiveRun(ctx, child.output_so_far, progress_path, lambda text: SECRETS(clip(text)))
     ending = child.wait(
@@ -336,6 +340,13 @@ def _child_attempt(
     return Attempt(
         error is None, output=output, error=error, fields={"exit_code": code}, dropped=dropped
     )
+
+
+def _start_error(program: str, cwd: str | None, exc: OSError) -> str:
+    """Why a child could not start, blaming what was missing: its `cwd` or its program."""
+    if cwd is not None and not Path(cwd).is_dir():
+        return f"cannot start {program}: its cwd {cwd} is not a directory"
+    return f"cannot start {program}: {exc.strerror}"
 
 
 def spec_runner(job: Declared, token: str | None) -> Callable[[JobContext], None]:
