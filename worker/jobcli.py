@@ -243,7 +243,7 @@ def _create(
 
     def store(conn: db.Conn) -> None:
         db.migrate(conn)
-        done["first_due"] = _stored(conn, name, definition, definitions.create)
+        done["first_due"] = runtime.save(conn, name, definition, actor(), create=True)
         done["served"] = _served(conn)
 
     code = on(config, "job", store, failed=("job_create_failed", "creating the job in"), job=name)
@@ -276,7 +276,7 @@ def _edit(
         current = _runtime_definition(conn, args.name, jobs, "edited")
         catalogue = handlers.catalogue()
         definition = _checked(lambda: runtime.parse(fields, catalogue, current), catalogue)
-        if _stored(conn, args.name, definition, definitions.update) is None:  # deleted since
+        if runtime.save(conn, args.name, definition, actor(), create=False) is None:  # deleted
             raise Refused(EXIT_FAILURE, _not_in_ledger(args.name, jobs))
         # An unchanged schedule keeps its phase: the due time is the row's, not a new one.
         found = status.gather(conn, job=args.name).jobs
@@ -308,24 +308,6 @@ def _delete(
     logs.get_logger().info("runtime_job_deleted", job=args.name, via="cli", actor=actor())
     print(f"deleted {args.name}: its run history stays")
     return EXIT_OK
-
-
-def _stored(conn: db.Conn, job: str, definition: Definition, write: Callable[..., bool]) -> Any:
-    """`definitions.create` or `update` of the definition, as the API's handlers call them;
-    the first due time it was given, or None when the store wrote nothing."""
-    schedule = definition.parsed_schedule()
-    first_due = schedule.first_due(db.now(conn))
-    written = write(
-        conn,
-        job,
-        schedule=schedule.text,
-        first_due=first_due,
-        max_attempts=definition.max_attempts,
-        definition=definition.stored(),
-        actor=actor(),
-        period_s=schedule.period_s,
-    )
-    return first_due if written else None
 
 
 def _runtime_definition(

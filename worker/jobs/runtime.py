@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..jobfile import Declared, PythonCall
 from ..registry import JobSpec
 from ..schedules import Policy, Schedule, ScheduleError
 from ..settings import Settings
+from ..store import definitions
 from . import declared
 from .base import JobContext
 
@@ -176,6 +178,24 @@ def _description(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
         raise DefinitionError("description", f"text of at most {MAX_DESCRIPTION} characters")
     return value.strip() or None
+
+
+def save(
+    conn: db.Conn, job: str, definition: Definition, actor: str, *, create: bool
+) -> datetime | None:
+    """Write a checked definition, a new job's (`create`) or a change of one, with its
+    change record: the first due time it was given, or None when nothing was written (the
+    name taken, the job gone). The API and the CLI both write through here."""
+    schedule = definition.parsed_schedule()
+    written = definitions.Written(
+        schedule=schedule.text,
+        first_due=schedule.first_due(db.now(conn)),
+        max_attempts=definition.max_attempts,
+        period_s=schedule.period_s,
+        definition=definition.stored(),
+    )
+    write = definitions.create if create else definitions.update
+    return written.first_due if write(conn, job, written, actor) else None
 
 
 class Handlers:

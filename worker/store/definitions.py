@@ -3,6 +3,7 @@ every change (`worker_job_changes`): one function per named query of `definition
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,58 +13,38 @@ from .. import db
 from ..db import Conn
 
 
-def create(
-    conn: Conn,
-    job: str,
-    *,
-    schedule: str,
-    first_due: datetime,
-    max_attempts: int,
-    definition: dict[str, Any],
-    actor: str,
-    period_s: int | None = None,
-) -> bool:
+@dataclass(frozen=True)
+class Written:
+    """What a runtime job's create or update sets in its `worker_jobs` row."""
+
+    schedule: str  # the canonical text
+    first_due: datetime  # next_due_at, for a new job or a changed schedule
+    max_attempts: int
+    period_s: int | None  # the watchdog's overdue grace is taken from it
+    definition: dict[str, Any]
+
+
+def create(conn: Conn, job: str, written: Written, actor: str) -> bool:
     """Insert the runtime job and its `create` change; False when the name is taken."""
-    row = conn.execute(
-        db.query("definitions.create_job"),
-        {
-            "job": job,
-            "schedule": schedule,
-            "first_due": first_due,
-            "max_attempts": max_attempts,
-            "period_s": period_s,
-            "definition": Jsonb(definition),
-            "actor": actor,
-        },
-    ).fetchone()
-    return row is not None
+    return _write(conn, db.query("definitions.create_job"), job, written, actor)
 
 
-def update(
-    conn: Conn,
-    job: str,
-    *,
-    schedule: str,
-    first_due: datetime,
-    max_attempts: int,
-    definition: dict[str, Any],
-    actor: str,
-    period_s: int | None = None,
-) -> bool:
+def update(conn: Conn, job: str, written: Written, actor: str) -> bool:
     """Replace the runtime job's definition, recording the change; False if none such."""
-    row = conn.execute(
-        db.query("definitions.update_job"),
-        {
-            "job": job,
-            "schedule": schedule,
-            "first_due": first_due,
-            "max_attempts": max_attempts,
-            "period_s": period_s,
-            "definition": Jsonb(definition),
-            "actor": actor,
-        },
-    ).fetchone()
-    return row is not None
+    return _write(conn, db.query("definitions.update_job"), job, written, actor)
+
+
+def _write(conn: Conn, query: str, job: str, written: Written, actor: str) -> bool:
+    params = {
+        "job": job,
+        "schedule": written.schedule,
+        "first_due": written.first_due,
+        "max_attempts": written.max_attempts,
+        "period_s": written.period_s,
+        "definition": Jsonb(written.definition),
+        "actor": actor,
+    }
+    return conn.execute(query, params).fetchone() is not None
 
 
 def delete(conn: Conn, job: str, actor: str) -> bool:
