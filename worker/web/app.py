@@ -36,6 +36,7 @@ from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
 from .manage import Manage
+from .responses import json_response, jsonable
 
 DB_CHECK_TIMEOUT_S = 2.0
 RECENT_RUNS = 20
@@ -157,7 +158,7 @@ class App:
         if from_form or not (request.path.startswith("/api/") or request.path == "/healthz"):
             return exc.get_response(request.environ)
         code = exc.code or 500
-        response = _json({"error": exc.description, "status": code}, code)
+        response = json_response({"error": exc.description, "status": code}, code)
         for name, value in exc.get_headers(request.environ):
             if name.lower() != "content-type":
                 response.headers[name] = value
@@ -205,8 +206,8 @@ class App:
     def healthz(self, request: Request) -> Response:
         reason = self.stalled() or self.database_check.error(DB_CHECK_TIMEOUT_S)
         if reason is not None:
-            return _json({"status": "unavailable", "reason": reason}, 503)
-        return _json({"status": "ok", "loop": "alive", "database": "ok"})
+            return json_response({"status": "unavailable", "reason": reason}, 503)
+        return json_response({"status": "ok", "loop": "alive", "database": "ok"})
 
     def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
@@ -292,33 +293,33 @@ class App:
         body = status.report_dict(report)
         if paged:
             body["next"] = report.next_after
-        return _json(body)
+        return json_response(body)
 
     def api_job(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
-            return _json(status.job_dict(self.job_status(conn, job)))
+            return json_response(status.job_dict(self.job_status(conn, job)))
 
     def api_job_runs(self, request: Request, job: str) -> Response:
         limit = _limit(request, default=JOB_RUNS)
         with self.connections.connection() as conn:
             self.job_status(conn, job)
             rows = reads.job_runs(conn, job, limit)
-        return _json({"job": job, "runs": [_jsonable(row) for row in rows]})
+        return json_response({"job": job, "runs": [jsonable(row) for row in rows]})
 
     def api_run(self, request: Request, run_id: int) -> Response:
-        return _json(_jsonable(self.fetch_run(run_id)))
+        return json_response(jsonable(self.fetch_run(run_id)))
 
     def api_alerts(self, request: Request) -> Response:
         only_open = request.args.get("open", "0").lower() in ("1", "true", "yes")
         limit = _limit(request, default=ALERTS)
         with self.connections.connection() as conn:
             rows = alert_store.listed(conn, limit, only_open=only_open)
-        return _json({"alerts": [_jsonable(row) for row in rows]})
+        return json_response({"alerts": [jsonable(row) for row in rows]})
 
     def api_processes(self, request: Request) -> Response:
         with self.connections.connection() as conn:
             report = self.report(conn)
-        return _json({"processes": [status.process_dict(p) for p in report.processes]})
+        return json_response({"processes": [status.process_dict(p) for p in report.processes]})
 
     # --- actions -----------------------------------------------------------------------
 
@@ -353,7 +354,7 @@ class App:
         self.dashboard_cache.clear()  # the page it leads back to shows the change
         back = request.form.get("next")
         if back is None:
-            return _json(body, code)
+            return json_response(body, code)
         if not back.startswith("/") or back.startswith("//"):
             raise BadRequest("next: a path on this server")
         separator = "&" if "?" in back else "?"
@@ -392,19 +393,6 @@ def _limit(request: Request, *, default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_RUNS_LIMIT:
         raise BadRequest(f"limit: a whole number from 1 to {MAX_RUNS_LIMIT}")
     return int(raw)
-
-
-def _json(body: Any, code: int = 200) -> Response:
-    return Response(
-        json.dumps(body, indent=2) + "\n",
-        status=code,
-        mimetype="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: status.iso(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def _utc(moment: datetime | None) -> str:

@@ -19,6 +19,7 @@ from ..handlers import KwargsError
 from ..jobs import runtime
 from ..jobs.runtime import Definition, DefinitionError
 from ..store import definitions, ledger, processes
+from .responses import json_response, jsonable
 
 if TYPE_CHECKING:
     from .app import App
@@ -49,18 +50,8 @@ class Manage:
         fields = {key: value for key, value in body.items() if key != "name"}
         definition = _checked(lambda: runtime.parse(fields, self.handlers.catalogue()))
         with self.app.connections.connection() as conn:
-            schedule = definition.parsed_schedule()
-            created = definitions.create(
-                conn,
-                name,
-                schedule=schedule.text,
-                first_due=schedule.first_due(db.now(conn)),
-                max_attempts=definition.max_attempts,
-                definition=definition.stored(),
-                actor=self.actor,
-                period_s=schedule.period_s,
-            )
-        if not created:
+            created = runtime.save(conn, name, definition, self.actor, create=True)
+        if created is None:
             raise Conflict(f"a job named {name!r} exists")
         self.app.log.info("runtime_job_created", job=name, handler=definition.handler)
         self._wake()
@@ -75,17 +66,7 @@ class Manage:
             fields = {key: value for key, value in body.items() if key != "name"}
             catalogue = self.handlers.catalogue()
             definition = _checked(lambda: runtime.parse(fields, catalogue, current))
-            schedule = definition.parsed_schedule()
-            definitions.update(
-                conn,
-                job,
-                schedule=schedule.text,
-                first_due=schedule.first_due(db.now(conn)),
-                max_attempts=definition.max_attempts,
-                definition=definition.stored(),
-                actor=self.actor,
-                period_s=schedule.period_s,
-            )
+            runtime.save(conn, job, definition, self.actor, create=False)
         self.app.log.info("runtime_job_updated", job=job)
         self._wake()
         return self.app.acted(request, "updated", job, self.described(job))
@@ -276,16 +257,3 @@ def _checked(make: Any) -> Any:
         raise BadRequest(f"{exc.parameter}: {exc.message}") from None
     except schedules.ScheduleError as exc:
         raise BadRequest(f"schedule: {exc}") from None
-
-
-def json_response(body: Any, code: int = 200) -> Response:
-    return Response(
-        json.dumps(body, indent=2) + "\n",
-        status=code,
-        mimetype="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: status.iso(v) if hasattr(v, "isoformat") else v for k, v in row.items()}
