@@ -107,6 +107,13 @@ def create(http: httpx.Client, **body: Any) -> httpx.Response:
     return http.post("/api/jobs", json=body)
 
 
+def start_manual(http: httpx.Client, conn: db.Conn, name: str, handler: str) -> int:
+    """Create a manual job of `handler` and ask for a run: the run's id once it started."""
+    assert create(http, name=name, handler=handler, schedule="manual").status_code == 201
+    assert http.post(f"/api/jobs/{name}/run").status_code == 202
+    return int(wait_until(lambda: runs_of(conn, name))[0]["id"])
+
+
 def finished_runs(conn: db.Conn, job: str) -> list[dict[str, Any]]:
     return [r for r in runs_of(conn, job) if r["status"] != "running"]
 
@@ -242,11 +249,7 @@ def test_a_running_run_shows_progress_and_output_then_cancel_ends_it(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:
     http, _ = api
-    assert (
-        create(http, name="long_one", handler="scripts:slow", schedule="manual").status_code == 201
-    )
-    assert http.post("/api/jobs/long_one/run").status_code == 202
-    run_id = wait_until(lambda: runs_of(conn, "long_one"))[0]["id"]
+    run_id = start_manual(http, conn, "long_one", "scripts:slow")
 
     def progressed(at_least: int) -> dict[str, Any] | None:
         run = http.get(f"/api/runs/{run_id}").json()
@@ -270,11 +273,7 @@ def test_cancel_ends_a_handler_that_ignores_it_and_its_child_is_gone(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:
     http, _ = api
-    assert (
-        create(http, name="stuck", handler="scripts:stubborn", schedule="manual").status_code == 201
-    )
-    assert http.post("/api/jobs/stuck/run").status_code == 202
-    run_id = wait_until(lambda: runs_of(conn, "stuck"))[0]["id"]
+    run_id = start_manual(http, conn, "stuck", "scripts:stubborn")
     output = wait_until(lambda: http.get(f"/api/runs/{run_id}").json()["output"])
     pid = int(output.split("pid ")[1].split()[0])
     assert http.post(f"/api/runs/{run_id}/cancel").status_code == 202

@@ -1,5 +1,6 @@
 """The handler catalogue: the Python functions the app ships that runtime jobs may run
-(`WORKER_HANDLERS`; ARCHITECTURE.md, "Runtime jobs"), and the rules their keyword arguments follow.
+(`WORKER_HANDLERS`; ARCHITECTURE.md, "Runtime jobs"), and the rules their keyword
+arguments follow.
 
 The daemon never imports a handler: `load_catalogue` has a child interpreter
 (`python -m worker.inspect_handlers`) import them and report each one's signature as text,
