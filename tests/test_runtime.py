@@ -84,19 +84,25 @@ def handlers_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def runtime_env(handlers_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A `jobs` service's environment: the handler directory, the API token, and an empty
+    jobs file (runtime jobs only)."""
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text("", encoding="utf-8")
+    return {
+        "WORKER_HANDLERS": str(handlers_dir),
+        "WORKER_HTTP_TOKEN": TOKEN,
+        "WORKER_JOBS_FILE": str(jobs_file),
+        **extra,
+    }
+
+
 @pytest.fixture
 def api(
     spawn: Spawn, db_url: str, handlers_dir: Path, tmp_path: Path
 ) -> Iterator[tuple[httpx.Client, WorkerProcess]]:
     """A running `jobs` service with the handler directory, its API as a Bearer client."""
-    jobs_file = tmp_path / "worker.toml"
-    jobs_file.write_text("", encoding="utf-8")
-    env = {
-        "WORKER_HANDLERS": str(handlers_dir),
-        "WORKER_HTTP_TOKEN": TOKEN,
-        "WORKER_JOBS_FILE": str(jobs_file),
-        "SHUTDOWN_GRACE_SECONDS": "10",
-    }
+    env = runtime_env(handlers_dir, tmp_path, SHUTDOWN_GRACE_SECONDS="10")
     with web_worker(spawn, db_url, "jobs", **env) as (worker, base):
         worker.wait_for("scheduler_loop_started", WAIT_S)
         with client(base, headers=BEARER) as http:
@@ -285,13 +291,7 @@ def test_cancel_ends_a_handler_that_ignores_it_and_its_child_is_gone(
 def test_two_replicas_make_one_run_per_occurrence_of_a_runtime_job(
     spawn: Spawn, db_url: str, conn: db.Conn, handlers_dir: Path, tmp_path: Path
 ) -> None:
-    jobs_file = tmp_path / "worker.toml"
-    jobs_file.write_text("", encoding="utf-8")
-    env = {
-        "WORKER_HANDLERS": str(handlers_dir),
-        "WORKER_HTTP_TOKEN": TOKEN,
-        "WORKER_JOBS_FILE": str(jobs_file),
-    }
+    env = runtime_env(handlers_dir, tmp_path)
     with web_worker(spawn, db_url, "jobs", **env) as (first, base):
         second = spawn("jobs", env={"DATABASE_URL": db_url, **env})
         second.wait_for("scheduler_loop_started", WAIT_S)

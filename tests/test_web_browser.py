@@ -187,19 +187,13 @@ def test_create_a_job_from_the_form_run_it_with_parameters_and_cancel_a_run(
     from selenium.webdriver.common.by import By
 
     from tests.support.jobruns import wait_until as first_true
-    from tests.test_runtime import SLOW, SYNC
+    from tests.test_runtime import SLOW, SYNC, runtime_env
 
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (scripts / "sync.py").write_text(SYNC, encoding="utf-8")
     (scripts / "slow.py").write_text(SLOW, encoding="utf-8")
-    jobs_file = tmp_path / "worker.toml"
-    jobs_file.write_text("", encoding="utf-8")
-    env = {
-        "WORKER_HTTP_TOKEN": TOKEN,
-        "WORKER_HANDLERS": str(scripts),
-        "WORKER_JOBS_FILE": str(jobs_file),
-    }
+    env = runtime_env(scripts, tmp_path)
     with web_worker(spawn, db_url, service="jobs", **env) as (_, url):
         browser.get(url.replace("http://", f"http://admin:{TOKEN}@") + "/")
         browser.find_element(By.ID, "new-job").click()
