@@ -141,7 +141,8 @@ def claim(
     if not decision.write:
         assert decision.refusal is not None
         return decision.refusal
-    params = _claim_params(row, mode, decision, lease_s)
+    kwargs = run_kwargs(row, decision)
+    params = _claim_params(row, mode, decision, lease_s, kwargs)
     granted = ledger.claim_job(conn, params)
     if granted is None:
         return Refusal.CLAIMED_ELSEWHERE  # another runner claimed it after our read
@@ -160,16 +161,19 @@ def claim(
         Run(granted["run_id"], granted["started_at"]),
         list(granted["abandoned"]),
         decision.attempt,
-        params["kwargs"].obj if params["kwargs"] is not None else None,
+        kwargs,
     )
 
 
 def _claim_params(
-    row: dict[str, Any], mode: Mode, decision: Decision, lease_s: float
+    row: dict[str, Any],
+    mode: Mode,
+    decision: Decision,
+    lease_s: float,
+    kwargs: dict[str, Any] | None,
 ) -> dict[str, Any]:
     host, pid = db.process_identity()
     trigger = decision.trigger or Trigger.SCHEDULE  # no run: the trigger is not written
-    kwargs = run_kwargs(row, decision)
     return {
         "job": row["job"],
         "next_due_at": schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"]),
