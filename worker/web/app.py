@@ -83,9 +83,9 @@ ROUTES = (
     ("/api/runs/<int:run_id>/cancel", "manage.cancel", "POST"),
     ("/new-job", "manage.new_page", "GET"),
     ("/jobs/<job>/edit", "manage.edit_page", "GET"),
-    ("/jobs/<job>/edit", "manage.edit_form", "POST"),
+    ("/jobs/<job>/edit", "manage.update", "POST"),  # a form cannot send PATCH
     ("/jobs/<job>/delete", "manage.delete_page", "GET"),
-    ("/jobs/<job>/delete", "manage.delete_form", "POST"),
+    ("/jobs/<job>/delete", "manage.delete", "POST"),  # nor DELETE
     ("/api/alerts/<int:alert_id>/ack", "ack", "POST"),
 )
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])

@@ -146,17 +146,10 @@ class Manage:
             static_page=True,
         )
 
-    def edit_form(self, request: Request, job: str) -> Response:
-        """The edit form's POST (a form cannot send PATCH)."""
-        return self.update(request, job)
-
     def delete_page(self, request: Request, job: str) -> Response:
         with self.app.connections.connection() as conn:
             self._runtime_definition(conn, job, "deleted")
         return self.app.render("job_delete.html", job=job, static_page=True)
-
-    def delete_form(self, request: Request, job: str) -> Response:
-        return self.delete(request, job)
 
     def _wake(self) -> None:
         """This process's loop reads the ledger now, not at its next poll: a job it runs
