@@ -226,14 +226,14 @@ def seed_history(url: str) -> None:
         )
         conn.execute(
             "INSERT INTO worker_job_runs (job, trigger, status, started_at, finished_at,"
-            " duration_ms, total, succeeded, failed, error, host, pid)"
+            " duration_ms, total, succeeded, failed, error, host, pid, scheduled_for)"
             " SELECT (%(names)s::text[])[1 + i %% %(jobs)s], 'schedule',"
             "   CASE WHEN i %% %(jobs)s = %(jobs)s - 1 THEN 'failed'"  # one job always fails
             "   ELSE (ARRAY['success','success','success','partial','failed'])[1 + i / 20 %% 5]"
             "   END,"
             "   now() - make_interval(secs => i * 2.6),"
             "   now() - make_interval(secs => i * 2.6 - 1.5), 1500, 10, 9, 1,"
-            "   NULL, 'bench', 1"
+            "   NULL, 'bench', 1, now() - make_interval(secs => i * 2.6 + 0.05)"  # 50 ms late
             " FROM generate_series(%(runs)s, 1, -1) AS i",
             {"names": names, "jobs": JOBS, "runs": RUNS},
         )

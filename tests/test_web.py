@@ -119,7 +119,7 @@ def test_every_route_on_loopback_without_a_token(spawn: Spawn, db_url: str, conn
         assert http.get("/healthz").json()["status"] == "ok"
         families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
     paused = families["worker_job_paused"].samples
-    assert [(s.labels, s.value) for s in paused] == [({"job": "quota"}, 0.0)]
+    assert [(s.labels, s.value) for s in paused] == [({"job_name": "quota"}, 0.0)]
     assert families["worker_job_next_due_timestamp_seconds"].samples[0].value > time.time()
     assert families["worker_job_last_success_timestamp_seconds"].samples[0].value > 0
 
@@ -375,7 +375,13 @@ def test_metrics_count_the_runs_that_end_after_the_first_scrape(
 ) -> None:
     with web_worker(spawn, db_url, RUN_ON_START="false") as (_, url), client(url) as http:
         first = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
-        assert first["worker_job_runs"].samples == []
+        # Each job's outcomes are there at 0 from the first scrape (an increase() sees a
+        # first failure), and nothing that ended before it is counted.
+        assert sorted((s.labels["status"], s.value) for s in first["worker_job_runs"].samples) == [
+            ("failed", 0.0),
+            ("partial", 0.0),
+            ("success", 0.0),
+        ]
         origin = {"Origin": url}
         assert http.post("/api/jobs/quota/run", headers=origin).status_code == 202
         wait_until(lambda: [r["status"] for r in manual_runs(conn)] == ["success"], 8)
@@ -387,11 +393,13 @@ def test_metrics_count_the_runs_that_end_after_the_first_scrape(
                 for s in family.samples
             }
             assert (
-                samples[("worker_job_runs_total", (("job", "quota"), ("status", "success")))] == 1
+                samples[("worker_job_runs_total", (("job_name", "quota"), ("status", "success")))]
+                == 1
             )
-            assert samples[("worker_job_run_duration_seconds_count", (("job", "quota"),))] == 1
+            assert samples[("worker_job_run_duration_seconds_count", (("job_name", "quota"),))] == 1
             assert (
-                samples[("worker_job_items_total", (("job", "quota"), ("outcome", "failed")))] == 0
+                samples[("worker_job_items_total", (("job_name", "quota"), ("outcome", "failed")))]
+                == 0
             )
 
 

@@ -58,3 +58,23 @@ def finished_runs(conn: Conn, since: datetime | None, overlap_s: float) -> list[
     return conn.execute(
         db.query("reads.finished_runs"), {"since": since, "overlap_s": overlap_s}
     ).fetchall()
+
+
+def started_runs(conn: Conn, since: datetime | None, overlap_s: float) -> list[dict[str, Any]]:
+    """Runs serving an occurrence that started since `since` minus `overlap_s` (since now,
+    when None), with their `lateness_s`: the /metrics lateness histogram's increments."""
+    return conn.execute(
+        db.query("reads.started_runs"), {"since": since, "overlap_s": overlap_s}
+    ).fetchall()
+
+
+def running_runs(conn: Conn) -> dict[str, int]:
+    """The number of runs in progress, by job (jobs with none are absent)."""
+    rows = conn.execute(db.query("reads.running_runs")).fetchall()
+    return {row["job"]: int(row["running"]) for row in rows}
+
+
+def live_processes(conn: Conn, dead_after_s: float) -> dict[str, int]:
+    """The live processes of each service that has or had one, by service."""
+    rows = conn.execute(db.query("reads.live_processes"), {"dead_after_s": dead_after_s}).fetchall()
+    return {row["service"]: int(row["live"]) for row in rows}

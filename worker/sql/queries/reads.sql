@@ -79,3 +79,36 @@ SELECT id, job, status, duration_ms, succeeded, failed, finished_at, now() AS no
   FROM worker_job_runs
  WHERE finished_at > coalesce(%(since)s, now()) - make_interval(secs => %(overlap_s)s)
    AND status <> 'running';
+
+-- name: started_runs
+-- Runs that started since `since` (minus the same overlap) serving an occurrence, for the
+-- /metrics lateness histogram: walks (started_at). A manual run serves none (no
+-- `scheduled_for`); a retry serves its occurrence, as late as the occurrence is. The caller
+-- skips the ids it already counted.
+SELECT id, job, started_at,
+       greatest(extract(epoch FROM started_at - scheduled_for), 0)::float8 AS lateness_s
+  FROM worker_job_runs
+ WHERE started_at > coalesce(%(since)s, now()) - make_interval(secs => %(overlap_s)s)
+   AND scheduled_for IS NOT NULL;
+
+-- name: running_runs
+-- The runs in progress, per job, for /metrics: walks the partial index of running runs (a
+-- dead run is marked abandoned within a lease and a poll, so it does not count long).
+SELECT job, count(*) AS running
+  FROM worker_job_runs
+ WHERE status = 'running'
+ GROUP BY job;
+
+-- name: live_processes
+-- The live processes of every service that ever had one (worker_services) or has one now,
+-- for /metrics: 0 for a service whose processes are gone. Live: seen within `dead_after_s`,
+-- as processes.list_processes says. Both tables hold a row per service or per process.
+SELECT s.service,
+       (SELECT count(*)
+          FROM worker_processes p
+         WHERE p.service = s.service
+           AND p.last_seen_at > now() - make_interval(secs => %(dead_after_s)s)) AS live
+  FROM (SELECT service FROM worker_services
+        UNION
+        SELECT service FROM worker_processes) s
+ ORDER BY s.service;
