@@ -113,9 +113,9 @@ else
     step "stand-in base: debootstrap bookworm from $MIRROR (cached afterwards)"
     make_base
     mkdir -p "$CACHE"
-    tar -C "$ROOTFS" -cf "$base_tar.part" .
+    tar -C "$ROOTFS" -cf "$base_tar.$$.part" .
     rm -f "$CACHE"/base-*.tar
-    mv "$base_tar.part" "$base_tar"
+    mv "$base_tar.$$.part" "$base_tar"
     rm -rf "$ROOTFS"
 fi
 ctr=$("${B[@]}" from scratch)
@@ -165,6 +165,8 @@ fake_port=$(free_port)
 "$devpy" "$SRC/tests/support/fakes.py" usage --port "$fake_port" --plan-limit 1000 --plan-usage 250 \
     >"$WORK/fake.log" 2>&1 &
 fake_pid=$!
+for _ in $(seq 1 50); do grep -q listening "$WORK/fake.log" && break; sleep 0.2; done
+grep -q listening "$WORK/fake.log" || { cat "$WORK/fake.log"; fail "the fake usage API did not start"; }
 USAGE_URL=http://127.0.0.1:$fake_port/usage
 
 # --- the checks ---------------------------------------------------------------------------
@@ -224,6 +226,7 @@ has daemon.log '"scheduler_loop_started"'
 has daemon.log '"event": "http_listening"'
 
 step "inside: tini is PID 1, the worker runs as uid 10001, no uv, no uv cache, no sources"
+# shellcheck disable=SC2016 # expanded by the container's sh
 "${P[@]}" exec --user 0 worker-check sh -c '
     for p in /proc/[0-9]*; do
         [ "${p#/proc/}" = $$ ] && continue
