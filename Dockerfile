@@ -1,24 +1,17 @@
 # One image for every service; SERVICE_TYPE picks which one a container runs.
 #   docker build -t worker .
 #   docker run -e SERVICE_TYPE=quota -e DATABASE_URL=postgresql://... worker
-FROM python:3.11-slim
+# Two stages: `build` has uv and its cache and installs the locked runtime dependencies and
+# the worker itself into /app/.venv; the runtime image copies that venv onto a fresh base,
+# so it holds the venv, tini and the entrypoint script, and no uv, no uv cache, no sources.
+FROM python:3.11-slim AS build
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    UV_COMPILE_BYTECODE=1 \
+ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
-    UV_PYTHON_DOWNLOADS=never \
-    ENVIRONMENT=production
+    UV_PYTHON_DOWNLOADS=never
 
-# tini as PID 1: declared `command` jobs start child processes, and whatever those leave
-# behind is reaped by tini, not inherited by a Python that never waits for it.
-# Not pinned: Debian's security updates replace the version, and a pin would break the build.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
-    && rm -rf /var/lib/apt/lists/* \
-    && pip install --no-cache-dir uv==0.13.9
+RUN pip install --no-cache-dir uv==0.13.9
 
 WORKDIR /app
 
@@ -27,12 +20,30 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 
+# The worker as a regular package in the venv (--no-editable): the venv alone runs it.
 COPY worker ./worker
-COPY railway_entrypoint.sh ./
-RUN uv sync --frozen --no-dev --no-editable \
+RUN uv sync --frozen --no-dev --no-editable
+
+
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    ENVIRONMENT=production \
+    PATH="/app/.venv/bin:$PATH"
+
+# tini as PID 1: declared `command` jobs start child processes, and whatever those leave
+# behind is reaped by tini, not inherited by a Python that never waits for it.
+# Not pinned: Debian's security updates replace the version, and a pin would break the build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin worker
 
-ENV PATH="/app/.venv/bin:$PATH"
+WORKDIR /app
+COPY --from=build /app/.venv ./.venv
+COPY railway_entrypoint.sh ./
 USER 10001
 
 # The HTTP endpoint, when WORKER_HTTP_PORT (or the platform's PORT) is set: /healthz, /metrics,
