@@ -175,11 +175,14 @@ def delete_in_batches(
     lock_timeout_ms: int = LOCK_TIMEOUT_MS,
     fence: Fence | None = None,
     walk: Walk | None = None,
+    on_batch: Callable[[int, int], None] = lambda deleted, matching: None,
 ) -> RuleOutcome:
     """Delete every row `rule` matches, one transaction per batch, until none is left.
 
     The walk is `walk`, or the one `choose_walk` picks. Each batch asks `sizer` how many rows
-    to take and tells it how long they took. `conn` must be in autocommit mode. Stops early
+    to take and tells it how long they took; after each one (and before the first),
+    `on_batch(rows deleted so far, the planner's estimate of the rows the rule matched when
+    it began)`. `conn` must be in autocommit mode. Stops early
     when `should_stop()` turns true between batches, or at the first failing batch (which
     rolls back alone). A missing table is reported, not raised. Raises only when the
     connection itself is lost.
@@ -190,6 +193,7 @@ def delete_in_batches(
     if walker is None:
         return _table_missing(log, outcome)
     outcome.walk = walker.walk
+    on_batch(0, walker.matching)
     while not walker.done:
         size = sizer.size
         try:
@@ -204,6 +208,7 @@ def delete_in_batches(
             outcome.status, outcome.error = RuleStatus.FAILED, db.describe_error(exc)
             break
         outcome.record_batch(size, deleted, seconds)
+        on_batch(outcome.deleted, walker.matching)
         sizer.next_size(measured, seconds)
         if not walker.done and should_stop():
             outcome.status = RuleStatus.INTERRUPTED
@@ -217,7 +222,8 @@ def choose_walk(conn: Conn, rule: Rule) -> Walk | None:
     """The walk `rule` takes through its table now; None when the table does not exist.
 
     The index walk when an index leads with the rule's column and the planner expects the
-    rule to match less than walks.INDEX_WALK_MAX_SHARE of the table's rows; the block walk otherwise.
+    rule to match less than walks.INDEX_WALK_MAX_SHARE of the table's rows; the block walk
+    otherwise.
     """
     table = walks.describe_table(conn, rule)
     return table.walk if table else None
@@ -251,10 +257,11 @@ def _run_batch(
 
 def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
     summaries: dict[str, dict[str, Any]] = {}
+    progress = _Progress(ctx.progress)
     for rule in rules:
         if ctx.should_stop():
             break
-        summaries[rule.name] = _preview(ctx, rule) if ctx.dry_run else _apply(ctx, rule)
+        summaries[rule.name] = _preview(ctx, rule) if ctx.dry_run else _apply(ctx, rule, progress)
     ctx.result.details["rules"] = summaries
     totals = {
         key: sum(s.get(key, 0) for s in summaries.values())
@@ -270,9 +277,24 @@ def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
     )
 
 
-def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
+@dataclass
+class _Progress:
+    """A pass's progress in rows: deleted so far, of the rows its rules that ended deleted
+    plus the planner's estimate for the rule under way (rules not begun are not counted)."""
+
+    report: Callable[[int, int | None], None]
+    before: int = 0  # rows the rules that ended deleted
+
+    def batch(self, deleted: int, matching: int) -> None:
+        self.report(self.before + deleted, self.before + max(deleted, matching))
+
+
+def _apply(ctx: JobContext, rule: Rule, progress: _Progress) -> dict[str, Any]:
     sizer = BatchSizer.from_settings(ctx.settings)  # each rule learns its own table's pace
-    outcome = delete_in_batches(ctx.conn, rule, sizer, ctx.should_stop, ctx.log, fence=ctx.fence)
+    outcome = delete_in_batches(
+        ctx.conn, rule, sizer, ctx.should_stop, ctx.log, fence=ctx.fence, on_batch=progress.batch
+    )
+    progress.before += outcome.deleted
     if outcome.status is RuleStatus.FAILED:
         ctx.result.fail(rule.name, "batch_failed", error=outcome.error, deleted=outcome.deleted)
     elif outcome.status is not RuleStatus.INTERRUPTED:

@@ -41,6 +41,7 @@ class Table:
     walk: Walk
     blocks: int  # its size now
     rows_per_block: float  # the planner's estimate of its rows, over its blocks
+    matching: int = 0  # the planner's estimate of the rows the rule matches
 
 
 class BlockWalk:
@@ -50,6 +51,7 @@ class BlockWalk:
     walk = Walk.BLOCKS
 
     def __init__(self, rule: Rule, table: Table) -> None:
+        self.matching = table.matching
         self.statement = rule.statement("delete_blocks")
         self.days = rule.retention.days
         self.end_block = table.blocks
@@ -79,7 +81,8 @@ class IndexWalk:
 
     walk = Walk.INDEX
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, table: Table) -> None:
+        self.matching = table.matching
         self.statement = rule.statement("delete_indexed")
         self.days = rule.retention.days
         # Before any date or timestamp; then the last value, in the column's own type.
@@ -110,7 +113,7 @@ def walker(conn: Conn, rule: Rule, walk: Walk | None) -> Walker | None:
     if table is None:
         return None
     if (walk or table.walk) == Walk.INDEX:
-        return IndexWalk(rule)
+        return IndexWalk(rule, table)
     return BlockWalk(rule, table)
 
 
@@ -127,7 +130,7 @@ def describe_table(conn: Conn, rule: Rule) -> Table | None:
     matching = _estimate(conn, rule.statement("estimate_matching"), {"days": rule.retention.days})
     sparse = matching < INDEX_WALK_MAX_SHARE * rows
     walk = Walk.INDEX if row["indexed"] and sparse else Walk.BLOCKS
-    return Table(walk, blocks, max(rows / blocks, 1.0) if blocks else 1.0)
+    return Table(walk, blocks, max(rows / blocks, 1.0) if blocks else 1.0, round(matching))
 
 
 def _estimate(conn: Conn, explain: sql.Composed, params: dict[str, Any]) -> float:
