@@ -1,0 +1,165 @@
+"""A run as it goes, in a real headless Chromium: its page's elapsed time, progress and
+output move between two looks, for a runtime job (`task.progress`) and a built-in one
+(quota, counting its keys as it goes); the dashboard says "running for"; cancel stops a
+built-in job between items. And each job's definition on its page, secrets masked."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fakes import Reply, serving, usage_body
+from tests.support.jobruns import runs_of, wait_until
+from tests.support.processes import WorkerProcess
+from tests.test_runtime import BEARER, SLOW, runtime_env
+from tests.test_web_browser import browser  # noqa: F401 - the fixture
+from tests.webtools import TOKEN, client, web_worker
+from worker import db
+
+Spawn = Callable[..., WorkerProcess]
+KEYS = 24  # quota's keys, one call each, one at a time: about 0.25 s apart
+SECRET = "s3cr3t-value-never-shown"
+
+
+# Read in one script, so a refresh that swaps the page in between never splits a look.
+LOOK = """
+var text = function (id) { var e = document.getElementById(id); return e ? e.textContent : ""; };
+var bar = document.getElementById("progress");
+return {elapsed: text("elapsed"), done: bar ? bar.value : null, max: bar ? bar.max : null,
+        progress: text("progress-text"), output: text("output").length, page: text("live")};
+"""
+
+NOTICE = 'var e = document.getElementById("notice"); return e ? e.textContent : "";'
+
+
+def look(driver: Any) -> dict[str, Any]:
+    """What the run page shows now: elapsed seconds, the bar, the output's length."""
+    seen = driver.execute_script(LOOK)
+    return {
+        "elapsed_s": seconds(seen["elapsed"].strip()),
+        "done": None if seen["done"] is None else int(seen["done"]),
+        "max": None if seen["max"] is None else int(seen["max"]),
+        "progress": seen["progress"],
+        "output": seen["output"],
+        "status": seen["page"],
+    }
+
+
+def seconds(shown: str) -> float:
+    """`4.2s` or `3m07s` as seconds."""
+    if "m" in shown:
+        minutes, rest = shown.rstrip("s").split("m")
+        return int(minutes) * 60 + int(rest)
+    return float(shown.rstrip("s"))
+
+
+def two_looks(driver: Any, url: str, moved: Callable[[dict[str, Any], dict[str, Any]], bool]):
+    """Open the run page and look twice: the second look once the page itself has moved
+    (it refreshes itself; the browser is never reloaded in between)."""
+    driver.get(url)
+    first = wait_until(
+        lambda: (lambda seen: seen if seen["done"] is not None else None)(look(driver))
+    )
+    second = wait_until(lambda: (lambda seen: seen if moved(first, seen) else None)(look(driver)))
+    return first, second
+
+
+@pytest.mark.slow
+def test_the_run_page_of_a_running_runtime_job_moves_by_itself(
+    browser: Any,  # noqa: F811
+    spawn: Spawn,
+    db_url: str,
+    conn: db.Conn,
+    tmp_path: Path,
+) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "slow.py").write_text(textwrap.dedent(SLOW), encoding="utf-8")
+    env = runtime_env(scripts, tmp_path)
+    with web_worker(spawn, db_url, "jobs", **env) as (_, url), client(url, headers=BEARER) as http:
+        made = http.post(
+            "/api/jobs", json={"name": "long_haul", "handler": "scripts:slow", "schedule": "manual"}
+        )
+        assert made.status_code == 201
+        assert http.post("/api/jobs/long_haul/run").status_code == 202
+        run_id = wait_until(lambda: runs_of(conn, "long_haul"))[0]["id"]
+        # Credentials once; a page whose own address holds them could not fetch its update.
+        browser.get(url.replace("http://", f"http://admin:{TOKEN}@") + "/")
+        first, second = two_looks(
+            browser,
+            f"{url}/runs/{run_id}",
+            lambda a, b: b["done"] > a["done"] + 1 and b["output"] > a["output"],
+        )
+        assert first["max"] == second["max"] == 30
+        assert second["elapsed_s"] > first["elapsed_s"]
+        assert f"{second['done']}/30 done" in second["progress"]
+        browser.get(f"{url}/")
+        row = browser.find_element("css selector", 'tr[data-job="long_haul"]').text
+        assert "running for" in row and "/30 done" in row
+        assert http.post(f"/api/runs/{run_id}/cancel").status_code == 202
+        wait_until(lambda: http.get(f"/api/runs/{run_id}").json()["status"] == "cancelled")
+
+
+@pytest.mark.slow
+def test_the_run_page_of_a_running_builtin_job_moves_and_cancel_stops_it(
+    browser: Any,  # noqa: F811
+    spawn: Spawn,
+    db_url: str,
+    conn: db.Conn,
+) -> None:
+    conn.execute(
+        "INSERT INTO tavily_api_keys (api_key, plan_limit, remaining_quota)"
+        " SELECT 'tvly-live-' || lpad(i::text, 4, '0'), 100, 0 FROM generate_series(1, %s) i",
+        (KEYS,),
+    )
+    slow_usage = lambda request: Reply(200, usage_body(100, 40), delay_s=0.25)  # noqa: E731
+    with (
+        serving(slow_usage) as tavily,
+        web_worker(
+            spawn,
+            db_url,
+            "quota",
+            TAVILY_USAGE_URL=f"{tavily.url}/usage",
+            QUOTA_CONCURRENCY="1",
+            RUN_ON_START="true",
+        ) as (_, url),
+        client(url) as http,
+    ):
+        run_id = wait_until(lambda: runs_of(conn, "quota"))[0]["id"]
+        api_first = wait_until(lambda: progressed(http, run_id, 1))
+        first, second = two_looks(
+            browser, f"{url}/runs/{run_id}", lambda a, b: b["done"] > a["done"]
+        )
+        assert first["max"] == second["max"] == KEYS
+        assert second["elapsed_s"] > first["elapsed_s"]
+        assert "running" in second["status"] and "cancel" in second["status"]
+        api_later = wait_until(lambda: progressed(http, run_id, api_first["progress_done"] + 1))
+        assert api_later["progress_total"] == KEYS and api_later["status"] == "running"
+
+        job = http.get("/api/jobs/quota").json()["running"]
+        assert job["total"] == KEYS and job["elapsed_ms"] > 0 and job["done"] >= 1
+        assert "running for" in http.get("/jobs/quota").text
+
+        browser.get(f"{url}/runs/{run_id}")
+        browser.execute_script('document.getElementById("cancel").click()')  # never stale
+        said = wait_until(lambda: browser.execute_script(NOTICE))
+        assert said.startswith(f"Run {run_id} asked to stop")
+        ended = wait_until(lambda: finished(http, run_id))
+    assert ended["status"] == "cancelled", ended
+    # Stopped between keys: the keys after the cancel were never asked for.
+    assert 1 <= ended["succeeded"] < KEYS and len(tavily.requests) < KEYS
+
+
+def progressed(http: httpx.Client, run_id: int, at_least: int) -> dict[str, Any] | None:
+    run = http.get(f"/api/runs/{run_id}").json()
+    return run if (run["progress_done"] or 0) >= at_least else None
+
+
+def finished(http: httpx.Client, run_id: int) -> dict[str, Any] | None:
+    run = http.get(f"/api/runs/{run_id}").json()
+    return None if run["status"] == "running" else run
