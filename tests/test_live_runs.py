@@ -5,6 +5,7 @@ built-in job between items. And each job's definition on its page, secrets maske
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -163,3 +164,103 @@ def progressed(http: httpx.Client, run_id: int, at_least: int) -> dict[str, Any]
 def finished(http: httpx.Client, run_id: int) -> dict[str, Any] | None:
     run = http.get(f"/api/runs/{run_id}").json()
     return None if run["status"] == "running" else run
+
+
+JOBS_FILE = f"""
+[jobs.ping_app]
+schedule = "every 1h"
+on_start = false
+description = "Tell the app to rebuild its caches."
+timeout = "2m"
+retries = 2
+retry_delay = "10s"
+
+[jobs.ping_app.http]
+url = "https://robot:{SECRET}@app.example.com/hook"
+method = "PUT"
+json = {{ full = true }}
+token_env = "APP_TOKEN"
+headers = {{ X-Api-Key = "{SECRET}", Accept = "application/json" }}
+
+[jobs.export]
+schedule = "30 3 * * *"
+on_start = false
+command = ["python", "-m", "app.export", "--since", "1d"]
+env = {{ EXPORT_PASSWORD = "{SECRET}", MODE = "fast" }}
+
+[jobs.tidy]
+schedule = "every 15m"
+on_start = false
+sql = "REFRESH MATERIALIZED VIEW leaderboard"
+"""
+
+
+def test_each_jobs_page_shows_its_definition_with_secrets_masked(
+    spawn: Spawn, db_url: str, conn: db.Conn, tmp_path: Path
+) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text(JOBS_FILE, encoding="utf-8")
+    token = "app-token-0123456789"
+    env = {"WORKER_JOBS_FILE": str(jobs_file), "APP_TOKEN": token, "RUN_ON_START": "false"}
+    with web_worker(spawn, db_url, "all", **env) as (_, url), client(url) as http:
+        ping = http.get("/api/jobs/ping_app").json()["spec"]
+        assert ping == {
+            "source": "file",
+            "declared_in": str(jobs_file),
+            "service": "jobs",
+            "schedule": "every 1h",
+            "counters": {"runs": 0, "successes": 0, "failures": 0},
+            "kind": "http",
+            "method": "PUT",
+            "url": "https://robot:***@app.example.com/hook",
+            "headers": {"X-Api-Key": "***", "Accept": "application/json"},
+            "json": {"full": True},
+            "token_env": "APP_TOKEN",
+            "timeout_s": 120,
+            "retries": 2,
+            "retry_delay_s": 10,
+            "max_attempts": 3,
+            "description": "Tell the app to rebuild its caches.",
+        }
+        export = http.get("/api/jobs/export").json()["spec"]
+        assert export["command"] == ["python", "-m", "app.export", "--since", "1d"]
+        assert export["env"] == {"EXPORT_PASSWORD": "***", "MODE": "fast"}
+        assert http.get("/api/jobs/tidy").json()["spec"]["sql"] == (
+            "REFRESH MATERIALIZED VIEW leaderboard"
+        )
+        quota = http.get("/api/jobs/quota").json()["spec"]
+        assert (quota["kind"], quota["function"]) == ("builtin", "worker.jobs.quota.run_once")
+        assert quota["declared_in"].startswith("built in")
+
+        page = http.get("/jobs/ping_app").text
+        for shown in (
+            "PUT https://robot:***@app.example.com/hook",
+            "$APP_TOKEN",
+            "2 retries",
+            "timeout 120 s",
+            "Tell the app to rebuild its caches.",
+            str(jobs_file),
+        ):
+            assert shown in page, shown
+        assert "worker.jobs.quota.run_once" in http.get("/jobs/quota").text
+        for path in ("/jobs/ping_app", "/jobs/export", "/api/jobs/ping_app", "/api/jobs/export"):
+            body = http.get(path).text
+            assert SECRET not in body and token not in body, path
+
+        # A file job some other deployment's file declares: said, not guessed.
+        conn.execute(
+            "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in)"
+            " VALUES ('elsewhere', 'jobs', 'every 1h', now(), 'file', '/srv/other/worker.toml')"
+        )
+        other = http.get("/api/jobs/elsewhere").json()["spec"]
+        assert other["kind"] is None and "does not declare it" in other["unknown"]
+        assert "not shown: this process reads" in http.get("/jobs/elsewhere").text
+
+
+def test_a_paused_jobs_page_says_paused_once(spawn: Spawn, db_url: str) -> None:
+    with web_worker(spawn, db_url, RUN_ON_START="false") as (_, url), client(url) as http:
+        paused = http.post("/api/jobs/quota/pause", headers={"Origin": url})
+        assert paused.status_code == 200
+        page = http.get("/jobs/quota").text
+    heading = re.sub(r"<[^>]+>", "", page.split("<h1>", 1)[1].split("</h1>", 1)[0])
+    assert heading.split() == ["quota", "paused"], heading
