@@ -5,6 +5,7 @@ built-in job between items. And each job's definition on its page, secrets maske
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from tests.test_runtime import BEARER, SLOW, runtime_env
 from tests.test_web_browser import browser  # noqa: F401 - the fixture
 from tests.webtools import TOKEN, client, web_worker
 from worker import db
+from worker.jobs.live import FLUSH_S, LiveRun
+from worker.logs import get_logger
 
 Spawn = Callable[..., WorkerProcess]
 KEYS = 24  # quota's keys, one call each, one at a time: about 0.25 s apart
@@ -264,3 +267,49 @@ def test_a_paused_jobs_page_says_paused_once(spawn: Spawn, db_url: str) -> None:
         page = http.get("/jobs/quota").text
     heading = re.sub(r"<[^>]+>", "", page.split("<h1>", 1)[1].split("</h1>", 1)[0])
     assert heading.split() == ["quota", "paused"], heading
+
+
+def test_live_progress_is_written_at_once_then_at_most_once_a_flush(conn: db.Conn) -> None:
+    row = conn.execute(
+        "INSERT INTO worker_job_runs (job, trigger, status, host, pid)"
+        " VALUES ('quota', 'manual', 'running', 'test-host', 1) RETURNING id"
+    ).fetchone()
+    assert row is not None
+    live = LiveRun(conn, get_logger(), row["id"])
+
+    def shown() -> tuple[int | None, int | None]:
+        got = conn.execute(
+            "SELECT progress_done, progress_total FROM worker_job_runs WHERE id = %s", (row["id"],)
+        ).fetchone()
+        assert got is not None
+        return got["progress_done"], got["progress_total"]
+
+    live.report(1, 10)
+    assert shown() == (1, 10)  # the first report at once
+    live.report(2, 10)
+    assert shown() == (1, 10)  # the next within FLUSH_S waits
+    live._flushed_at -= FLUSH_S  # a flush later
+    live.report(12, 10)
+    assert shown() == (12, 12)  # more done than counted at the start: the total follows
+
+
+def test_a_command_job_reports_its_progress_through_the_file_it_is_given(
+    conn: db.Conn, spawn: Spawn, tmp_path: Path
+) -> None:
+    from tests.test_declared import jobs_env, only_run, run_once
+
+    jobs = tmp_path / "worker.toml"
+    script = 'printf \'{"done": 3, "total": 4}\' > "$WORKER_TASK_PROGRESS"; sleep 1.5'
+    jobs.write_text(
+        f"""
+[jobs.export]
+schedule = "30 3 * * *"
+command = ["sh", "-c", {json.dumps(script)}]
+""",
+        encoding="utf-8",
+    )
+    _, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs))
+    assert code == 0, stderr
+    run = only_run(conn, "export", "success")
+    # Written while it ran (a run's row keeps the last figures it showed).
+    assert (run["progress_done"], run["progress_total"]) == (3, 4)
