@@ -27,6 +27,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .. import db, schedules, status
+from ..describe import FileJobs, describe
 from ..jobs import runtime
 from ..metrics import LedgerCollector
 from ..settings import Settings
@@ -35,7 +36,6 @@ from ..store import ledger, reads
 from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
-from .definition import FileJobs, describe
 from .manage import Manage
 from .responses import json_response, jsonable
 

@@ -1,6 +1,6 @@
-"""What a job is, for its page and `GET /api/jobs/JOB`: its kind, what it runs and with
-which parameters, its timeout and retries, its description and where it is declared, with
-every secret masked (ARCHITECTURE.md, "The HTTP endpoint").
+"""What a job is, for its page, `GET /api/jobs/JOB` and `worker job show`: its kind, what it
+runs and with which parameters, its timeout and retries, its description and where it is
+declared, with every secret masked (ARCHITECTURE.md, "Runtime jobs").
 
 A runtime job's definition is its ledger row's. A built-in job's is this package's. A jobs
 file job's is read from the jobs file this process was started with (WORKER_JOBS_FILE), once:
@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import jobfile, registry
-from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
-from ..logs import SECRETS
-from ..masking import mask_named, mask_url
-from ..settings import Settings
-from ..status import JobStatus
+from . import jobfile, registry
+from .jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
+from .logs import SECRETS
+from .masking import mask_named, mask_url
+from .settings import Settings
+from .status import JobStatus
 
 
 class FileJobs:
