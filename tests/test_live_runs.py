@@ -9,19 +9,22 @@ import json
 import re
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import make_context, make_settings
 from tests.support.fakes import Reply, serving, usage_body
 from tests.support.jobruns import runs_of, wait_until
 from tests.support.processes import WorkerProcess
 from tests.test_runtime import BEARER, SLOW, runtime_env
 from tests.test_web_browser import browser  # noqa: F401 - the fixture
 from tests.webtools import TOKEN, client, web_worker
-from worker import db
+from worker import db, http_client
+from worker.jobs import quota, replenish
 from worker.jobs.live import FLUSH_S, LiveRun
 from worker.logs import get_logger
 
@@ -313,3 +316,43 @@ command = ["sh", "-c", {json.dumps(script)}]
     run = only_run(conn, "export", "success")
     # Written while it ran (a run's row keeps the last figures it showed).
     assert (run["progress_done"], run["progress_total"]) == (3, 4)
+
+
+def passes_progress(
+    conn: db.Conn, job: Callable[[Any], None], name: str, **env: str
+) -> list[tuple[int, int | None]]:
+    """What one pass of `job` reported through `ctx.progress`, in order."""
+    reported: list[tuple[int, int | None]] = []
+    settings = make_settings(conn.info.dsn, **env)
+    with http_client.build_http(settings.http_timeout_s) as http:
+        ctx = replace(
+            make_context(conn, settings, job=name, http=http, alert=lambda **alert: None),
+            progress=lambda done, total: reported.append((done, total)),
+        )
+        job(ctx)
+    return reported
+
+
+def test_quota_and_replenish_report_each_item_of_their_total(conn: db.Conn) -> None:
+    conn.execute(
+        "INSERT INTO tavily_api_keys (api_key, plan_limit, remaining_quota)"
+        " SELECT 'tvly-count-' || lpad(i::text, 4, '0'), 100, 0 FROM generate_series(1, 5) i"
+    )
+    for i in range(3):
+        conn.execute(
+            "INSERT INTO campaigns (name, user_id, low_watermark, target_stock, is_active)"
+            " VALUES (%s, 7, 5, 10, true)",
+            (f"low-{i}",),
+        )
+    answer = lambda request: (  # noqa: E731
+        Reply(200, usage_body(100, 40))
+        if request.path.startswith("/usage")
+        else Reply(200, {"items": [f"i{n}" for n in range(request.json()["quantity"])]})
+    )
+    with serving(answer) as api:
+        keys = passes_progress(conn, quota.run_once, "quota", TAVILY_USAGE_URL=f"{api.url}/usage")
+        stock = passes_progress(
+            conn, replenish.run_once, "replenish", REPLENISH_API_URL=f"{api.url}/stock"
+        )
+    assert keys == [(n, 5) for n in range(6)]
+    assert stock == [(n, 3) for n in range(4)]
