@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -341,6 +342,44 @@ def test_a_stop_request_is_honoured_between_batches(conn: db.Conn, walk: cleanup
     )
     assert len(asked) == 1
     assert 0 < outcome.deleted < 67 and left == 67 - outcome.deleted  # the first batch stays done
+
+
+@EACH_WALK
+def test_each_batch_reports_the_rows_deleted_so_far_of_the_estimate(
+    conn: db.Conn, walk: cleanup.Walk
+) -> None:
+    reported: list[tuple[int, int]] = []
+    with walked_table(conn, rows=100, every=3):
+        outcome = cleanup.delete_in_batches(
+            conn,
+            WALKED_RULE,
+            BatchSizer.fixed(7),
+            lambda: False,
+            get_logger(),
+            walk=walk,
+            on_batch=lambda deleted, matching: reported.append((deleted, matching)),
+        )
+    done = [deleted for deleted, _ in reported]
+    assert done[0] == 0 and done == sorted(done) and done[-1] == outcome.deleted == 67
+    assert len(reported) >= 67 // 7  # the start, then every batch
+    assert all(60 <= matching <= 75 for _, matching in reported)  # the planner's, analyzed
+
+
+def test_a_pass_reports_its_rows_across_rules(conn: db.Conn) -> None:
+    add_tokens(conn, "refresh_tokens", "-1 day", 30)
+    add_tokens(conn, "password_reset_tokens", "-1 day", 20)
+    conn.execute("ANALYZE refresh_tokens; ANALYZE password_reset_tokens")
+    reported: list[tuple[int, int | None]] = []
+    settings = make_settings(conn.info.dsn, CLEANUP_BATCH_SIZE="10")
+    ctx = replace(
+        make_context(conn, settings, job=cleanup.TOKENS),
+        progress=lambda done, total: reported.append((done, total)),
+    )
+    cleanup.clean_tokens(ctx)
+    done = [d for d, _ in reported]
+    assert done == sorted(done) and reported[-1] == (50, 50)
+    assert all(total is not None and total >= d for d, total in reported)
+    assert 30 in done  # the first table's rows, then the second's on top
 
 
 def test_missing_table_and_failing_batch_leave_other_rules_running(conn: db.Conn) -> None:

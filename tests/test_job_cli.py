@@ -130,6 +130,9 @@ def test_create_show_list_edit_and_delete_a_runtime_job(
         "description": "nightly CRM pull",
     }
     assert shown["counters"] == {"runs": 0, "successes": 0, "failures": 0}
+    # What the job page and GET /api/jobs/JOB show of it.
+    assert (shown["spec"]["kind"], shown["spec"]["handler"]) == ("runtime", "scripts:sync")
+    assert shown["spec"]["description"] == "nightly CRM pull"
     assert [(c["action"], c["actor"]) for c in shown["changes"]] == [("create", ACTOR)]
 
     edited = job("edit", "sync_crm", "--kwargs", '{"target": "eu"}', "--schedule", "every 2h")

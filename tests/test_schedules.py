@@ -207,10 +207,12 @@ def test_schedules_describe_themselves_in_words() -> None:
     assert schedules.parse("every 10m").describe() == "every 10 minutes"
     assert schedules.parse("every 1h").describe() == "every hour"
     assert schedules.parse("every 90s").describe() == "every 90 seconds"
+    # Lower case like the others, though cronsim writes a sentence.
     assert schedules.parse("0 2 * * *", "Asia/Shanghai").describe() == (
-        "At 02:00 every day (Asia/Shanghai)"
+        "at 02:00 every day (Asia/Shanghai)"
     )
-    assert schedules.parse("@weekly").describe() == "At 00:00 on Sunday (UTC)"
+    assert schedules.parse("@weekly").describe() == "at 00:00 on Sunday (UTC)"
+    assert schedules.parse("*/5 * * * *").describe() == "every fifth minute of every hour (UTC)"
 
 
 def test_durations() -> None:

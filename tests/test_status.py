@@ -583,6 +583,7 @@ def test_json_reports_schedule_next_due_cadence_and_health(
         "definition": None,
         # The test wrote its runs itself: only what a runner records is counted.
         "counters": {"runs": 0, "successes": 0, "failures": 0},
+        "running": None,  # its last run has ended
     }
     assert "02:00" in cadence and "Asia/Shanghai" in cadence
     assert cadence != "cron 0 2 * * * Asia/Shanghai"

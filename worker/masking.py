@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 # Shorter values are not masked: replacing every "ab" in a job's output would destroy it,
@@ -30,3 +32,21 @@ class Masker:
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
+
+
+# A header or variable whose name says it holds a secret is masked whole, whatever its value.
+SECRET_NAME = re.compile(r"auth|token|secret|passw|key|cookie|credential|signature", re.I)
+
+
+def mask_named(values: Mapping[str, str], mask: Callable[[str], str]) -> dict[str, str]:
+    """`values` with each secret-named entry's value `***`, every other one through `mask`."""
+    return {name: MASK if SECRET_NAME.search(name) else mask(v) for name, v in values.items()}
+
+
+def mask_url(url: str) -> str:
+    """`url` without the password of its user part (`https://user:***@host/`)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

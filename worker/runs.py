@@ -21,6 +21,7 @@ import structlog
 
 from . import alerts, claims, db, http_client
 from .jobs.base import JobContext, JobResult
+from .jobs.live import LiveRun
 from .lease import LeaseKeeper
 from .registry import JobSpec
 from .settings import Settings
@@ -194,12 +195,14 @@ class Runner:
     ) -> JobContext:
         lost = keeper.lost.is_set if keeper else lambda: False
         cancelled = keeper.cancelled.is_set if keeper else lambda: False
+        log = self.log.bind(job=spec.name)
+        live = LiveRun(conn, log, keeper.claim.run.id if keeper else None)
         return JobContext(
             job=spec.name,
             conn=conn,
             settings=self.settings,
             http=self.http,
-            log=self.log.bind(job=spec.name),
+            log=log,
             result=result,
             should_stop=lambda: self.stop.is_set() or lost() or cancelled(),
             sleep=self._sleep,
@@ -207,6 +210,7 @@ class Runner:
             dry_run=self.dry_run,
             fence=keeper.fence() if keeper else None,
             kwargs=keeper.claim.kwargs if keeper else None,
+            progress=live.report,
         )
 
     def _record(

@@ -284,6 +284,9 @@ def _cron(expression: str, timezone: str) -> Cron:
 
 def _explain(expression: str) -> str:
     try:
-        return str(CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC)).explain())
+        words = str(CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC)).explain())
     except Exception:  # explaining is cosmetic: an odd expression still schedules
         return f"cron {expression}"
+    # cronsim writes a sentence ("At 02:00 every day"); every other schedule's words are
+    # lower case ("every hour", "manual: only when asked"), and so are these.
+    return words[:1].lower() + words[1:]

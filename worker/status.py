@@ -52,6 +52,16 @@ class JobStatus:
     runs: int = 0  # since it was created, kept through history pruning
     successes: int = 0
     failures: int = 0
+    progress_done: int | None = None  # of the last run, while it runs (its `progress`)
+    progress_total: int | None = None
+    checked_at: datetime | None = None  # the database's time of the read
+
+    @property
+    def running_ms(self) -> int | None:
+        """How long the last run has been running; None unless it still runs."""
+        if self.last_status != "running" or self.last_started_at is None or not self.checked_at:
+            return None
+        return int((self.checked_at - self.last_started_at).total_seconds() * 1000)
 
     @property
     def healthy(self) -> bool:
@@ -172,6 +182,9 @@ def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
         runs=row["runs"],
         successes=row["successes"],
         failures=row["failures"],
+        progress_done=row["progress_done"],
+        progress_total=row["progress_total"],
+        checked_at=now,
     )
 
 
@@ -251,6 +264,10 @@ def job_dict(job: JobStatus) -> dict[str, Any]:
         "declared_in": job.declared_in,
         "definition": job.definition,
         "counters": {"runs": job.runs, "successes": job.successes, "failures": job.failures},
+        # While its last run goes on: for how long, and its items done of total so far.
+        "running": None
+        if job.running_ms is None
+        else {"elapsed_ms": job.running_ms, "done": job.progress_done, "total": job.progress_total},
     }
 
 

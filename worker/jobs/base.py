@@ -109,6 +109,9 @@ class JobContext:
     started: float = field(default_factory=time.monotonic)
     fence: Fence | None = None  # None: no lease to check (a dry run)
     kwargs: dict[str, Any] | None = None  # the run's parameters, when its claim carries any
+    # `progress(done, total)`: how many items are done, for the run page while it runs
+    # (jobs.live.LiveRun: written at most once a second; cheap to call after every item).
+    progress: Callable[[int, int | None], None] = lambda done, total: None
 
     @contextmanager
     def transaction(self, conn: Conn | None = None) -> Iterator[Conn]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -16,7 +15,9 @@ from .. import db
 from ..batches import BatchSizer
 from ..db import Conn
 from ..settings import ConfigError, RetentionRule, Settings
+from . import walks
 from .base import Fence, JobContext, fenced_out
+from .walks import Walk
 
 TOKENS = "cleanup_tokens"
 SESSIONS = "cleanup_sessions"
@@ -29,14 +30,6 @@ HISTORY = "cleanup_history"
 # it keeps the locks it already took, so app requests touching those rows would queue
 # behind it. Failing the batch costs nothing: it rolls back and the next run retries.
 LOCK_TIMEOUT_MS = 1000
-# A rule the planner expects to match less than this share of its table's rows walks the
-# index on its column, if there is one; any other walks the table's blocks. Around it the two
-# walks cost about the same (README, "How a rule deletes", for the figures).
-INDEX_WALK_MAX_SHARE = 0.02
-# What a row the block walk reads but keeps counts for, in deleted rows, when batches are sized.
-# Reading one costs a sixth (token rows) to a quarter (1 KiB rows) of deleting one: counted as
-# a whole row, batches grew over kept rows and, where deleted ones began, one took 0.18 s.
-KEPT_ROW_WEIGHT = 0.125
 
 _DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
 _NOT_IN_SUMMARY = ("rule", "table", "error")  # RuleOutcome fields its summary leaves out
@@ -50,13 +43,6 @@ class RuleStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     DRY_RUN = "dry_run"
-
-
-class Walk(StrEnum):
-    """How a rule's batches go through its table (README, "How a rule deletes")."""
-
-    BLOCKS = "blocks"  # the table's blocks in order, a TID range per batch
-    INDEX = "index"  # the order of the index on the rule's column, the next n rows per batch
 
 
 @dataclass(frozen=True)
@@ -189,21 +175,25 @@ def delete_in_batches(
     lock_timeout_ms: int = LOCK_TIMEOUT_MS,
     fence: Fence | None = None,
     walk: Walk | None = None,
+    on_batch: Callable[[int, int], None] = lambda deleted, matching: None,
 ) -> RuleOutcome:
     """Delete every row `rule` matches, one transaction per batch, until none is left.
 
     The walk is `walk`, or the one `choose_walk` picks. Each batch asks `sizer` how many rows
-    to take and tells it how long they took. `conn` must be in autocommit mode. Stops early
+    to take and tells it how long they took; after each one (and before the first),
+    `on_batch(rows deleted so far, the planner's estimate of the rows the rule matched when
+    it began)`. `conn` must be in autocommit mode. Stops early
     when `should_stop()` turns true between batches, or at the first failing batch (which
     rolls back alone). A missing table is reported, not raised. Raises only when the
     connection itself is lost.
     """
     outcome = RuleOutcome(rule.name, rule.relation)
     started = time.monotonic()
-    walker = _walker(conn, rule, walk)
+    walker = walks.walker(conn, rule, walk)
     if walker is None:
         return _table_missing(log, outcome)
     outcome.walk = walker.walk
+    on_batch(0, walker.matching)
     while not walker.done:
         size = sizer.size
         try:
@@ -218,6 +208,7 @@ def delete_in_batches(
             outcome.status, outcome.error = RuleStatus.FAILED, db.describe_error(exc)
             break
         outcome.record_batch(size, deleted, seconds)
+        on_batch(outcome.deleted, walker.matching)
         sizer.next_size(measured, seconds)
         if not walker.done and should_stop():
             outcome.status = RuleStatus.INTERRUPTED
@@ -231,105 +222,23 @@ def choose_walk(conn: Conn, rule: Rule) -> Walk | None:
     """The walk `rule` takes through its table now; None when the table does not exist.
 
     The index walk when an index leads with the rule's column and the planner expects the
-    rule to match less than INDEX_WALK_MAX_SHARE of the table's rows; the block walk otherwise.
+    rule to match less than walks.INDEX_WALK_MAX_SHARE of the table's rows; the block walk
+    otherwise.
     """
-    table = _describe_table(conn, rule)
+    table = walks.describe_table(conn, rule)
     return table.walk if table else None
 
 
 def count_rows(conn: Conn, rule: Rule) -> int | None:
     """How many rows `rule` would delete now; None when its table does not exist."""
-    if _describe_table(conn, rule) is None:
+    if walks.describe_table(conn, rule) is None:
         return None
     row = conn.execute(rule.statement("count_rows"), {"days": rule.retention.days}).fetchone()
     return int(row["n"]) if row else 0
 
 
-# --- walks -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Table:
-    """What choosing a walk found out about a rule's table."""
-
-    walk: Walk
-    blocks: int  # its size now
-    rows_per_block: float  # the planner's estimate of its rows, over its blocks
-
-
-class _BlockWalk:
-    """Batches of consecutive blocks, from the first to the last the table had at the start:
-    a batch of `size` rows takes the blocks that hold about that many, matching or not."""
-
-    walk = Walk.BLOCKS
-
-    def __init__(self, rule: Rule, table: _Table) -> None:
-        self.statement = rule.statement("delete_blocks")
-        self.days = rule.retention.days
-        self.end_block = table.blocks
-        self.rows_per_block = table.rows_per_block
-        self.next_block = 0
-        self.done = table.blocks == 0
-        self._batch_end = 0
-
-    def execute(self, conn: Conn, size: int) -> psycopg.Cursor[Any]:
-        """Inside the batch's transaction: send the statement of a batch of about `size` rows."""
-        blocks = max(1, math.ceil(size / self.rows_per_block))
-        self._batch_end = min(self.next_block + blocks, self.end_block)
-        first, end = f"({self.next_block},0)", f"({self._batch_end},0)"
-        return conn.execute(self.statement, {"first_tid": first, "end_tid": end, "days": self.days})
-
-    def advance(self, cursor: psycopg.Cursor[Any]) -> tuple[int, int]:
-        """After the commit: move past the batch; (rows it deleted, rows its time measured)."""
-        walked = (self._batch_end - self.next_block) * self.rows_per_block
-        self.next_block = self._batch_end
-        self.done = self.next_block >= self.end_block
-        deleted = max(cursor.rowcount, 0)
-        return deleted, deleted + round(max(walked - deleted, 0) * KEPT_ROW_WEIGHT)
-
-
-class _IndexWalk:
-    """Batches of the next rows the rule matches, in the order of its column's index."""
-
-    walk = Walk.INDEX
-
-    def __init__(self, rule: Rule) -> None:
-        self.statement = rule.statement("delete_indexed")
-        self.days = rule.retention.days
-        # Before any date or timestamp; then the last value, in the column's own type.
-        self.from_value: Any = "-infinity"
-        self.done = False
-        self._limit = 0
-
-    def execute(self, conn: Conn, size: int) -> psycopg.Cursor[Any]:
-        self._limit = size
-        return conn.execute(
-            self.statement, {"from_value": self.from_value, "days": self.days, "limit": size}
-        )
-
-    def advance(self, cursor: psycopg.Cursor[Any]) -> tuple[int, int]:
-        row = cursor.fetchone()
-        assert row is not None
-        self.done = row["matched"] < self._limit
-        if row["last_value"] is not None:
-            self.from_value = row["last_value"]
-        return int(row["deleted"]), int(row["deleted"])
-
-
-_Walker = _BlockWalk | _IndexWalk
-
-
-def _walker(conn: Conn, rule: Rule, walk: Walk | None) -> _Walker | None:
-    table = _describe_table(conn, rule)
-    if table is None:
-        return None
-    if (walk or table.walk) == Walk.INDEX:
-        return _IndexWalk(rule)
-    return _BlockWalk(rule, table)
-
-
 def _run_batch(
-    conn: Conn, walker: _Walker, size: int, lock_timeout_ms: int, fence: Fence | None
+    conn: Conn, walker: walks.Walker, size: int, lock_timeout_ms: int, fence: Fence | None
 ) -> tuple[int, int, float]:
     """One batch in its own transaction, pipelined (one round trip): (rows deleted, rows its
     time measured, seconds)."""
@@ -343,38 +252,16 @@ def _run_batch(
     return deleted, measured, time.monotonic() - started
 
 
-def _describe_table(conn: Conn, rule: Rule) -> _Table | None:
-    # Quoted exactly as the statements will quote it, so all resolve the same relation.
-    relation = rule.identifier().as_string(conn)
-    row = conn.execute(
-        db.query("cleanup.describe_table"), {"relation": relation, "column": rule.retention.column}
-    ).fetchone()
-    if row is None or not row["present"]:
-        return None
-    blocks = int(row["blocks"] or 0)
-    rows = _estimate(conn, rule.statement("estimate_rows"), {})
-    matching = _estimate(conn, rule.statement("estimate_matching"), {"days": rule.retention.days})
-    sparse = matching < INDEX_WALK_MAX_SHARE * rows
-    walk = Walk.INDEX if row["indexed"] and sparse else Walk.BLOCKS
-    return _Table(walk, blocks, max(rows / blocks, 1.0) if blocks else 1.0)
-
-
-def _estimate(conn: Conn, explain: sql.Composed, params: dict[str, Any]) -> float:
-    """The planner's row estimate of an EXPLAIN (FORMAT JSON) statement."""
-    row = conn.execute(explain, params, prepare=False).fetchone()
-    assert row is not None
-    return float(row["QUERY PLAN"][0]["Plan"]["Plan Rows"])
-
-
 # --- the job -----------------------------------------------------------------------------
 
 
 def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
     summaries: dict[str, dict[str, Any]] = {}
+    progress = _Progress(ctx.progress)
     for rule in rules:
         if ctx.should_stop():
             break
-        summaries[rule.name] = _preview(ctx, rule) if ctx.dry_run else _apply(ctx, rule)
+        summaries[rule.name] = _preview(ctx, rule) if ctx.dry_run else _apply(ctx, rule, progress)
     ctx.result.details["rules"] = summaries
     totals = {
         key: sum(s.get(key, 0) for s in summaries.values())
@@ -390,9 +277,24 @@ def _run_rules(ctx: JobContext, rules: Sequence[Rule]) -> None:
     )
 
 
-def _apply(ctx: JobContext, rule: Rule) -> dict[str, Any]:
+@dataclass
+class _Progress:
+    """A pass's progress in rows: deleted so far, of the rows its rules that ended deleted
+    plus the planner's estimate for the rule under way (rules not begun are not counted)."""
+
+    report: Callable[[int, int | None], None]
+    before: int = 0  # rows the rules that ended deleted
+
+    def batch(self, deleted: int, matching: int) -> None:
+        self.report(self.before + deleted, self.before + max(deleted, matching))
+
+
+def _apply(ctx: JobContext, rule: Rule, progress: _Progress) -> dict[str, Any]:
     sizer = BatchSizer.from_settings(ctx.settings)  # each rule learns its own table's pace
-    outcome = delete_in_batches(ctx.conn, rule, sizer, ctx.should_stop, ctx.log, fence=ctx.fence)
+    outcome = delete_in_batches(
+        ctx.conn, rule, sizer, ctx.should_stop, ctx.log, fence=ctx.fence, on_batch=progress.batch
+    )
+    progress.before += outcome.deleted
     if outcome.status is RuleStatus.FAILED:
         ctx.result.fail(rule.name, "batch_failed", error=outcome.error, deleted=outcome.deleted)
     elif outcome.status is not RuleStatus.INTERRUPTED:

@@ -25,7 +25,7 @@ from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
 from ..supervisor import Child
 from .base import JobContext
-from .live import PROGRESS_ENV, LiveRun
+from .live import PROGRESS_ENV, LiveRun, Progress, read_progress
 
 OUTPUT_MAX_BYTES = 64 * 1024
 HTTP_BODY_KEPT = 2048  # of an HTTP answer's body, in `output`
@@ -119,8 +119,13 @@ def _run_http(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
 
 def _run_command(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
     assert isinstance(job.action, Command)
-    env = {**os.environ, **job.action.env}
-    return _child_attempt(ctx, list(job.action.argv), env, job.action.cwd, job.timeout_s)
+    with tempfile.TemporaryDirectory(prefix="worker-run-") as folder:
+        # A command reports its progress as a handler does: {"done": N, "total": M} in
+        # the file this variable names.
+        progress_path = Path(folder) / "progress.json"
+        env = {**os.environ, **job.action.env, PROGRESS_ENV: str(progress_path)}
+        argv, cwd = list(job.action.argv), job.action.cwd
+        return _child_attempt(ctx, argv, env, cwd, job.timeout_s, progress_path=progress_path)
 
 
 def _run_python(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
@@ -330,7 +335,14 @@ def _child_attempt(
     except OSError as exc:
         return Attempt(False, error=_start_error(argv[0], cwd, exc), retryable=False)
     stop_grace_s = max(ctx.settings.shutdown_grace_s - STOP_KILL_MARGIN_S, 0.1)
-    live = LiveRun(ctx, child.output_so_far, progress_path, lambda text: SECRETS(clip(text)))
+    live = LiveRun(
+        ctx.conn,
+        ctx.log,
+        None if ctx.fence is None else ctx.fence.run_id,
+        output=child.output_so_far,
+        progress=_progress_reader(progress_path),
+        mask=lambda text: SECRETS(clip(text)),
+    )
     ending = child.wait(
         timeout_s, should_stop=ctx.should_stop, stop_grace_s=stop_grace_s, on_tick=live.tick
     )
@@ -340,6 +352,19 @@ def _child_attempt(
     return Attempt(
         error is None, output=output, error=error, fields={"exit_code": code}, dropped=dropped
     )
+
+
+def _progress_reader(path: Path | None) -> Callable[[], Progress]:
+    """The child's progress as last read whole: a command's shell may be caught mid-write."""
+    last: list[Progress] = [(None, None)]
+
+    def read() -> Progress:
+        value = read_progress(path)
+        if value != (None, None):
+            last[0] = value
+        return last[0]
+
+    return read
 
 
 def _start_error(program: str, cwd: str | None, exc: OSError) -> str:

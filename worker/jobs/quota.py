@@ -26,9 +26,11 @@ def run_once(ctx: JobContext) -> None:
         ctx.should_stop,
         Bounds(settings.http_timeout_s, settings.http_max_body_bytes),
     )
-    count = ctx.conn.execute(db.query("quota.count_quota_keys")).fetchone()
-    ctx.log.info("tavily_keys_fetched", count=count["n"] if count else 0)
+    row = ctx.conn.execute(db.query("quota.count_quota_keys")).fetchone()
+    count = row["n"] if row else 0
+    ctx.log.info("tavily_keys_fetched", count=count)
     result = ctx.result
+    ctx.progress(0, count)
     calls = map_unordered(
         lambda key: client.usage(key["api_key"]),
         _keys(ctx),
@@ -40,6 +42,7 @@ def run_once(ctx: JobContext) -> None:
             _store(ctx, key, outcome)
         else:
             _record_failure(ctx, key, outcome)
+        ctx.progress(result.total, count)
     ctx.log.info(
         "tavily_quota_update_completed",
         total_keys=result.total,

@@ -61,7 +61,8 @@ def _replenish(ctx: JobContext, campaigns: list[Campaign]) -> None:
         limit=ctx.settings.campaign_concurrency,
         should_stop=ctx.should_stop,
     )
-    for campaign, outcome in calls:
+    ctx.progress(0, len(campaigns))
+    for done, (campaign, outcome) in enumerate(calls, 1):
         if isinstance(outcome, list):
             _store(ctx, campaign, outcome, failures)
         elif isinstance(outcome, CallFailed):
@@ -77,6 +78,7 @@ def _replenish(ctx: JobContext, campaigns: list[Campaign]) -> None:
             # A bug, not an API answer: keep the type, never the message.
             error = f"internal_error: {type(outcome).__name__}"
             _fail(ctx, campaign, failures, reason="internal_error", error=error, attempts=1)
+        ctx.progress(done, len(campaigns))
     if failures:
         _alert(ctx, failures, campaigns)
 

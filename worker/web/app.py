@@ -27,6 +27,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .. import db, schedules, status
+from ..describe import FileJobs, describe
 from ..jobs import runtime
 from ..metrics import LedgerCollector
 from ..settings import Settings
@@ -119,6 +120,7 @@ class App:
         self._templates_lock = threading.Lock()
         self.dashboard_cache: FreshCache[DashboardData] = FreshCache(DASHBOARD_FRESH_S)
         self.manage = Manage(self, handlers or runtime.Handlers(settings))
+        self.file_jobs = FileJobs(settings)  # the jobs file's definitions, read on first use
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -256,6 +258,7 @@ class App:
             zone=self.zone(entry),
             runs=rows,
             handler=handler,
+            spec=describe(entry, self.file_jobs),
             notice=_notice(request),
             here=request.path,
         )
@@ -297,7 +300,8 @@ class App:
 
     def api_job(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
-            return json_response(status.job_dict(self.job_status(conn, job)))
+            entry = self.job_status(conn, job)
+        return json_response({**status.job_dict(entry), "spec": describe(entry, self.file_jobs)})
 
     def api_job_runs(self, request: Request, job: str) -> Response:
         limit = _limit(request, default=JOB_RUNS)

@@ -13,13 +13,14 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused, j.source, j.declar
        latest.duration_ms AS duration_ms,
        latest.succeeded   AS succeeded,
        latest.failed      AS failed,
+       latest.progress_done, latest.progress_total,
        completed.status   AS last_completed_status,
        ran.finished_at    AS last_success_at,
        first.started_at   AS first_started_at,
        now() AS checked_at
   FROM worker_jobs j
   LEFT JOIN LATERAL (
-        SELECT started_at, status, duration_ms, succeeded, failed
+        SELECT started_at, status, duration_ms, succeeded, failed, progress_done, progress_total
           FROM worker_job_runs r WHERE r.job = j.job
          ORDER BY started_at DESC, id DESC LIMIT 1) latest ON true
   -- Interrupted and abandoned runs say nothing about whether the job works: skip them.
@@ -48,9 +49,12 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused, j.source, j.declar
  LIMIT %(limit)s;
 
 -- name: job_runs
--- One job's latest runs: walks (job, started_at desc).
+-- One job's latest runs: walks (job, started_at desc). A running run's progress and elapsed
+-- time stand in for its counts and duration.
 SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
-       failed, error, scheduled_for, host, pid
+       failed, error, scheduled_for, host, pid, progress_done, progress_total,
+       CASE WHEN status = 'running'
+            THEN (extract(epoch FROM now() - started_at) * 1000)::bigint END AS elapsed_ms
   FROM worker_job_runs
  WHERE job = %(job)s
  ORDER BY started_at DESC, id DESC
@@ -59,7 +63,9 @@ SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, su
 -- name: recent_runs
 -- The latest runs of every job: walks (started_at) backwards.
 SELECT id, job, trigger, status, started_at, finished_at, duration_ms, total, succeeded,
-       failed, error, scheduled_for, host, pid
+       failed, error, scheduled_for, host, pid, progress_done, progress_total,
+       CASE WHEN status = 'running'
+            THEN (extract(epoch FROM now() - started_at) * 1000)::bigint END AS elapsed_ms
   FROM worker_job_runs
  ORDER BY started_at DESC
  LIMIT %(limit)s;
