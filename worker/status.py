@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -52,6 +53,13 @@ class JobStatus:
     runs: int = 0  # since it was created, kept through history pruning
     successes: int = 0
     failures: int = 0
+    description: str | None = None  # a runtime job's, or its declaration's where read
+
+    def described(self, descriptions: Mapping[str, str]) -> JobStatus:
+        """The job with its description: a runtime job's definition's, else `descriptions`'
+        (the jobs as the configuration read by this process declares them)."""
+        own = (self.definition or {}).get("description") or descriptions.get(self.job)
+        return replace(self, description=own or None)
 
     @property
     def healthy(self) -> bool:
@@ -95,8 +103,18 @@ class Report:
         return [job.job for job in self.jobs if job.last_status == "running"]
 
 
-def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
-    """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
+def run(
+    settings: Settings,
+    *,
+    service: str | None,
+    as_json: bool,
+    out: TextIO,
+    descriptions: Mapping[str, str] | None = None,
+) -> int:
+    """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable.
+
+    `descriptions`: each job's, by name, as this process's configuration declares them.
+    """
     try:
         with _connect(settings) as conn:
             report = replace(gather(conn, service), concurrency=settings.concurrency)
@@ -105,8 +123,18 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
         error = db.describe_error(exc)
         report_unreachable(settings, get_logger(), error, timeout_s=CONNECT_TIMEOUT_S)
         return EXIT_UNREACHABLE
+    jobs = [job.described(descriptions or {}) for job in report.jobs]
+    report = replace(report, jobs=jobs)
     out.write(render_json(report) if as_json else render_table(report))
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
+
+
+def report_empty(settings: Settings, why: str, *, as_json: bool, out: TextIO) -> int:
+    """No database to read yet (`why`): no jobs registered, healthy (exit 0), as a database
+    the worker never migrated; nothing is created."""
+    report = Report(datetime.now(UTC), [], concurrency=settings.concurrency)
+    out.write(render_json(report) if as_json else render_table(report, why))
+    return EXIT_HEALTHY
 
 
 def gather(
@@ -251,6 +279,7 @@ def job_dict(job: JobStatus) -> dict[str, Any]:
         "declared_in": job.declared_in,
         "definition": job.definition,
         "counters": {"runs": job.runs, "successes": job.successes, "failures": job.failures},
+        "description": job.description,
     }
 
 
@@ -268,14 +297,17 @@ _COLUMNS = (
 )
 
 
-def render_table(report: Report) -> str:
-    """An aligned table, then one verdict line naming every unhealthy or paused job."""
+def render_table(report: Report, why_empty: str | None = None) -> str:
+    """An aligned table, then one verdict line naming every unhealthy or paused job; no
+    table when no job is registered (`why_empty`: why none can be)."""
     cells = [_COLUMNS, *(_table_row(job) for job in report.jobs)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     ]
-    return "\n".join([*lines, "", *_verdict(report), "", *_capacity(report)]) + "\n"
+    table = [*lines, ""] if report.jobs else []
+    verdict = _verdict(report, why_empty)
+    return "\n".join([*table, *verdict, "", *_capacity(report)]) + "\n"
 
 
 def _table_row(job: JobStatus) -> tuple[str, ...]:
@@ -294,7 +326,7 @@ def _table_row(job: JobStatus) -> tuple[str, ...]:
     )
 
 
-def _verdict(report: Report) -> list[str]:
+def _verdict(report: Report, why_empty: str | None = None) -> list[str]:
     reasons = {
         "failed": "its last completed run failed",
         "stale": f"no success or partial run within {STALE_AFTER_PERIODS} x its period",
@@ -303,7 +335,8 @@ def _verdict(report: Report) -> list[str]:
     unhealthy = [f"  {job.job}: {reasons[job.health]}" for job in report.jobs if not job.healthy]
     lines = ["healthy" if report.healthy else "UNHEALTHY", *unhealthy]
     if not report.jobs:
-        lines.append("no jobs registered: no service has started on this database yet")
+        why = why_empty or "no service has started on this database yet"
+        lines.append(f"no jobs registered: {why}")
     paused = [job.job for job in report.jobs if job.paused]
     if paused:
         lines.append(
