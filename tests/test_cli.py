@@ -280,3 +280,27 @@ def test_status_reads_an_embedded_database_without_migrating_it_and_db_stop_says
         0,
         f"the embedded server at {data_dir / 'pgdata'} was not running\n",
     )
+
+
+def test_a_jobs_file_that_cannot_be_parsed_blocks_neither_db_nor_status(tmp_path: Path) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text('[jobs.etl]\nschedule = "every 1h"\nsql = SELECT 1\n', encoding="utf-8")
+    env = {**embedded_env(tmp_path / "w"), "WORKER_JOBS_FILE": str(jobs_file)}
+
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    stopped = worker("db", "stop")
+    assert (stopped.returncode, stopped.stderr) == (0, ""), stopped.stderr
+    assert stopped.stdout.endswith("was not running\n")
+    assert worker("status").returncode == 0
+    refused = worker("quota", "--once")  # any service: the broken part may hold its jobs
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"worker: error: {jobs_file}: not valid TOML: ")

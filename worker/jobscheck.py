@@ -41,8 +41,12 @@ def run(settings: Settings, loaded: Loaded, *, out: TextIO, require_imports: boo
     problems = [*loaded.problems, *_import_problems(settings, python, out, require_imports)]
     for problem in problems:
         say_error(problem.message)
+    if whole_file:
+        out.write("the file cannot be read: no job listed (the error is on stderr)\n")
+    elif problems:
+        errors = f"{len(problems)} error" + ("s" if len(problems) > 1 else "")
+        out.write(f"\n{len(jobs)} jobs read, {errors} (on stderr)\n")
     if problems:
-        out.write(f"\n{len(jobs)} jobs read, {len(problems)} errors (on stderr)\n")
         return 2
     out.write(f"\n{len(jobs)} jobs, all valid\n")
     return 0
