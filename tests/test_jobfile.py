@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_settings
 from tests.support.processes import BASE_ENV, ROOT, WorkerProcess
-from worker import db
+from worker import db, registry
 from worker.jobfile import (
     Command,
     Declared,
@@ -292,6 +293,39 @@ def test_a_broken_entry_leaves_the_others_loaded_and_keeps_the_service_it_names(
         "typo": ("qouta", "jobs.typo.service"),  # as written: which one it meant is unknown
         "quota": (None, "jobs.quota.schedule"),  # a built-in's own service
     }
+
+
+NO_DATABASE = "postgresql://u@127.0.0.1:9/x"  # settings need one; nothing connects
+
+
+def test_a_broken_entry_blocks_the_services_that_would_run_its_job(tmp_path: Path) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text(
+        '[defaults]\nservice = "cleanup"\n'
+        '[jobs.etl]\nschedule = "0 25 * * *"\nsql = "SELECT 1"\n'
+        '[jobs.lease_recovery]\nschedule = "every 5 minutes"\nservice = "quota"\n',
+        encoding="utf-8",
+    )
+    loaded = registry.load(
+        make_settings("postgresql://u@127.0.0.1:9/x", WORKER_JOBS_FILE=str(jobs_file))
+    )
+
+    blocked = {s: [p.job for p in loaded.blocking(s)] for s in registry.SERVICES}
+    assert blocked == {
+        "quota": ["lease_recovery"],  # where the entry moves it
+        "cleanup": ["etl"],  # [defaults]'s service
+        "replenish": ["lease_recovery"],  # the built-in's own
+        "jobs": [],
+        "all": ["etl", "lease_recovery"],
+    }
+    assert loaded.problem_of("etl") is not None and loaded.problem_of("quota") is None
+    assert "etl" not in loaded.jobs and "lease_recovery" in loaded.jobs  # as built in
+
+    jobs_file.write_text('[jobs.etl]\nschedule = "every 1h"\nsql = "SELECT 1"\nservice = "etl"\n')
+    loaded = registry.load(
+        make_settings("postgresql://u@127.0.0.1:9/x", WORKER_JOBS_FILE=str(jobs_file))
+    )
+    assert all(loaded.blocking(s) for s in registry.SERVICES)  # which one it meant: unknown
 
 
 def test_invalid_toml_is_refused_naming_the_line(tmp_path: Path) -> None:

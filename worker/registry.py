@@ -180,12 +180,13 @@ class Problem:
 
     message: str  # one line: the file read, then `jobs.NAME.KEY: why`
     job: str | None = None  # None: the file as a whole (any job's settings may be in it)
-    service: str | None = None  # the service that runs the job; None: unknown (every one)
+    services: tuple[str, ...] | None = None  # those that would run the job; None: unknown
     at_start: bool = True  # False: only the job's runs fail (a token variable not set)
 
     def blocks(self, service: str) -> bool:
         """Whether `service` must refuse to start: it would run a job the file garbles."""
-        return self.at_start and (service == ALL or self.service in (None, service))
+        unknown = self.services is None
+        return self.at_start and (service == ALL or unknown or service in (self.services or ()))
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,8 @@ class Loaded:
 def load(settings: Settings, env: Mapping[str, str] | None = None) -> Loaded:
     """Every job as configured: the built-ins with the jobs file's overrides applied, then
     the declared jobs, and what is wrong with the file. An invalid entry leaves its job
-    out (a broken override: the built-in too); an unreadable file leaves out all but the
-    built-ins. `env` holds the variables `token_env` names (default: os.environ); a job
+    out (a built-in one keeps its own settings); an unreadable file leaves only the
+    built-ins, as they are. `env` holds the variables `token_env` names (default: os.environ); a job
     whose variable is not set is kept, without its token (its runs fail, saying so).
     """
     path = settings.jobs_file
@@ -221,7 +222,7 @@ def load(settings: Settings, env: Mapping[str, str] | None = None) -> Loaded:
         return Loaded(dict(JOBS), (Problem(f"{path}: {exc}"),))
     jobs = dict(JOBS)
     problems = [
-        Problem(f"{path}: {broken.error}", broken.name, _service_of(broken))
+        Problem(f"{path}: {broken.error}", broken.name, _services_of(broken))
         for broken in loaded.broken
     ]
     for override in loaded.overrides:
@@ -233,15 +234,19 @@ def load(settings: Settings, env: Mapping[str, str] | None = None) -> Loaded:
         if variable and not spec.secrets:
             where = f"jobs.{job.name}.http.token_env"
             message = f"{path}: {where}: the variable {variable} is not set"
-            problems.append(Problem(message, job.name, job.service, at_start=False))
+            problems.append(Problem(message, job.name, (job.service,), at_start=False))
     return Loaded(jobs, tuple(problems), loaded.declared)
 
 
-def _service_of(broken: jobfile.Broken) -> str | None:
-    """The service that runs a broken entry's job; None when it cannot be told."""
+def _services_of(broken: jobfile.Broken) -> tuple[str, ...] | None:
+    """The services that would run a broken entry's job (a built-in's own, and the one the
+    entry moves it to); None when that cannot be told (the `service` is the mistake)."""
+    own = (JOBS[broken.name].service,) if broken.name in JOBS else ()
     if broken.service is None:
-        return JOBS[broken.name].service if broken.name in JOBS else "jobs"
-    return broken.service if broken.service in jobfile.SERVICES else None
+        return own or ("jobs",)
+    if broken.service not in jobfile.SERVICES:
+        return None
+    return tuple(dict.fromkeys((*own, broken.service)))
 
 
 def _declared_spec(job: jobfile.Declared, env: Mapping[str, str]) -> JobSpec:
