@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "db":
             return dbcli.run(args, config)
         if args.command == "status":
-            return dbcli.status(args, config, jobs)
+            return dbcli.status(args, config)
         config = dbcli.with_database(config)
     except ConfigError as exc:
         return _usage_error(str(exc))

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from . import db, embedded, logs
 from . import status as status_report
-from .registry import JobSpec
 from .settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -44,23 +42,16 @@ def with_database(config: Settings) -> Settings:
     return config
 
 
-def status(args: argparse.Namespace, config: Settings, jobs: Mapping[str, JobSpec]) -> int:
+def status(args: argparse.Namespace, config: Settings) -> int:
     """`worker status`: reads only. An embedded database is started (or joined) to be read,
     never created or migrated: one that does not exist yet has no jobs registered."""
     database = config.database
-    descriptions = {name: spec.description for name, spec in jobs.items() if spec.description}
     if database.source == "embedded":
         if not embedded.exists(database):
             note = f"the embedded database {embedded.location(database)} does not exist yet"
             return status_report.report_empty(config, note, as_json=args.json, out=sys.stdout)
         config = replace(config, database=embedded.start(database))
-    return status_report.run(
-        config,
-        service=args.service,
-        as_json=args.json,
-        out=sys.stdout,
-        descriptions=descriptions,
-    )
+    return status_report.run(config, service=args.service, as_json=args.json, out=sys.stdout)
 
 
 def run(args: argparse.Namespace, config: Settings) -> int:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import psycopg
 
-from . import db, schedules
+from . import db, jobfile, schedules
 from .logs import get_logger
+from .registry import JOBS
 from .service import report_unreachable
 from .settings import Settings
 from .store import processes, reads
@@ -53,13 +54,7 @@ class JobStatus:
     runs: int = 0  # since it was created, kept through history pruning
     successes: int = 0
     failures: int = 0
-    description: str | None = None  # a runtime job's, or its declaration's where read
-
-    def described(self, descriptions: Mapping[str, str]) -> JobStatus:
-        """The job with its description: a runtime job's definition's, else `descriptions`'
-        (the jobs as the configuration read by this process declares them)."""
-        own = (self.definition or {}).get("description") or descriptions.get(self.job)
-        return replace(self, description=own or None)
+    description: str | None = None  # for people (`describe`)
 
     @property
     def healthy(self) -> bool:
@@ -103,18 +98,8 @@ class Report:
         return [job.job for job in self.jobs if job.last_status == "running"]
 
 
-def run(
-    settings: Settings,
-    *,
-    service: str | None,
-    as_json: bool,
-    out: TextIO,
-    descriptions: Mapping[str, str] | None = None,
-) -> int:
-    """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable.
-
-    `descriptions`: each job's, by name, as this process's configuration declares them.
-    """
+def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
+    """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
     try:
         with _connect(settings) as conn:
             report = replace(gather(conn, service), concurrency=settings.concurrency)
@@ -123,8 +108,6 @@ def run(
         error = db.describe_error(exc)
         report_unreachable(settings, get_logger(), error, timeout_s=CONNECT_TIMEOUT_S)
         return EXIT_UNREACHABLE
-    jobs = [job.described(descriptions or {}) for job in report.jobs]
-    report = replace(report, jobs=jobs)
     out.write(render_json(report) if as_json else render_table(report))
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
 
@@ -200,7 +183,43 @@ def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
         runs=row["runs"],
         successes=row["successes"],
         failures=row["failures"],
+        description=describe(row),
     )
+
+
+def describe(row: dict[str, Any]) -> str | None:
+    """A job's description: a runtime job's definition's, a built-in job's own, or a jobs
+    file job's, read from the file its row names (`declared_in`) where this process runs."""
+    if row["definition"] is not None:
+        return row["definition"].get("description") or None
+    if row["source"] == "system":
+        builtin = JOBS.get(row["job"])
+        return None if builtin is None else builtin.description
+    if row["declared_in"] is None:
+        return None
+    return _declared_descriptions(Path(row["declared_in"])).get(row["job"])
+
+
+_DESCRIPTIONS: dict[Path, tuple[int, dict[str, str]]] = {}  # by file: its mtime, its texts
+
+
+def _declared_descriptions(path: Path) -> dict[str, str]:
+    """The descriptions a jobs file declares, read again only when it changed; none when it
+    cannot be read here (its valid entries' when some are broken)."""
+    try:
+        changed_ns = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    known = _DESCRIPTIONS.get(path)
+    if known is not None and known[0] == changed_ns:
+        return known[1]
+    try:
+        declared = jobfile.load(path, tuple(JOBS)).declared
+    except jobfile.JobsFileError:
+        declared = ()
+    texts = {job.name: job.description for job in declared if job.description}
+    _DESCRIPTIONS[path] = (changed_ns, texts)
+    return texts
 
 
 def _period(seconds: int | None) -> timedelta | None:
