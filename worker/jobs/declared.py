@@ -66,7 +66,8 @@ def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
     """One declared run: up to 1 + `retries` attempts, `retry_delay` apart (a server's
     Retry-After, up to the policy's cap, instead when it gives one).
 
-    A dry run starts nothing: what the job would do cannot be previewed without doing it.
+    A dry run does not do the job (what it would do cannot be previewed without doing it):
+    it fails only for what `preflight` finds.
     """
     if ctx.dry_run:
         problem = preflight(job, token)
