@@ -10,8 +10,10 @@ import sys
 import threading
 import time
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.support.fakes import Reply, Request, serving, usage_body
@@ -191,3 +193,114 @@ def test_the_test_helper_notices_lines_no_test_expected() -> None:
     allowed = WorkerProcess(["--version"], {}, expect_noise=True)
     assert allowed.wait() == 0
     assert allowed.noise() == []
+
+
+def test_help_names_what_each_service_runs() -> None:
+    done = run_worker("--help")
+
+    assert done.returncode == 0, done.stderr
+    assert "()" not in done.stdout
+    assert "run the jobs service as a daemon (the jobs file's jobs, and runtime jobs)" in (
+        " ".join(done.stdout.split())
+    )
+
+
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    """No database configured: the embedded one under `data_dir`."""
+    env = worker_env(WORKER_DATA_DIR=str(data_dir))
+    env.pop("WORKER_JOBS_FILE", None)
+    return env
+
+
+def test_status_on_a_fresh_data_directory_creates_nothing_and_says_so(tmp_path: Path) -> None:
+    data_dir = tmp_path / "w"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        cwd=ROOT,
+        env=embedded_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr  # no jobs registered: healthy, as the README says
+    assert done.stdout.startswith("healthy\nno jobs registered: the embedded database ")
+    assert f"{data_dir / 'pgdata'} does not exist yet" in done.stdout
+    assert "JOB" not in done.stdout  # no header of an empty table
+    assert not data_dir.exists()  # no initdb, no folder
+
+
+def test_status_of_a_database_without_jobs_prints_no_empty_table(db_url: str) -> None:
+    done = run_worker("status", DATABASE_URL=db_url)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == [
+        "healthy",
+        "no jobs registered: no service has started on this database yet",
+    ]
+    assert "JOB" not in done.stdout
+
+
+@pytest.mark.slow  # an initdb of its own
+def test_status_reads_an_embedded_database_without_migrating_it_and_db_stop_says_what_it_did(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "w"
+    env = embedded_env(data_dir)
+
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    url = worker("db", "url")  # creates the database, applies no migration, leaves it running
+    assert url.returncode == 0, url.stderr
+    try:
+        done = worker("status")
+        assert done.returncode == 0, done.stderr
+        assert "no jobs registered" in done.stdout
+        assert "JOB" not in done.stdout
+        assert worker("db", "url").returncode == 0  # status, its last user, stopped it: again
+        with psycopg.connect(url.stdout.strip(), autocommit=True) as conn:
+            row = conn.execute("SELECT to_regclass('worker_jobs') AS t").fetchone()
+        assert row == (None,)  # status created no table
+    finally:
+        stopped = worker("db", "stop")
+    assert (stopped.returncode, stopped.stdout) == (
+        0,
+        f"stopped the embedded server at {data_dir / 'pgdata'}\n",
+    )
+    again = worker("db", "stop")
+    assert (again.returncode, again.stdout) == (
+        0,
+        f"the embedded server at {data_dir / 'pgdata'} was not running\n",
+    )
+
+
+def test_a_jobs_file_that_cannot_be_parsed_blocks_neither_db_nor_status(tmp_path: Path) -> None:
+    jobs_file = tmp_path / "worker.toml"
+    jobs_file.write_text('[jobs.etl]\nschedule = "every 1h"\nsql = SELECT 1\n', encoding="utf-8")
+    env = {**embedded_env(tmp_path / "w"), "WORKER_JOBS_FILE": str(jobs_file)}
+
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    stopped = worker("db", "stop")
+    assert (stopped.returncode, stopped.stderr) == (0, ""), stopped.stderr
+    assert stopped.stdout.endswith("was not running\n")
+    assert worker("status").returncode == 0
+    refused = worker("quota", "--once")  # any service: the broken part may hold its jobs
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"worker: error: {jobs_file}: not valid TOML: ")

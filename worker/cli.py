@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from . import db, embedded, jobcli, jobscheck, logs, registry, service, settings, status
+from . import db, dbcli, jobcli, jobscheck, logs, registry, service, settings
 from .daemon import Daemon
 from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"worker {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SERVICES:
-        jobs = ", ".join(spec.name for spec in jobs_of(name))
-        daemon = sub.add_parser(name, help=f"run the {name} service as a daemon ({jobs})")
+        daemon = sub.add_parser(name, help=_service_help(name))
         daemon.add_argument("--once", action="store_true", help="run each job once, then exit")
         daemon.add_argument(
             "--due",
@@ -52,9 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--request", action="store_true", help="ask the running service to run it instead"
     )
     _dry_run_flag(run)
-    sub.add_parser(
+    check = sub.add_parser(
         "jobs-check",
         help="validate the jobs file; print each job, its schedule and next due times",
+    )
+    check.add_argument(
+        "--import",
+        dest="require_imports",
+        action="store_true",
+        help="a python job whose package is not importable here is an error, not a note",
     )
     migrate = sub.add_parser("migrate", help="create or upgrade the worker's tables")
     migrate.add_argument(
@@ -64,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
         flag.add_argument("job", metavar="JOB")
     jobcli.add_parser(sub)
-    _embedded_commands(sub)
+    dbcli.add_parser(sub)
     report = sub.add_parser("status", help="each job's last run, next due time and health")
     report.add_argument("--json", action="store_true", help="print the status as JSON")
     report.add_argument("--service", metavar="NAME", help="only the jobs of this service")
@@ -74,15 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _embedded_commands(sub: Any) -> None:
-    embedded_db = sub.add_parser(
-        "db", help="the embedded PostgreSQL (no database configured, outside production)"
-    )
-    verbs = embedded_db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    psql = verbs.add_parser("psql", help="psql on it, starting it for as long as psql runs")
-    psql.add_argument("psql_args", nargs="*", metavar="ARGS", help="passed on to psql")
-    verbs.add_parser("url", help="print its connection URL, starting it and leaving it running")
-    verbs.add_parser("stop", help="stop it, unless a worker process still uses it")
+def _service_help(name: str) -> str:
+    if name == "jobs":
+        return "run the jobs service as a daemon (the jobs file's jobs, and runtime jobs)"
+    if name == "all":
+        return "run every job in one process (built-in, the jobs file's, and runtime jobs)"
+    jobs = ", ".join(spec.name for spec in jobs_of(name))
+    return f"run the {name} service as a daemon ({jobs})"
 
 
 def _version() -> str:
@@ -134,12 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = settings.load_environment()
     args = parse_arguments(sys.argv[1:] if argv is None else argv, env)
     try:
-        config, jobs = _configure(args, env)
+        config, loaded = _configure(args, env)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    config = _one_shot_timeout(args, env, config)
+    config, jobs = _one_shot_timeout(args, env, config), loaded.jobs
     if args.command == "jobs-check":
-        return jobscheck.run(config, jobs, out=sys.stdout)
+        return jobscheck.run(config, loaded, out=sys.stdout, require_imports=args.require_imports)
     logs.SECRETS.add(
         [
             config.replenish_api_token,
@@ -157,17 +160,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         if args.command == "db":
-            return _embedded_db(args, config)
-        config = _with_database(config)
+            return dbcli.run(args, config)
+        if args.command == "status":
+            return dbcli.status(args, config)
+        config = dbcli.with_database(config)
     except ConfigError as exc:
         return _usage_error(str(exc))
+    _report_run_time_problems(args, loaded)
     return _dispatch(args, config, jobs)
 
 
 def _configure(
     args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[Settings, dict[str, JobSpec]]:
-    """Settings and jobs, every argument checked: ConfigError before anything runs."""
+) -> tuple[Settings, registry.Loaded]:
+    """Settings and jobs, every argument checked: ConfigError before anything runs.
+
+    The jobs file stops only what would run a job it garbles (README, "Your own jobs").
+    """
     service_name = args.command if args.command in SERVICES else None
     config = settings.from_env(
         env,
@@ -175,9 +184,13 @@ def _configure(
         stdout_is_tty=sys.stdout.isatty(),
         need_database=args.command != "jobs-check",
     )
-    # Neither checking the jobs file nor managing runtime jobs needs its jobs' tokens.
-    jobs = registry.resolve(config, env, need_tokens=args.command not in ("jobs-check", "job"))
-    _check_job_argument(args, jobs, config)
+    loaded = registry.load(config, env)
+    blocking = loaded.blocking(service_name) if service_name is not None else []
+    if blocking:
+        more = f" (and {len(blocking) - 1} more: see jobs-check)" if len(blocking) > 1 else ""
+        raise ConfigError(blocking[0].message + more)
+    jobs = loaded.jobs
+    _check_job_argument(args, loaded, config)
     _check_service_argument(args)
     if getattr(args, "due", False) and not args.once:
         raise ConfigError("--due: only with --once")
@@ -191,7 +204,20 @@ def _configure(
                 else ""
             )
         )
-    return config, jobs
+    return config, loaded
+
+
+def _report_run_time_problems(args: argparse.Namespace, loaded: registry.Loaded) -> None:
+    """A job this command runs that will fail for want of its token variable: one event and
+    one line now, and each of its runs fails saying so; the other jobs run."""
+    if args.command in SERVICES:
+        names = {spec.name for spec in registry.select(loaded.jobs, args.command)}
+    else:
+        names = {args.job} if args.command == "run" else set()
+    for problem in loaded.problems:
+        if not problem.at_start and problem.job in names:
+            logs.get_logger().error("job_misconfigured", job=problem.job, error=problem.message)
+            logs.say_error(f"{problem.message}: the job's runs fail until it is set")
 
 
 def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpec]) -> int:
@@ -205,18 +231,19 @@ def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpe
         return _run_job(config, jobs[args.job], request=args.request, dry_run=args.dry_run)
     if args.command == "migrate":
         return _migrate(config, app_tables=args.app_tables)
-    if args.command == "status":
-        return status.run(config, service=args.service, as_json=args.json, out=sys.stdout)
     if args.command == "job":
         return jobcli.run(args, config, jobs, _on_database)
     return _set_paused(config, args.job, paused=args.command == "pause")
 
 
 def _check_job_argument(
-    args: argparse.Namespace, jobs: Mapping[str, JobSpec], config: Settings
+    args: argparse.Namespace, loaded: registry.Loaded, config: Settings
 ) -> None:
-    job = getattr(args, "job", None)
-    if job is not None and job not in jobs:
+    job, jobs = getattr(args, "job", None), loaded.jobs
+    problem = None if job is None else loaded.problem_of(job)
+    if problem is not None and args.command == "run":
+        raise ConfigError(problem.message)
+    if job is not None and job not in jobs and problem is None:
         raise ConfigError(f"JOB: unknown job {job!r}; known jobs: {', '.join(jobs)}")
     variable = jobs[job].missing(config) if job is not None and args.command == "run" else None
     if variable is not None:
@@ -231,42 +258,6 @@ def _check_service_argument(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--service: unknown service {name!r}; known services: {', '.join(SERVICES)}"
         )
-
-
-def _with_database(config: Settings) -> Settings:
-    """Start the embedded server when no database is configured (outside production only)."""
-    if config.database.source != "embedded":
-        return config
-    log = logs.get_logger()
-    log.info("embedded_database_starting", data_dir=str(config.database.embedded_dir))
-    config = replace(config, database=embedded.start(config.database))
-    with db.connect(config.database) as conn:
-        applied = db.migrate(conn, app_tables=True)
-    # Reported here, where they happen: later steps find nothing left to apply.
-    log.info("embedded_database_ready", db_host=config.database.host, migrations_applied=applied)
-    return config
-
-
-def _embedded_db(args: argparse.Namespace, config: Settings) -> int:
-    """`worker db psql|url|stop`: the embedded server between runs."""
-    database = config.database
-    if database.source != "embedded":
-        raise ConfigError(
-            f"db: only for the embedded database; this process uses {database.source} "
-            f"(db_host={database.host})"
-        )
-    if args.db_command == "psql":
-        return embedded.psql(_with_database(config).database, args.psql_args)
-    if args.db_command == "url":
-        print(embedded.start(database, stop_at_exit=False).conninfo)
-        return EXIT_OK
-    users = embedded.stop(database)
-    if users:
-        logs.say_error(
-            f"the embedded server is in use by worker processes {users}; stop them first"
-        )
-        return EXIT_FAILURE
-    return EXIT_OK
 
 
 def _migrate(config: Settings, *, app_tables: bool) -> int:

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,25 @@ def start(database: Database, *, stop_at_exit: bool = True) -> Database:
     """
     server = _server(database, stop_at_exit=stop_at_exit)
     return replace(database, conninfo=server.get_uri())
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What `stop` did: stopped a running server, found none, or left it to its users."""
+
+    was_running: bool
+    users: list[int] = field(default_factory=list)  # live worker processes: not stopped
+
+
+def exists(database: Database) -> bool:
+    """Whether the data folder holds a database (`initdb` has run there); looks only."""
+    return (_pgdata(database) / "PG_VERSION").is_file()
+
+
+def location(database: Database) -> str:
+    """The data folder, as WORKER_DATA_DIR names it, for people."""
+    assert database.embedded_dir is not None
+    return str(database.embedded_dir / "pgdata")
 
 
 def running_pid(database: Database) -> int | None:
@@ -46,15 +65,16 @@ def psql(database: Database, args: list[str]) -> int:
     return subprocess.run([str(POSTGRES_BIN_PATH / "psql"), conninfo, *args]).returncode
 
 
-def stop(database: Database) -> list[int]:
-    """Stop the server unless live worker processes still use it; return their pids."""
+def stop(database: Database) -> Stopped:
+    """Stop the server unless live worker processes still use it (their pids are in the
+    answer); a server that is not running is left alone."""
     if running_pid(database) is None:
-        return []
+        return Stopped(was_running=False)
     server = _server(database, stop_at_exit=True)
     users = [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]
     if not users:
         server.cleanup()  # this process is the last user: the server stops (pg_ctl -w stop)
-    return users
+    return Stopped(was_running=True, users=users)
 
 
 def _server(database: Database, *, stop_at_exit: bool) -> Any:

@@ -1,7 +1,8 @@
 """The jobs file (`WORKER_JOBS_FILE`, default `./worker.toml`): declared jobs and overrides.
 
-Read with `tomllib` and validated whole before anything runs; every error names the
-offending `jobs.NAME.KEY` (or the line where the TOML itself is broken).
+Read with `tomllib` and validated before anything runs, entry by entry: every error names
+the offending `jobs.NAME.KEY` (or the line where the TOML itself is broken). What a broken
+entry stops is the registry's and the command line's to say (README, "Your own jobs").
 """
 
 from __future__ import annotations
@@ -137,31 +138,55 @@ _KIND_OF: dict[type, str] = {
 
 
 @dataclass(frozen=True)
+class Broken:
+    """An entry of the file that is invalid: only the services that run it refuse to start.
+
+    `service` is what the entry (or `[defaults]`, for a declared job) names as its service,
+    as written (None when it names none); the error may be that very value.
+    """
+
+    name: str
+    error: str  # `jobs.NAME.KEY: why`
+    service: Any = None
+
+
+@dataclass(frozen=True)
 class JobsFile:
     overrides: tuple[Override, ...] = ()
     declared: tuple[Declared, ...] = ()
+    broken: tuple[Broken, ...] = ()
 
 
 def load(path: Path, builtin_jobs: tuple[str, ...]) -> JobsFile:
-    """Parse and validate the file at `path`."""
+    """Parse and validate the file at `path`.
+
+    JobsFileError when the file as a whole cannot be read (unreadable, not TOML, a bad
+    `[defaults]`); an invalid entry is in `broken`, and the others load.
+    """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise JobsFileError(f"cannot read {path}: {exc.strerror}") from None
+        raise JobsFileError(f"cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise JobsFileError(f"{path} is not valid TOML: {exc}") from None
+        raise JobsFileError(f"not valid TOML: {exc}") from None
     _only_keys("", document, ("defaults", "jobs"))
     defaults = _table("defaults", document.get("defaults", {}))
     _only_keys("defaults", defaults, DEFAULTS_KEYS)
     _check_common("defaults", defaults)
-    overrides, declared = [], []
+    overrides, declared, broken = [], [], []
     for name, raw in _table("jobs", document.get("jobs", {})).items():
-        entry = _table(f"jobs.{name}", raw)
-        if name in builtin_jobs:
-            overrides.append(_override(name, entry))
-        else:
-            declared.append(_declared(name, {**defaults, **entry}))
-    return JobsFile(tuple(overrides), tuple(declared))
+        builtin = name in builtin_jobs
+        try:
+            entry = _table(f"jobs.{name}", raw)
+            if builtin:
+                overrides.append(_override(name, entry))
+            else:
+                declared.append(_declared(name, {**defaults, **entry}))
+        except JobsFileError as exc:
+            written = raw if isinstance(raw, dict) else {}
+            service = written.get("service", None if builtin else defaults.get("service"))
+            broken.append(Broken(name, str(exc), service))
+    return JobsFile(tuple(overrides), tuple(declared), tuple(broken))
 
 
 def _override(name: str, entry: Mapping[str, Any]) -> Override:

@@ -38,6 +38,7 @@ class JobSpec:
     policy: Policy = DEFAULT_POLICY  # late, overlapping and owed occurrences
     source: str = "system"  # or `file` (the jobs file's), or `runtime` (created through the API)
     declared_in: str | None = None  # the jobs file that declares it
+    description: str | None = None  # for people: jobs-check, status --json, the dashboard
 
     def starts(self, settings: Settings) -> str:
         """What this job does when its service starts (ARCHITECTURE.md, "At start...")."""
@@ -73,16 +74,28 @@ JOBS: dict[str, JobSpec] = {
             "quota",
             quota.run_once,
             _every(lambda s: s.quota_update_interval_hours * 3600),
+            description="refresh each Tavily key's remaining quota",
         ),
-        JobSpec(cleanup.TOKENS, "cleanup", cleanup.clean_tokens, _every(lambda s: 3600)),
         JobSpec(
-            cleanup.SESSIONS, "cleanup", cleanup.clean_sessions, _daily(lambda s: s.cleanup_at)
+            cleanup.TOKENS,
+            "cleanup",
+            cleanup.clean_tokens,
+            _every(lambda s: 3600),
+            description="delete expired refresh and password-reset tokens",
+        ),
+        JobSpec(
+            cleanup.SESSIONS,
+            "cleanup",
+            cleanup.clean_sessions,
+            _daily(lambda s: s.cleanup_at),
+            description="delete aged-out scrape sessions",
         ),
         JobSpec(
             cleanup.CONTENT,
             "cleanup",
             cleanup.clean_content,
             _daily(lambda s: s.cleanup_content_at, weekday="0"),
+            description="delete aged-out Reddit comments, then posts",
         ),
         JobSpec(
             cleanup.HISTORY,
@@ -90,6 +103,7 @@ JOBS: dict[str, JobSpec] = {
             cleanup.clean_history,
             _daily(lambda s: s.cleanup_at),
             check=cleanup.check_extra_rules,
+            description="delete the worker's aged-out runs and alerts, and CLEANUP_EXTRA_RULES",
         ),
         JobSpec(
             replenish.NAME,
@@ -97,12 +111,14 @@ JOBS: dict[str, JobSpec] = {
             replenish.run_once,
             _every(lambda s: s.replenish_interval_minutes * 60),
             missing=lambda s: None if s.replenish_api_url else "REPLENISH_API_URL",
+            description="top up campaigns below their low watermark",
         ),
         JobSpec(
             leases.NAME,
             "replenish",
             leases.run_once,
             _every(lambda s: s.lease_recovery_interval_minutes * 60),
+            description="release stock leases that expired unconfirmed",
         ),
     )
 }
@@ -149,37 +165,94 @@ def jobs_of(service: str, settings: Settings | None = None) -> list[JobSpec]:
     return select(JOBS if settings is None else resolve(settings), service)
 
 
-def resolve(
-    settings: Settings, env: Mapping[str, str] | None = None, *, need_tokens: bool = True
-) -> dict[str, JobSpec]:
+def resolve(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, JobSpec]:
+    """Every job as configured (`load`), ConfigError for the first problem of the jobs file,
+    a token variable that is not set included: for callers that run every job."""
+    loaded = load(settings, env)
+    if loaded.problems:
+        raise ConfigError(loaded.problems[0].message)
+    return loaded.jobs
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What keeps a job, or with `job` None the whole jobs file, from running as declared."""
+
+    message: str  # one line: the file read, then `jobs.NAME.KEY: why`
+    job: str | None = None  # None: the file as a whole (any job's settings may be in it)
+    services: tuple[str, ...] | None = None  # those that would run the job; None: unknown
+    at_start: bool = True  # False: only the job's runs fail (a token variable not set)
+
+    def blocks(self, service: str) -> bool:
+        """Whether `service` must refuse to start: it would run a job the file garbles."""
+        unknown = self.services is None
+        return self.at_start and (service == ALL or unknown or service in (self.services or ()))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The jobs as configured, and the problems of the jobs file (none: all valid)."""
+
+    jobs: dict[str, JobSpec]
+    problems: tuple[Problem, ...] = ()
+    declared: tuple[jobfile.Declared, ...] = ()  # the jobs file's valid declarations
+
+    def blocking(self, service: str) -> list[Problem]:
+        return [problem for problem in self.problems if problem.blocks(service)]
+
+    def problem_of(self, job: str) -> Problem | None:
+        """Why `job` cannot run as declared: its entry, or the whole file, is invalid."""
+        found = (p for p in self.problems if p.at_start and p.job in (None, job))
+        return next(found, None)
+
+
+def load(settings: Settings, env: Mapping[str, str] | None = None) -> Loaded:
     """Every job as configured: the built-ins with the jobs file's overrides applied, then
-    the declared jobs. `env` holds the variables `token_env` names (default: os.environ);
-    a variable that is not set is a ConfigError unless `need_tokens` is false.
+    the declared jobs, and what is wrong with the file. An invalid entry leaves its job
+    out (a built-in one keeps its own settings); an unreadable file leaves only the
+    built-ins, as they are. `env` holds the variables `token_env` names (default: os.environ); a job
+    whose variable is not set is kept, without its token (its runs fail, saying so).
     """
-    if settings.jobs_file is None:
-        return dict(JOBS)
+    path = settings.jobs_file
+    if path is None:
+        return Loaded(dict(JOBS))
     try:
-        loaded = jobfile.load(settings.jobs_file, tuple(JOBS))
+        loaded = jobfile.load(path, tuple(JOBS))
     except jobfile.JobsFileError as exc:
-        raise ConfigError(f"WORKER_JOBS_FILE: {exc}") from None
+        return Loaded(dict(JOBS), (Problem(f"{path}: {exc}"),))
     jobs = dict(JOBS)
+    problems = [
+        Problem(f"{path}: {broken.error}", broken.name, _services_of(broken))
+        for broken in loaded.broken
+    ]
     for override in loaded.overrides:
         jobs[override.job] = _overridden(jobs[override.job], override)
     for job in loaded.declared:
-        spec = _declared_spec(job, os.environ if env is None else env, need_tokens)
-        jobs[job.name] = replace(spec, declared_in=str(settings.jobs_file))
-    return jobs
+        spec = _declared_spec(job, os.environ if env is None else env)
+        jobs[job.name] = replace(spec, declared_in=str(path))
+        variable = job.action.token_env if isinstance(job.action, HttpCall) else None
+        if variable and not spec.secrets:
+            where = f"jobs.{job.name}.http.token_env"
+            message = f"{path}: {where}: the variable {variable} is not set"
+            problems.append(Problem(message, job.name, (job.service,), at_start=False))
+    return Loaded(jobs, tuple(problems), loaded.declared)
 
 
-def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: bool) -> JobSpec:
+def _services_of(broken: jobfile.Broken) -> tuple[str, ...] | None:
+    """The services that would run a broken entry's job (a built-in's own, and the one the
+    entry moves it to); None when that cannot be told (the `service` is the mistake)."""
+    own = (JOBS[broken.name].service,) if broken.name in JOBS else ()
+    if broken.service is None:
+        return own or ("jobs",)
+    if broken.service not in jobfile.SERVICES:
+        return None
+    return tuple(dict.fromkeys((*own, broken.service)))
+
+
+def _declared_spec(job: jobfile.Declared, env: Mapping[str, str]) -> JobSpec:
     token = None
     if isinstance(job.action, HttpCall) and job.action.token_env:
-        token = env.get(job.action.token_env)
-        if not token and need_tokens:
-            raise ConfigError(
-                f"WORKER_JOBS_FILE: jobs.{job.name}.http.token_env: the variable "
-                f"{job.action.token_env} is not set"
-            )
+        token = env.get(job.action.token_env) or None
     text, zone = job.schedule, job.timezone
     return JobSpec(
         job.name,
@@ -192,6 +265,7 @@ def _declared_spec(job: jobfile.Declared, env: Mapping[str, str], need_tokens: b
         secrets=(token,) if token else (),
         policy=job.policy,
         source="file",
+        description=job.description,
     )
 
 

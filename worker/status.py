@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import psycopg
 
-from . import db, schedules
+from . import db, jobfile, schedules
 from .logs import get_logger
+from .registry import JOBS
 from .service import report_unreachable
 from .settings import Settings
 from .store import processes, reads
@@ -55,6 +57,7 @@ class JobStatus:
     progress_done: int | None = None  # of the last run, while it runs (its `progress`)
     progress_total: int | None = None
     checked_at: datetime | None = None  # the database's time of the read
+    description: str | None = None  # for people (`describe`)
 
     @property
     def running_ms(self) -> int | None:
@@ -117,6 +120,14 @@ def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) 
         return EXIT_UNREACHABLE
     out.write(render_json(report) if as_json else render_table(report))
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
+
+
+def report_empty(settings: Settings, why: str, *, as_json: bool, out: TextIO) -> int:
+    """No database to read yet (`why`): no jobs registered, healthy (exit 0), as a database
+    the worker never migrated; nothing is created."""
+    report = Report(datetime.now(UTC), [], concurrency=settings.concurrency)
+    out.write(render_json(report) if as_json else render_table(report, why))
+    return EXIT_HEALTHY
 
 
 def gather(
@@ -185,7 +196,43 @@ def _judge(row: dict[str, Any], now: datetime) -> JobStatus:
         progress_done=row["progress_done"],
         progress_total=row["progress_total"],
         checked_at=now,
+        description=describe(row),
     )
+
+
+def describe(row: dict[str, Any]) -> str | None:
+    """A job's description: a runtime job's definition's, a built-in job's own, or a jobs
+    file job's, read from the file its row names (`declared_in`) where this process runs."""
+    if row["definition"] is not None:
+        return row["definition"].get("description") or None
+    if row["source"] == "system":
+        builtin = JOBS.get(row["job"])
+        return None if builtin is None else builtin.description
+    if row["declared_in"] is None:
+        return None
+    return _declared_descriptions(Path(row["declared_in"])).get(row["job"])
+
+
+_DESCRIPTIONS: dict[Path, tuple[int, dict[str, str]]] = {}  # by file: its mtime, its texts
+
+
+def _declared_descriptions(path: Path) -> dict[str, str]:
+    """The descriptions a jobs file declares, read again only when it changed; none when it
+    cannot be read here (its valid entries' when some are broken)."""
+    try:
+        changed_ns = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    known = _DESCRIPTIONS.get(path)
+    if known is not None and known[0] == changed_ns:
+        return known[1]
+    try:
+        declared = jobfile.load(path, tuple(JOBS)).declared
+    except jobfile.JobsFileError:
+        declared = ()
+    texts = {job.name: job.description for job in declared if job.description}
+    _DESCRIPTIONS[path] = (changed_ns, texts)
+    return texts
 
 
 def _period(seconds: int | None) -> timedelta | None:
@@ -268,6 +315,7 @@ def job_dict(job: JobStatus) -> dict[str, Any]:
         "running": None
         if job.running_ms is None
         else {"elapsed_ms": job.running_ms, "done": job.progress_done, "total": job.progress_total},
+        "description": job.description,
     }
 
 
@@ -285,14 +333,17 @@ _COLUMNS = (
 )
 
 
-def render_table(report: Report) -> str:
-    """An aligned table, then one verdict line naming every unhealthy or paused job."""
+def render_table(report: Report, why_empty: str | None = None) -> str:
+    """An aligned table, then one verdict line naming every unhealthy or paused job; no
+    table when no job is registered (`why_empty`: why none can be)."""
     cells = [_COLUMNS, *(_table_row(job) for job in report.jobs)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     ]
-    return "\n".join([*lines, "", *_verdict(report), "", *_capacity(report)]) + "\n"
+    table = [*lines, ""] if report.jobs else []
+    verdict = _verdict(report, why_empty)
+    return "\n".join([*table, *verdict, "", *_capacity(report)]) + "\n"
 
 
 def _table_row(job: JobStatus) -> tuple[str, ...]:
@@ -311,7 +362,7 @@ def _table_row(job: JobStatus) -> tuple[str, ...]:
     )
 
 
-def _verdict(report: Report) -> list[str]:
+def _verdict(report: Report, why_empty: str | None = None) -> list[str]:
     reasons = {
         "failed": "its last completed run failed",
         "stale": f"no success or partial run within {STALE_AFTER_PERIODS} x its period",
@@ -320,7 +371,8 @@ def _verdict(report: Report) -> list[str]:
     unhealthy = [f"  {job.job}: {reasons[job.health]}" for job in report.jobs if not job.healthy]
     lines = ["healthy" if report.healthy else "UNHEALTHY", *unhealthy]
     if not report.jobs:
-        lines.append("no jobs registered: no service has started on this database yet")
+        why = why_empty or "no service has started on this database yet"
+        lines.append(f"no jobs registered: {why}")
     paused = [job.job for job in report.jobs if job.paused]
     if paused:
         lines.append(

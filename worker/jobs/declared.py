@@ -14,12 +14,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import db, http_client
+from .. import db, handlers, http_client
 from ..inflight import map_unordered
 from ..jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
 from ..logs import SECRETS
@@ -66,13 +66,39 @@ def run(ctx: JobContext, job: Declared, token: str | None = None) -> None:
     """One declared run: up to 1 + `retries` attempts, `retry_delay` apart (a server's
     Retry-After, up to the policy's cap, instead when it gives one).
 
-    A dry run starts nothing: what the job would do cannot be previewed without doing it.
+    A dry run does not do the job (what it would do cannot be previewed without doing it):
+    it fails only for what `preflight` finds.
     """
     if ctx.dry_run:
+        problem = preflight(job, token)
+        if problem is not None:
+            _record(ctx, job, Attempt(False, error=problem, retryable=False))
+            return
         ctx.log.info("declared_job_would_run", job=job.name, kind=job.kind)
         ctx.result.ok()
         return
     _record(ctx, job, _attempts(ctx, job, token))
+
+
+def preflight(job: Declared, token: str | None) -> str | None:
+    """What a dry run can check without doing the job: its token variable is set, a python
+    job's function imports (in a child, never called). Why it cannot run, or None."""
+    action = job.action
+    if isinstance(action, PythonCall) and not action.handler:
+        return import_errors([action.target]).get(action.target)
+    return _missing_token(job, token)
+
+
+def import_errors(targets: Sequence[str], cwd: Path | None = None) -> dict[str, str | None]:
+    """Each `module:function` imported, never called, by a child interpreter in `cwd` (the
+    working directory by default, on its `sys.path` as when the job runs): None when it
+    imports and is a function a keyword call reaches, else why not."""
+    catalogue = handlers.load_catalogue(list(targets), Path.cwd() if cwd is None else cwd)
+    found = {target: catalogue.get(target) for target in targets}
+    return {
+        target: "not inspected" if handler is None else handler.error
+        for target, handler in found.items()
+    }
 
 
 def _attempts(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
@@ -114,7 +140,19 @@ def _attempt(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
 
 def _run_http(ctx: JobContext, job: Declared, token: str | None) -> Attempt:
     assert isinstance(job.action, HttpCall)
+    missing = _missing_token(job, token)
+    if missing is not None:
+        return Attempt(False, error=missing, retryable=False)
     return _http(ctx, job.action, token, job.timeout_s)
+
+
+def _missing_token(job: Declared, token: str | None) -> str | None:
+    """Why the job cannot send its request: the variable its `token_env` names is not set
+    where this process runs (never sent without it: the app would see an anonymous call)."""
+    variable = job.action.token_env if isinstance(job.action, HttpCall) else None
+    if not variable or token:
+        return None
+    return f"the variable {variable} (jobs.{job.name}.http.token_env) is not set in this process"
 
 
 def _run_command(ctx: JobContext, job: Declared, token: str | None) -> Attempt:

@@ -250,12 +250,11 @@ class Reader:
         return self.choice(name, allowed[0], allowed)
 
     def jobs_file(self, name: str, default: Path) -> Path | None:
-        """The named file, which must exist; else `default` when it exists; else None."""
+        """The named file; else `default` when it exists; else None. A named file that is
+        missing is the jobs file's problem, reported by what runs its jobs, not here."""
         raw = self._raw(name)
         if raw is None:
             return default if default.is_file() else None
-        if not Path(raw).is_file():
-            raise ConfigError(f"{name}: no such file: {raw}")
         return Path(raw)
 
     def http_port(self) -> int | None:
