@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 PAGE = 50  # rows per page, when `limit` does not say
 MAX_LIMIT = 500
 MAX_TEXT = 200  # a job name or an alert type longer than this is no filter
-DAYS = 7  # the runs page's one-click days: today and the six before
+WEEK = 7  # the runs page's one-click days: today and the 7 before (last Tuesday, any day)
 RUN_FILTERS = ("job", "status", "trigger", "since", "until")
 ALERT_FILTERS = ("type", "job", "open", "since", "until")
 STATUSES = tuple(RunStatus)
@@ -86,20 +86,20 @@ class History:
         )
 
     def quick_links(self, args: dict[str, str]) -> list[tuple[str, str, bool]]:
-        """(label, URL, chosen) for one click each: failed runs, the last 7 days, each of
-        them; each keeps the other filters."""
+        """(label, URL, chosen) for one click each: failed runs, since this day last week,
+        each of its days; each keeps the other filters."""
         today = datetime.now(ZoneInfo(self.zone)).date()
-        week = (today - timedelta(days=DAYS - 1)).isoformat()
+        week = (today - timedelta(days=WEEK)).isoformat()
         failed = args.get("status") == RunStatus.FAILED
         links = [
             ("failed", _href("/runs", args, status=None if failed else "failed"), failed),
             (
-                f"last {DAYS} days",
+                f"last {WEEK} days",
                 _href("/runs", args, since=week, until=None),
                 args.get("since") == week and "until" not in args,
             ),
         ]
-        for back in range(DAYS):
+        for back in range(WEEK + 1):
             day = (today - timedelta(days=back)).isoformat()
             label = "today" if back == 0 else (today - timedelta(days=back)).strftime("%a %d %b")
             chosen = args.get("since") == day and args.get("until") == day
