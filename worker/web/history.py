@@ -62,6 +62,7 @@ class History:
             quick=self.quick_links(args),
             next_href=None if after is None else _href("/runs", args, before=str(after)),
             first_href=_href("/runs", args) if filters.before is not None else None,
+            static_page=True,  # no refresh in place: it would reset a form being filled
         )
 
     def api_runs(self, request: Request) -> Response:
@@ -122,6 +123,7 @@ class History:
             next_href=None if after is None else _href("/alerts", args, before=str(after)),
             first_href=_href("/alerts", args) if filters.before is not None else None,
             notice=self.app.notice(request),
+            static_page=True,
         )
 
     def api_alerts(self, request: Request) -> Response:
