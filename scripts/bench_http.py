@@ -7,9 +7,9 @@ embedded PostgreSQL holding 20 jobs in the ledger and 1,000,000 rows in worker_j
 1. 200 sequential requests (keep-alive) to each of `/`, `/api/jobs`, `/jobs/quota` and
    `/metrics`: p50 and p99. Target p99 <= 100 ms (indexed reads, no full scans). The same
    for the searched history: `/runs`, `/runs?status=failed`, one job's runs of one status,
-   a status and a trigger no run has (the walk that finds nothing), `/api/runs` over a
-   day's range ten days back, a later page (`before`, half-way through the history), and
-   `/alerts`.
+   a status and a trigger no run has (the walk that finds nothing), alone and beside a
+   common status or a job, `/api/runs` over a day's range ten days back, a later page
+   (`before`, half-way through the history), and `/alerts`.
 2. Idle RSS of the daemon with the listener on, after its start-up pass and before any
    request (target <= 55 MB); for comparison the same without the listener, and with it
    after the requests above (figures).
@@ -262,6 +262,8 @@ def history_paths(url: str) -> list[str]:
         "/runs?job=bench_job_05&status=partial",
         "/api/runs?status=cancelled&limit=50",
         "/api/runs?trigger=retry&limit=50",
+        "/api/runs?status=failed&trigger=manual&limit=50",
+        "/api/runs?job=bench_job_05&trigger=manual&limit=50",
         f"/api/runs?since={day}&until={day}&limit=50",
         f"/runs?status=failed&before={row['id']}",
         f"/api/runs?job=bench_job_05&limit=50&before={row['id']}",

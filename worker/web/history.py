@@ -30,8 +30,9 @@ PAGE = 50  # rows per page, when `limit` does not say
 MAX_LIMIT = 500
 MAX_TEXT = 200  # a job name or an alert type longer than this is no filter
 WEEK = 7  # the runs page's one-click days: today and the 7 before (last Tuesday, any day)
-RUN_FILTERS = ("job", "status", "trigger", "since", "until")
-ALERT_FILTERS = ("type", "job", "open", "since", "until")
+# What a page's links keep of its query: the filters and the page size.
+RUN_ARGS = ("job", "status", "trigger", "since", "until", "limit")
+ALERT_ARGS = ("type", "job", "open", "since", "until", "limit")
 STATUSES = tuple(RunStatus)
 TRIGGERS = tuple(Trigger)
 
@@ -51,7 +52,7 @@ class History:
     def runs_page(self, request: Request) -> Response:
         filters = self.run_filters(request.args)
         rows, after = self.read_runs(filters, _limit(request.args, PAGE))
-        args = _kept(request.args, RUN_FILTERS)
+        args = _kept(request.args, RUN_ARGS)
         return self.app.render(
             "runs.html",
             runs=rows,
@@ -112,7 +113,7 @@ class History:
     def alerts_page(self, request: Request) -> Response:
         filters = self.alert_filters(request.args)
         rows, after = self.read_alerts(filters, _limit(request.args, PAGE))
-        args = _kept(request.args, ALERT_FILTERS)
+        args = _kept(request.args, ALERT_ARGS)
         return self.app.render(
             "alerts.html",
             alerts=rows,
