@@ -124,8 +124,8 @@ class App:
         self._templates: Any = None  # loaded on the first page view
         self._templates_lock = threading.Lock()
         self.dashboard_cache: FreshCache[DashboardData] = FreshCache(DASHBOARD_FRESH_S)
-        self.manage = Manage(self, handlers or runtime.Handlers(settings))
         self.history = History(self)
+        self.manage = Manage(self, handlers or runtime.Handlers(settings))
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
