@@ -5,7 +5,11 @@ embedded PostgreSQL holding 20 jobs in the ledger and 1,000,000 rows in worker_j
 (spread over 30 days), and a fake usage API (its own process) answering after 10 ms.
 
 1. 200 sequential requests (keep-alive) to each of `/`, `/api/jobs`, `/jobs/quota` and
-   `/metrics`: p50 and p99. Target p99 <= 100 ms (indexed reads, no full scans).
+   `/metrics`: p50 and p99. Target p99 <= 100 ms (indexed reads, no full scans). The same
+   for the searched history: `/runs`, `/runs?status=failed`, one job's runs of one status,
+   a status and a trigger no run has (the walk that finds nothing), alone and beside a
+   common status or a job, `/api/runs` over a day's range ten days back, a later page
+   (`before`, half-way through the history), and `/alerts`.
 2. Idle RSS of the daemon with the listener on, after its start-up pass and before any
    request (target <= 55 MB); for comparison the same without the listener, and with it
    after the requests above (figures).
@@ -117,6 +121,8 @@ def measure(daemon: WorkerProcess, url: str, base: str, report: Report) -> None:
     report.at_most("idle RSS, listener on", benchlib.mb(idle_kb), MAX_IDLE_RSS_MB, "MB", 1)
     with httpx.Client(base_url=base, timeout=30) as http:
         for path in PATHS:
+            measure_latency(http, path, report)
+        for path in history_paths(url):
             measure_latency(http, path, report)
     report.figure(
         "RSS after the requests",
@@ -239,6 +245,30 @@ def seed_history(url: str) -> None:
         )
         conn.execute("VACUUM ANALYZE worker_job_runs")
         conn.execute("VACUUM ANALYZE worker_jobs")
+
+
+def history_paths(url: str) -> list[str]:
+    """The searched history's pages: the cursor is a run half-way through the history."""
+    with benchlib.connect(url) as conn:
+        row = conn.execute(
+            "SELECT id FROM worker_job_runs WHERE host = 'bench' ORDER BY id OFFSET %s LIMIT 1",
+            (RUNS // 2,),
+        ).fetchone()
+    assert row is not None
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 10 * 86400))
+    return [
+        "/runs",
+        "/runs?status=failed",
+        "/runs?job=bench_job_05&status=partial",
+        "/api/runs?status=cancelled&limit=50",
+        "/api/runs?trigger=retry&limit=50",
+        "/api/runs?status=failed&trigger=manual&limit=50",
+        "/api/runs?job=bench_job_05&trigger=manual&limit=50",
+        f"/api/runs?since={day}&until={day}&limit=50",
+        f"/runs?status=failed&before={row['id']}",
+        f"/api/runs?job=bench_job_05&limit=50&before={row['id']}",
+        "/alerts",
+    ]
 
 
 def count_runs(url: str) -> int:

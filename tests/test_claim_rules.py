@@ -140,9 +140,10 @@ def test_every_route_is_answered_by_a_method_of_the_app() -> None:
     from worker.web.app import ROUTES, URLS, App
 
     assert len(list(URLS.iter_rules())) == len(ROUTES)
+    from worker.web.history import History
     from worker.web.manage import Manage
 
-    owners = {"": App, "manage.": Manage}
+    owners = {"": App, "manage.": Manage, "history.": History}
     for _, handler, _ in ROUTES:
         prefix, _, name = handler.rpartition(".")
         assert callable(getattr(owners[prefix and prefix + "."], name, None)), handler

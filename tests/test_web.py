@@ -118,7 +118,7 @@ def test_every_route_on_loopback_without_a_token(spawn: Spawn, db_url: str, conn
         assert [r["id"] for r in runs] == [run_id]
         run = http.get(f"/api/runs/{run_id}").json()
         assert run["job"] == "quota" and run["status"] == "success" and "output" in run
-        assert http.get("/api/alerts", params={"open": 1}).json() == {"alerts": []}
+        assert http.get("/api/alerts", params={"open": 1}).json() == {"alerts": [], "next": None}
         assert http.get("/healthz").json()["status"] == "ok"
         families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
     paused = families["worker_job_paused"].samples

@@ -10,6 +10,7 @@ queries in `worker/sql/queries/<module>.sql` (ARCHITECTURE.md, "The store").
 - `reads`: what `worker status`, the dashboard, the JSON API and `/metrics` read of the
   ledger and the run history.
 - `watchdog`: the watchdog's read, once a poll, of what may open or close a streak.
+- `history`: the run and alert history searched by filters, page by page.
 
 Job modules keep the SQL of the app tables they own (`quota.sql`, `cleanup.sql`,
 `replenish.sql`).

@@ -36,7 +36,8 @@ def latest_rule_alerts(
 
 
 def listed(conn: Conn, limit: int, *, only_open: bool = False) -> list[dict[str, Any]]:
-    """The latest alerts, newest first (only those nobody acknowledged, if asked)."""
+    """The latest alerts, newest first (only those nobody acknowledged, if asked), each
+    with the `run_id` it is about, if any."""
     if only_open:
         return conn.execute(db.query("alerts.open_alerts"), {"limit": limit}).fetchall()
     return conn.execute(db.query("alerts.alerts"), {"limit": limit}).fetchall()
@@ -46,6 +47,23 @@ def acknowledge(conn: Conn, alert_id: int) -> datetime | None:
     """Acknowledge the alert (again is harmless): when it was, or None if there is none."""
     row = conn.execute(db.query("alerts.ack_alert"), {"id": alert_id}).fetchone()
     return None if row is None else row["acknowledged_at"]
+
+
+def acknowledge_open(
+    conn: Conn,
+    *,
+    type: str | None,
+    job: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    upto: int | None,
+) -> int:
+    """Acknowledge every open alert matching the filters (None: any), none newer than the
+    alert `upto`, in one statement: how many."""
+    params = {"type": type, "job": job, "since": since, "until": until, "upto": upto}
+    row = conn.execute(db.query("alerts.ack_open"), params).fetchone()
+    assert row is not None
+    return int(row["acknowledged"])
 
 
 def change_streaks(

@@ -36,6 +36,7 @@ from ..store import ledger, reads
 from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
+from .history import History
 from .manage import Manage
 from .responses import json_response, jsonable
 
@@ -58,6 +59,7 @@ NOTICES = {  # `?done=` after a form action -> the message shown; the subject is
     "updated": "Saved {}.",
     "deleted": "Deleted {}.",
     "cancelling": "Run {} asked to stop: it ends within a few seconds.",
+    "acknowledged_all": "{} open alerts acknowledged.",
 }
 
 # Every route, once: its rule, the App method that answers it, its HTTP method.
@@ -71,7 +73,7 @@ ROUTES = (
     ("/api/jobs/<job>", "api_job", "GET"),
     ("/api/jobs/<job>/runs", "api_job_runs", "GET"),
     ("/api/runs/<int:run_id>", "api_run", "GET"),
-    ("/api/alerts", "api_alerts", "GET"),
+    ("/api/alerts", "history.api_alerts", "GET"),
     ("/api/processes", "api_processes", "GET"),
     ("/api/jobs/<job>/pause", "pause", "POST"),
     ("/api/jobs/<job>/resume", "resume", "POST"),
@@ -88,6 +90,10 @@ ROUTES = (
     ("/jobs/<job>/delete", "manage.delete_page", "GET"),
     ("/jobs/<job>/delete", "manage.delete", "POST"),  # nor DELETE
     ("/api/alerts/<int:alert_id>/ack", "ack", "POST"),
+    ("/runs", "history.runs_page", "GET"),
+    ("/api/runs", "history.api_runs", "GET"),
+    ("/alerts", "history.alerts_page", "GET"),
+    ("/api/alerts/ack", "history.ack_all", "POST"),
 )
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
 
@@ -119,6 +125,7 @@ class App:
         self._templates: Any = None  # loaded on the first page view
         self._templates_lock = threading.Lock()
         self.dashboard_cache: FreshCache[DashboardData] = FreshCache(DASHBOARD_FRESH_S)
+        self.history = History(self)
         self.manage = Manage(self, handlers or runtime.Handlers(settings))
         self.file_jobs = FileJobs(settings)  # the jobs file's definitions, read on first use
 
@@ -313,13 +320,6 @@ class App:
     def api_run(self, request: Request, run_id: int) -> Response:
         return json_response(jsonable(self.fetch_run(run_id)))
 
-    def api_alerts(self, request: Request) -> Response:
-        only_open = request.args.get("open", "0").lower() in ("1", "true", "yes")
-        limit = _limit(request, default=ALERTS)
-        with self.connections.connection() as conn:
-            rows = alert_store.listed(conn, limit, only_open=only_open)
-        return json_response({"alerts": [jsonable(row) for row in rows]})
-
     def api_processes(self, request: Request) -> Response:
         with self.connections.connection() as conn:
             report = self.report(conn)
@@ -350,6 +350,10 @@ class App:
         self.log.info("alert_acknowledged", alert_id=alert_id, via="http")
         body = {"id": alert_id, "acknowledged_at": status.iso(acknowledged_at)}
         return self.acted(request, "acknowledged", str(alert_id), body)
+
+    def notice(self, request: Request) -> str | None:
+        """The message of a form action's `?done=`, for a page of another module."""
+        return _notice(request)
 
     def acted(
         self, request: Request, done: str, subject: str, body: dict[str, Any], code: int = 200

@@ -14,14 +14,22 @@ SELECT DISTINCT ON (metadata->>'rule') metadata->>'rule' AS rule, type
  ORDER BY metadata->>'rule', id DESC;
 
 -- name: alerts
-SELECT id, type, level, job, message, metadata, created_at, acknowledged_at
+-- `run_id`: the run an alert is about, as the alert path and the watchdog record it in
+-- `metadata` (history.sql's `alerts` reads it the same way).
+SELECT id, type, level, job, message, metadata,
+       CASE WHEN jsonb_typeof(metadata->'run_id') = 'number'
+            THEN (metadata->>'run_id')::bigint END AS run_id,
+       created_at, acknowledged_at
   FROM worker_alerts
  ORDER BY created_at DESC
  LIMIT %(limit)s;
 
 -- name: open_alerts
 -- Those nobody acknowledged yet: walks the partial index of open alerts.
-SELECT id, type, level, job, message, metadata, created_at, acknowledged_at
+SELECT id, type, level, job, message, metadata,
+       CASE WHEN jsonb_typeof(metadata->'run_id') = 'number'
+            THEN (metadata->>'run_id')::bigint END AS run_id,
+       created_at, acknowledged_at
   FROM worker_alerts
  WHERE acknowledged_at IS NULL
  ORDER BY created_at DESC
@@ -32,6 +40,23 @@ UPDATE worker_alerts
    SET acknowledged_at = coalesce(acknowledged_at, now())
  WHERE id = %(id)s
 RETURNING id, acknowledged_at;
+
+-- name: ack_open
+-- "Acknowledge all": every open alert matching the filters (NULL: any) and no newer than
+-- `upto` (the newest one the page showed: one raised since is not acknowledged unseen), in
+-- one statement through the partial index of open alerts; how many.
+WITH acked AS (
+    UPDATE worker_alerts
+       SET acknowledged_at = now()
+     WHERE acknowledged_at IS NULL
+       AND (%(type)s::text IS NULL OR type = %(type)s)
+       AND (%(job)s::text IS NULL OR job = %(job)s)
+       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+       AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+       AND (%(upto)s::bigint IS NULL OR id <= %(upto)s)
+    RETURNING id
+)
+SELECT count(*) AS acknowledged FROM acked;
 
 -- name: change_streaks
 -- The watchdog's streaks (worker_streaks, ARCHITECTURE.md "Watchdog") opened and closed,
