@@ -259,8 +259,10 @@ def test_each_jobs_page_shows_its_definition_with_secrets_masked(
             " VALUES ('elsewhere', 'jobs', 'every 1h', now(), 'file', '/srv/other/worker.toml')"
         )
         other = http.get("/api/jobs/elsewhere").json()["spec"]
-        assert other["kind"] is None and "does not declare it" in other["unknown"]
-        assert "not shown: this process reads" in http.get("/jobs/elsewhere").text
+        assert other["kind"] is None and "cannot be read" in other["unknown"]
+        assert (
+            "not shown: /srv/other/worker.toml cannot be read" in http.get("/jobs/elsewhere").text
+        )
 
 
 def test_a_paused_jobs_page_says_paused_once(spawn: Spawn, db_url: str) -> None:

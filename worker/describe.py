@@ -3,54 +3,26 @@ runs and with which parameters, its timeout and retries, its description and whe
 declared, with every secret masked (ARCHITECTURE.md, "Runtime jobs").
 
 A runtime job's definition is its ledger row's. A built-in job's is this package's. A jobs
-file job's is read from the jobs file this process was started with (WORKER_JOBS_FILE), once:
-the ledger row names the file (`declared_in`), and a row whose file is not this process's
-says so rather than show another file's definition.
+file job's is read from the file its ledger row names (`declared_in`), as this process can
+read it now (`jobfile.declared_jobs`, read again when the file changes); a file it cannot
+read, or that no longer declares the job, is said rather than guessed.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import jobfile, registry
-from .jobfile import Command, Declared, HttpCall, PythonCall, SqlStatement
+from .jobfile import Command, HttpCall, PythonCall, SqlStatement
 from .logs import SECRETS
 from .masking import mask_named, mask_url
-from .settings import Settings
 from .status import JobStatus
 
 
-class FileJobs:
-    """The jobs file's declared jobs as this process reads it, parsed on first use."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.path = settings.jobs_file
-        self._lock = threading.Lock()
-        self._jobs: dict[str, Declared] | None = None
-        self.error: str | None = None
-
-    def get(self, name: str) -> Declared | None:
-        with self._lock:
-            if self._jobs is None:
-                self._jobs = self._read()
-            return self._jobs.get(name)
-
-    def _read(self) -> dict[str, Declared]:
-        if self.path is None:
-            return {}
-        try:
-            loaded = jobfile.load(self.path, tuple(registry.JOBS))
-        except jobfile.JobsFileError as exc:
-            self.error = SECRETS(str(exc))
-            return {}
-        return {job.name: job for job in loaded.declared}
-
-
-def describe(entry: JobStatus, file_jobs: FileJobs) -> dict[str, Any]:
+def describe(entry: JobStatus) -> dict[str, Any]:
     """The job's definition as its page shows it: the same shape for every source."""
     shown: dict[str, Any] = {
         "source": entry.source,
@@ -62,8 +34,8 @@ def describe(entry: JobStatus, file_jobs: FileJobs) -> dict[str, Any]:
     if entry.source == "runtime" and entry.definition:
         return {**shown, **_runtime(entry.definition)}
     if entry.source == "file":
-        return {**shown, **_file(entry, file_jobs)}
-    return {**shown, **_builtin(entry.job)}
+        return {**shown, **_file(entry)}
+    return {**shown, **_builtin(entry)}
 
 
 def _where(entry: JobStatus) -> str:
@@ -85,28 +57,28 @@ def _runtime(definition: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _builtin(name: str) -> dict[str, Any]:
-    spec = registry.JOBS.get(name)
+def _builtin(entry: JobStatus) -> dict[str, Any]:
+    spec = registry.JOBS.get(entry.job)
     if spec is None:
         return {"kind": "builtin", "function": None, "description": None}
-    run = spec.run
-    doc = (run.__doc__ or "").strip().splitlines()
     return {
         "kind": "builtin",
-        "function": f"{run.__module__}.{run.__qualname__}",
+        "function": f"{spec.run.__module__}.{spec.run.__qualname__}",
         "max_attempts": spec.policy.max_attempts,
-        "description": doc[0] if doc else None,
+        "description": entry.description,
     }
 
 
-def _file(entry: JobStatus, file_jobs: FileJobs) -> dict[str, Any]:
-    declared_in = Path(entry.declared_in) if entry.declared_in else None
-    job = file_jobs.get(entry.job) if declared_in == file_jobs.path else None
+def _file(entry: JobStatus) -> dict[str, Any]:
+    """A jobs-file job's entry, from the file its row names as this process reads it now."""
+    if entry.declared_in is None:
+        return {"kind": None, "unknown": "its row names no jobs file"}
+    try:
+        job = jobfile.declared_jobs(Path(entry.declared_in), tuple(registry.JOBS)).get(entry.job)
+    except jobfile.JobsFileError as exc:
+        return {"kind": None, "unknown": SECRETS(f"{entry.declared_in} {exc}")}
     if job is None:
-        why = file_jobs.error or (
-            f"this process reads {file_jobs.path or 'no jobs file'}, which does not declare it"
-        )
-        return {"kind": None, "unknown": why}
+        return {"kind": None, "unknown": f"{entry.declared_in} does not declare it any more"}
     return {
         "kind": job.kind,
         **_action(job.action),

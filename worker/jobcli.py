@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import db, logs, status
-from .describe import FileJobs, describe
+from .describe import describe
 from .jobs import runtime
 from .jobs.runtime import Definition, DefinitionError
 from .registry import JobSpec
@@ -177,7 +177,7 @@ def _show(
         found = status.gather(conn, job=args.name).jobs
         if not found:
             raise Refused(EXIT_FAILURE, _not_in_ledger(args.name, jobs))
-        shown.update(status.job_dict(found[0]), spec=describe(found[0], FileJobs(config)))
+        shown.update(status.job_dict(found[0]), spec=describe(found[0]))
         changes = definitions.changes(conn, args.name, CHANGES)
         shown["changes"] = [_jsonable(row) for row in changes]
 

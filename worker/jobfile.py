@@ -157,6 +157,24 @@ class JobsFile:
     broken: tuple[Broken, ...] = ()
 
 
+_READ: dict[Path, tuple[int, dict[str, Declared]]] = {}  # by file: its mtime, its jobs
+
+
+def declared_jobs(path: Path, builtin_jobs: tuple[str, ...]) -> dict[str, Declared]:
+    """The valid jobs the file at `path` declares, by name, read again only when the file
+    changed: what a job is, for its page and `status`. JobsFileError when it cannot be read
+    here."""
+    try:
+        changed_ns = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise JobsFileError(f"cannot be read: {exc.strerror}") from None
+    known = _READ.get(path)
+    if known is None or known[0] != changed_ns:
+        known = (changed_ns, {job.name: job for job in load(path, builtin_jobs).declared})
+        _READ[path] = known
+    return known[1]
+
+
 def load(path: Path, builtin_jobs: tuple[str, ...]) -> JobsFile:
     """Parse and validate the file at `path`.
 

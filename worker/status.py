@@ -210,29 +210,11 @@ def describe(row: dict[str, Any]) -> str | None:
         return None if builtin is None else builtin.description
     if row["declared_in"] is None:
         return None
-    return _declared_descriptions(Path(row["declared_in"])).get(row["job"])
-
-
-_DESCRIPTIONS: dict[Path, tuple[int, dict[str, str]]] = {}  # by file: its mtime, its texts
-
-
-def _declared_descriptions(path: Path) -> dict[str, str]:
-    """The descriptions a jobs file declares, read again only when it changed; none when it
-    cannot be read here (its valid entries' when some are broken)."""
     try:
-        changed_ns = path.stat().st_mtime_ns
-    except OSError:
-        return {}
-    known = _DESCRIPTIONS.get(path)
-    if known is not None and known[0] == changed_ns:
-        return known[1]
-    try:
-        declared = jobfile.load(path, tuple(JOBS)).declared
+        job = jobfile.declared_jobs(Path(row["declared_in"]), tuple(JOBS)).get(row["job"])
     except jobfile.JobsFileError:
-        declared = ()
-    texts = {job.name: job.description for job in declared if job.description}
-    _DESCRIPTIONS[path] = (changed_ns, texts)
-    return texts
+        return None
+    return None if job is None else job.description
 
 
 def _period(seconds: int | None) -> timedelta | None:

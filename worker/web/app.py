@@ -27,7 +27,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .. import db, schedules, status
-from ..describe import FileJobs, describe
+from ..describe import describe
 from ..jobs import runtime
 from ..metrics import LedgerCollector
 from ..settings import Settings
@@ -127,7 +127,6 @@ class App:
         self.dashboard_cache: FreshCache[DashboardData] = FreshCache(DASHBOARD_FRESH_S)
         self.history = History(self)
         self.manage = Manage(self, handlers or runtime.Handlers(settings))
-        self.file_jobs = FileJobs(settings)  # the jobs file's definitions, read on first use
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -265,7 +264,7 @@ class App:
             zone=self.zone(entry),
             runs=rows,
             handler=handler,
-            spec=describe(entry, self.file_jobs),
+            spec=describe(entry),
             notice=_notice(request),
             here=request.path,
         )
@@ -308,7 +307,7 @@ class App:
     def api_job(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
             entry = self.job_status(conn, job)
-        return json_response({**status.job_dict(entry), "spec": describe(entry, self.file_jobs)})
+        return json_response({**status.job_dict(entry), "spec": describe(entry)})
 
     def api_job_runs(self, request: Request, job: str) -> Response:
         limit = _limit(request, default=JOB_RUNS)
