@@ -134,19 +134,56 @@ def connect(
             on_failure=on_failure,
             application_name=application_name,
         )
+    except db.DatabaseRefused as exc:
+        report_refused(settings, log, str(exc))
+        return 1
     except db.DatabaseUnavailable as exc:
-        report_unreachable(settings, log, str(exc), timeout_s=settings.db_connect_timeout_s)
+        report_unreachable(
+            settings,
+            log,
+            str(exc),
+            timeout_s=settings.db_connect_timeout_s,
+            attempts=exc.attempts,
+            waited_s=exc.waited_s,
+        )
         return 1
     return 0 if conn is None else conn
 
 
-def report_unreachable(settings: Settings, log: Any, error: str, *, timeout_s: float) -> None:
-    """`database_unreachable` and its human line: the host and database, never the URL."""
+def report_unreachable(
+    settings: Settings,
+    log: Any,
+    error: str,
+    *,
+    timeout_s: float,
+    attempts: int,
+    waited_s: float,
+) -> None:
+    """`database_unreachable` and its human line: the host and database, never the URL; how
+    many attempts were made in how long, as it happened."""
     host, name = settings.database.host, settings.database.name
     log.error(
-        "database_unreachable", error=error, timeout_seconds=timeout_s, db_host=host, db_name=name
+        "database_unreachable",
+        error=error,
+        timeout_seconds=timeout_s,
+        attempts=attempts,
+        waited_seconds=round(waited_s, 1),
+        db_host=host,
+        db_name=name,
     )
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
     say_error(
         f"cannot reach the database at db_host={host} db_name={name} "
-        f"(gave up after {timeout_s:g} s): {error}"
+        f"(gave up after {tries} in {waited_s:.1f} s): {error}"
+    )
+
+
+def report_refused(settings: Settings, log: Any, error: str) -> None:
+    """`database_refused` and its human line: the server refused this role or database for
+    good (`db.permanent_refusal`), so nothing was retried."""
+    host, name = settings.database.host, settings.database.name
+    log.error("database_refused", error=error, db_host=host, db_name=name)
+    say_error(
+        f"the database server at db_host={host} refused the connection to db_name={name} "
+        f"(not retried: check the role, password and database name of the URL): {error}"
     )

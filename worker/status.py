@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -11,7 +12,7 @@ import psycopg
 
 from . import db, schedules
 from .logs import get_logger
-from .service import report_unreachable
+from .service import report_refused, report_unreachable
 from .settings import Settings
 from .store import processes, reads
 
@@ -97,13 +98,26 @@ class Report:
 
 def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
     """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
+    started = time.monotonic()
     try:
         with _connect(settings) as conn:
             report = replace(gather(conn, service), concurrency=settings.concurrency)
     except psycopg.Error as exc:
         # The URL may hold the password: name the host and the database, never the URL.
+        refusal = db.permanent_refusal(exc)
+        if refusal is not None:
+            report_refused(settings, get_logger(), refusal)
+            return EXIT_UNREACHABLE
         error = db.describe_error(exc)
-        report_unreachable(settings, get_logger(), error, timeout_s=CONNECT_TIMEOUT_S)
+        waited_s = time.monotonic() - started
+        report_unreachable(
+            settings,
+            get_logger(),
+            error,
+            timeout_s=CONNECT_TIMEOUT_S,
+            attempts=1,
+            waited_s=waited_s,
+        )
         return EXIT_UNREACHABLE
     out.write(render_json(report) if as_json else render_table(report))
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
