@@ -51,6 +51,7 @@ class CallFailed(Exception):
         self.status_code = status_code
         self.retry_after_s = retry_after_s
         self.attempts = 1
+        self.body = b""  # the start of an error answer's body, when the caller asked for it
 
 
 class Stopped(Exception):
@@ -185,14 +186,17 @@ def fetch(
     *,
     bounds: Bounds,
     should_stop: Callable[[], bool] = lambda: False,
+    error_body_bytes: int = 0,
     **kwargs: Any,
 ) -> Answer:
     """One bounded attempt: `bounds.timeout_s` covers connecting, waiting and the whole body.
 
     The body is streamed and refused past `bounds.max_body_bytes` (a larger Content-Length
     before reading any of it); the connection is then closed. Transport errors, timeouts,
-    5xx and 429 are transient; other 4xx and an oversized body are not. A stop requested
-    meanwhile abandons the call (Stopped).
+    5xx and 429 are transient; other 4xx and an oversized body are not. An error answer's
+    body is not read, unless `error_body_bytes`: then up to that many bytes of it (never
+    more than `bounds.max_body_bytes`, within the same deadline) are the CallFailed's `body`.
+    A stop requested meanwhile abandons the call (Stopped).
     """
     if should_stop():
         raise Stopped()
@@ -200,7 +204,12 @@ def fetch(
     token = _deadline.set(deadline)
     try:
         with http.stream(method, url, timeout=bounds.timeout_s, **kwargs) as response:
-            _check_status(response)
+            failure = _status_failure(response)
+            if failure is not None:
+                keep = min(error_body_bytes, bounds.max_body_bytes)
+                if keep > 0:
+                    failure.body = _error_body(response, keep, deadline, should_stop)
+                raise failure
             body = _read_body(response, bounds.max_body_bytes, deadline, should_stop)
             return Answer(response.status_code, response.headers, body)
     except httpx.TimeoutException as exc:
@@ -211,16 +220,45 @@ def fetch(
         _deadline.reset(token)
 
 
-def _check_status(response: httpx.Response) -> None:
-    # The worker needs nothing from an error's body: it is never read.
+def _status_failure(response: httpx.Response) -> CallFailed | None:
+    """The failure an error status is (4xx, 5xx), None for any other."""
     code = response.status_code
     if code == 429 or code >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise CallFailed(
+        return CallFailed(
             f"http_{code}", transient=True, status_code=code, retry_after_s=retry_after
         )
     if code >= 400:
-        raise CallFailed(f"http_{code}", status_code=code)
+        return CallFailed(f"http_{code}", status_code=code)
+    return None
+
+
+def _error_body(
+    response: httpx.Response, keep: int, deadline: float, should_stop: Callable[[], bool]
+) -> bytes:
+    """At most `keep` bytes of an error answer's body, for the record: reading stops there,
+    at the deadline or a stop, and what was read by then is kept (the rest is never read,
+    so the connection is closed, not reused). A compressed body is inflated up to `keep`."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= keep or should_stop() or time.monotonic() > deadline:
+                break
+    except httpx.HTTPError:
+        pass  # a timeout or a dropped connection mid-body: the failure is the status's
+    raw = b"".join(chunks)
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return raw[:keep]
+    if encoding not in ("gzip", "deflate"):
+        return b""
+    try:
+        return zlib.decompressobj(wbits=47).decompress(raw, keep)
+    except zlib.error:
+        return b""
 
 
 def _read_body(
