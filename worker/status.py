@@ -195,22 +195,28 @@ def _period(seconds: int | None) -> timedelta | None:
 
 def health(row: dict[str, Any], period: timedelta | None, now: datetime) -> str:
     """A job's verdict from its `reads.job_status` row (the README, "`worker status`").
-    A job with no period (`manual`, `at`) is never stale: only its last run judges it."""
-    last_success_at = row["last_success_at"]
+    A job with no period (`manual`, `at`) is never stale: only its last run judges it.
+    Staleness is counted from the last resume at the earliest: the occurrences a pause
+    skipped are not held against the job."""
     if row["paused"]:
         return "paused"
     if row["last_completed_status"] == "failed":
         return "failed"
     if period is None:
         return "waiting" if row["last_started_at"] is None else "ok"
+    resumed_at: datetime | None = row.get("resumed_at")
+
+    def since(moment: datetime) -> datetime:
+        return moment if resumed_at is None else max(moment, resumed_at)
+
     if row["last_started_at"] is None:
-        due_since = now - row["next_due_at"]
+        due_since = now - since(row["next_due_at"])
         return "never_run" if due_since > STALE_AFTER_PERIODS * period else "waiting"
-    if last_success_at is None:
+    if row["last_success_at"] is None:
         # Trying since its first run: stale only once that is 2 periods ago.
-        tried_for = now - row["first_started_at"]
+        tried_for = now - since(row["first_started_at"])
         return "stale" if tried_for > STALE_AFTER_PERIODS * period else "waiting"
-    if now - last_success_at > STALE_AFTER_PERIODS * period:
+    if now - since(row["last_success_at"]) > STALE_AFTER_PERIODS * period:
         return "stale"
     return "ok"
 
