@@ -43,7 +43,7 @@ def human_lines(process: WorkerProcess) -> list[str]:
             '... failed: FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "app"',
             'no pg_hba.conf entry for host "10.0.0.9", user "app"',
         ),
-        ('... port 1 failed: Connection refused\n\tIs the server running on that host', None),
+        ("... port 1 failed: Connection refused\n\tIs the server running on that host", None),
         ("... failed: FATAL:  the database system is starting up", None),
         ("... failed: FATAL:  sorry, too many clients already", None),
     ],

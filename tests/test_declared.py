@@ -375,7 +375,7 @@ schedule = "every 1h"
 http = {{ url = "{server.url}/hook", token_env = "ETL_TOKEN" }}
 """,
         )
-        worker, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs, ETL_TOKEN=TOKEN))
+        _, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs, ETL_TOKEN=TOKEN))
 
     assert code == 1, stderr
     run = only_run(conn, "failing_hook", "failed")
@@ -401,7 +401,7 @@ http = {{ url = "{server.url}/hook" }}
 """,
         )
         env = jobs_env(conn.info.dsn, jobs, HTTP_MAX_BODY_BYTES="1024")
-        worker, code, stderr = run_once(spawn, env)
+        _, code, stderr = run_once(spawn, env)
 
     assert code == 1, stderr
     run = only_run(conn, "missing_hook", "failed")

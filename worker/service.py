@@ -12,7 +12,7 @@ from . import __version__, claims, db
 from .logs import say_error
 from .registry import JobSpec
 from .settings import ConfigError, Settings
-from .store import processes
+from .store import ledger, processes
 
 
 def prepare(
@@ -86,7 +86,9 @@ def start(settings: Settings, service: str, jobs: Sequence[JobSpec], log: Any) -
     process_id = None
     try:
         with db.connect(settings.database, application_name="worker:start") as conn:
-            process_id = processes.register(conn, service, __version__, settings.concurrency)
+            names = [spec.name for spec in jobs]
+            process_id = processes.register(conn, service, __version__, settings.concurrency, names)
+            retire(conn, log)
             if requesting:
                 requested = claims.request_startup_runs(conn, requesting, process_id)
                 log.info("running_initial_update", requested=requested)
@@ -106,8 +108,16 @@ def stop(settings: Settings, process_id: int | None, log: Any) -> None:
     try:
         with db.connect(settings.database, application_name="worker:stop") as conn:
             processes.deregister(conn, process_id)
+            retire(conn, log)  # it may have been the last live process to run some job
     except psycopg.Error as exc:
         log.warning("process_deregister_failed", error=db.describe_error(exc))
+
+
+def retire(conn: db.Conn, log: Any) -> None:
+    """Retire the declared and built-in jobs no live process runs any more (ARCHITECTURE.md,
+    "Retired jobs"): at a process's start and clean stop, the moments that can change it."""
+    for row in ledger.retire_undeclared(conn, processes.DEAD_AFTER_S):
+        log.info("job_retired", job=row["job"], service=row["service"])
 
 
 def connect(
