@@ -5,6 +5,7 @@ The one place holding timeouts, body limits and how long a server's Retry-After 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import time
@@ -236,28 +237,17 @@ def _status_failure(response: httpx.Response) -> CallFailed | None:
 def _error_body(
     response: httpx.Response, keep: int, deadline: float, should_stop: Callable[[], bool]
 ) -> bytes:
-    """At most `keep` bytes of an error answer's body, for the record: reading stops there,
-    at the deadline or a stop, and what was read by then is kept (the rest is never read,
-    so the connection is closed, not reused). A compressed body is inflated up to `keep`."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
+    """At most `keep` bytes of an error answer's body: reading stops there, at the deadline
+    or a stop, keeping what came (the rest is never read: the connection is not reused)."""
+    raw = b""
+    with contextlib.suppress(httpx.HTTPError):  # a timeout or a drop mid-body
         for chunk in response.iter_raw():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= keep or should_stop() or time.monotonic() > deadline:
+            raw += chunk
+            if len(raw) >= keep or should_stop() or time.monotonic() > deadline:
                 break
-    except httpx.HTTPError:
-        pass  # a timeout or a dropped connection mid-body: the failure is the status's
-    raw = b"".join(chunks)
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding == "identity":
-        return raw[:keep]
-    if encoding not in ("gzip", "deflate"):
-        return b""
-    try:
-        return zlib.decompressobj(wbits=47).decompress(raw, keep)
-    except zlib.error:
+    try:  # a compressed one only while it inflates to no more than `keep`
+        return _decoded(response, raw[:keep], keep)
+    except CallFailed:
         return b""
 
 
