@@ -90,8 +90,13 @@ def test_only_declared_and_built_in_jobs_of_a_served_service_retire(conn: db.Con
 def test_the_watchdog_never_calls_a_retired_job_overdue(conn: db.Conn, db_url: str) -> None:
     for job in ("kept", "removed"):
         register(conn, job)
+    conn.execute(  # overdue before it was retired: that streak ends with it
+        "INSERT INTO worker_streaks (type, subject, since, alert_id)"
+        " VALUES ('JOB_OVERDUE', 'removed', now() - interval '1 hour', 1)"
+    )
     live(conn, "quota", ["kept"], pid=1)
     assert retire(conn) == ["removed"]
+    assert conn.execute("SELECT subject FROM worker_streaks").fetchall() == []
     conn.execute("UPDATE worker_jobs SET next_due_at = now() - interval '1 hour'")
     settings = make_settings(db_url)
     with http_client.build_http(2) as http:

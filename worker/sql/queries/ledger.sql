@@ -271,20 +271,26 @@ SELECT (SELECT job FROM written) AS job,
 -- some live process serves their service (its own or an `all` one) and every such process
 -- said what it runs (`worker_processes.jobs`; NULL, an older version's, runs everything),
 -- and no run of them goes on: retired (ARCHITECTURE.md, "Retired jobs"). A service with
--- no live process retires nothing: its jobs are overdue, not gone.
+-- no live process retires nothing: its jobs are overdue, not gone. A retired job's open
+-- overdue streak ends with it (no recovery will ever close it).
 WITH live AS (
     SELECT service, jobs FROM worker_processes
      WHERE last_seen_at > now() - make_interval(secs => %(dead_after_s)s)
+), retired AS (
+    UPDATE worker_jobs j
+       SET retired_at = now(), updated_at = now()
+     WHERE j.retired_at IS NULL AND j.source <> 'runtime'
+       AND (j.lease_until IS NULL OR j.lease_until <= now())
+       AND EXISTS (SELECT 1 FROM live l WHERE l.service IN (j.service, 'all'))
+       AND NOT EXISTS (SELECT 1 FROM live l
+                        WHERE l.service IN (j.service, 'all')
+                          AND (l.jobs IS NULL OR j.job = ANY(l.jobs)))
+    RETURNING j.job, j.service
+), ended AS (
+    DELETE FROM worker_streaks s USING retired r
+     WHERE s.type = 'JOB_OVERDUE' AND s.subject = r.job
 )
-UPDATE worker_jobs j
-   SET retired_at = now(), updated_at = now()
- WHERE j.retired_at IS NULL AND j.source <> 'runtime'
-   AND (j.lease_until IS NULL OR j.lease_until <= now())
-   AND EXISTS (SELECT 1 FROM live l WHERE l.service IN (j.service, 'all'))
-   AND NOT EXISTS (SELECT 1 FROM live l
-                    WHERE l.service IN (j.service, 'all')
-                      AND (l.jobs IS NULL OR j.job = ANY(l.jobs)))
-RETURNING j.job, j.service;
+SELECT job, service FROM retired;
 
 -- name: declared_by
 -- The live processes that run `job` (or may: an older version's runs every job of its
