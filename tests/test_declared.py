@@ -361,6 +361,53 @@ retry_delay = "1s"
     assert (event["status"], event["status_code"]) == ("failed", status)
 
 
+def test_a_failed_http_job_keeps_the_status_and_the_start_of_the_body_masked(
+    conn: db.Conn, spawn: Spawn, tmp_path: Path
+) -> None:
+    # 5 KiB of error page, opening with the job's own token echoed back.
+    page = f"upstream said no to {TOKEN}\n" + "x" * 5000
+    with serving(lambda request: Reply(500, page)) as server:
+        jobs = write_jobs(
+            tmp_path,
+            f"""
+[jobs.failing_hook]
+schedule = "every 1h"
+http = {{ url = "{server.url}/hook", token_env = "ETL_TOKEN" }}
+""",
+        )
+        _, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs, ETL_TOKEN=TOKEN))
+
+    assert code == 1, stderr
+    run = only_run(conn, "failing_hook", "failed")
+    assert run["error"] == "http_500"
+    head, _, body = run["output"].partition("\n")
+    assert head == "HTTP 500"
+    assert body.startswith("upstream said no to ***")  # masked like every output
+    assert TOKEN not in run["output"]
+    assert len(body.encode()) <= 2048 + 10  # the first 2 KiB of the body (masked)
+    assert body.endswith("x" * 100)
+
+
+def test_a_failed_http_jobs_body_is_read_no_further_than_the_body_limit(
+    conn: db.Conn, spawn: Spawn, tmp_path: Path
+) -> None:
+    with serving(lambda request: Reply(404, "n" * 1500 + "TAIL")) as server:
+        jobs = write_jobs(
+            tmp_path,
+            f"""
+[jobs.missing_hook]
+schedule = "every 1h"
+http = {{ url = "{server.url}/hook" }}
+""",
+        )
+        env = jobs_env(conn.info.dsn, jobs, HTTP_MAX_BODY_BYTES="1024")
+        _, code, stderr = run_once(spawn, env)
+
+    assert code == 1, stderr
+    run = only_run(conn, "missing_hook", "failed")
+    assert run["output"] == "HTTP 404\n" + "n" * 1024
+
+
 def test_http_job_that_succeeds_on_its_retry_is_one_successful_run(
     conn: db.Conn, spawn: Spawn, tmp_path: Path
 ) -> None:

@@ -69,6 +69,7 @@ def test_pause_skips_the_next_run_on_every_replica_and_resume_restores_it(
     code, process = cli(spawn, db_url, "pause", "quota")
     assert code == 0
     process.wait_for("job_paused_set", job="quota")
+    assert process.stderr().startswith("paused quota: no replica starts it")
     with structlog.testing.capture_logs() as logs:
         skipped = [replica.run_job(quota) for replica in replicas]
         others = {name: replicas[0].run_job(spec) for name, spec in JOBS.items()}
@@ -84,6 +85,7 @@ def test_pause_skips_the_next_run_on_every_replica_and_resume_restores_it(
 
     code, process = cli(spawn, db_url, "resume", "quota")
     assert code == 0
+    assert process.stderr().startswith("resumed quota")
     assert replicas[1].run_job(quota) == "success"
     assert run_count(conn, "quota") == 2 and len(apis.received("GET", "/usage")) == 2
     paused = conn.execute("SELECT paused, paused_at FROM worker_jobs WHERE job = 'quota'")
@@ -95,7 +97,9 @@ def test_pause_skips_the_next_run_on_every_replica_and_resume_restores_it(
 def test_a_paused_job_is_skipped_by_a_once_run_of_all(
     spawn: Spawn, conn: db.Conn, db_url: str, apis: FakeServer
 ) -> None:
-    assert cli(spawn, db_url, "pause", "quota")[0] == 0
+    code, paused = cli(spawn, db_url, "pause", "quota")
+    assert code == 0
+    assert paused.stderr().startswith("paused quota")
 
     code, process = cli(spawn, db_url, "all", "--once", **api_env(apis))
 

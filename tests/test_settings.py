@@ -175,7 +175,6 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.Com
         (["cleanup"], {"CLEANUP_EXTRA_RULES": "t.c:0"}, "CLEANUP_EXTRA_RULES"),
         (["cleanup"], {"CLEANUP_BATCH_TARGET_MS": "50ms"}, "CLEANUP_BATCH_TARGET_MS"),
         (["unknown-service"], {}, "invalid choice: 'unknown-service'"),
-        (["pause", "no_such_job"], {}, "unknown job 'no_such_job'"),
     ],
 )
 def test_bad_configuration_exits_2_before_touching_the_database(

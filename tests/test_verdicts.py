@@ -46,6 +46,30 @@ def test_health(fields: dict[str, Any], verdict: str) -> None:
     assert health(row(**fields), HOUR, NOW) == verdict
 
 
+@pytest.mark.parametrize(
+    ("fields", "verdict"),
+    [
+        # Last success 5 h ago, paused since: resumed 30 min ago, the clock starts then.
+        ({"last_success_at": NOW - 5 * HOUR, "resumed_at": NOW - HOUR / 2}, "ok"),
+        ({"last_success_at": NOW - 5 * HOUR, "resumed_at": NOW - 2 * HOUR - HOUR}, "stale"),
+        # A resume long ago does not excuse a job that has not run since.
+        ({"last_success_at": NOW - 5 * HOUR, "resumed_at": NOW - 10 * HOUR}, "stale"),
+        # A failing job that was paused: trying counted from the resume.
+        (
+            {"last_success_at": None, "first_started_at": NOW - 9 * HOUR, "resumed_at": NOW},
+            "waiting",
+        ),
+        # Never ran, paused before its first occurrence: due counted from the resume.
+        (
+            {"last_started_at": None, "next_due_at": NOW - 9 * HOUR, "resumed_at": NOW - HOUR},
+            "waiting",
+        ),
+    ],
+)
+def test_the_staleness_clock_starts_at_the_resume(fields: dict[str, Any], verdict: str) -> None:
+    assert health(row(**fields), HOUR, NOW) == verdict
+
+
 def test_only_ok_paused_and_waiting_are_healthy() -> None:
     assert set(HEALTHY) == {"ok", "paused", "waiting"}
 

@@ -12,11 +12,10 @@ from typing import Any
 
 import psycopg
 
-from . import db, dbcli, jobcli, jobscheck, logs, registry, service, settings
+from . import db, dbcli, jobcli, jobscheck, ledgercli, logs, registry, service, settings
 from .daemon import Daemon
 from .registry import SERVICE_ALIASES, SERVICES, JobSpec, jobs_of
 from .settings import ConfigError, Settings
-from .store import ledger
 from .vocab import Refusal, RunStatus
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLAIMED_ELSEWHERE = 0, 1, 2, 3
@@ -68,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         flag = sub.add_parser(verb, help=f"{verb} a job for every replica")
         flag.add_argument("job", metavar="JOB")
+    ledgercli.add_forget_parser(sub)
     jobcli.add_parser(sub)
     dbcli.add_parser(sub)
     report = sub.add_parser("status", help="each job's last run, next due time and health")
@@ -229,17 +229,22 @@ def _dispatch(args: argparse.Namespace, config: Settings, jobs: dict[str, JobSpe
         return daemon.run(once=args.once, due_only=args.due)
     if args.command == "run":
         return _run_job(config, jobs[args.job], request=args.request, dry_run=args.dry_run)
+    if args.command == "forget":
+        return ledgercli.forget(args, config, _on_database)
     if args.command == "migrate":
         return _migrate(config, app_tables=args.app_tables)
     if args.command == "job":
         return jobcli.run(args, config, jobs, _on_database)
-    return _set_paused(config, args.job, paused=args.command == "pause")
+    paused = args.command == "pause"
+    return ledgercli.set_paused(config, args.job, jobs, _on_database, paused=paused)
 
 
 def _check_job_argument(
     args: argparse.Namespace, loaded: registry.Loaded, config: Settings
 ) -> None:
     job, jobs = getattr(args, "job", None), loaded.jobs
+    if args.command in ("pause", "resume", "forget"):
+        return  # any job of the ledger: a runtime one, or one no service declares any more
     problem = None if job is None else loaded.problem_of(job)
     if problem is not None and args.command == "run":
         raise ConfigError(problem.message)
@@ -310,7 +315,7 @@ def _failed(
 def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -> int:
     """`worker run JOB`: exit 0 success/partial, 1 failed, 3 claimed elsewhere."""
     if request:
-        return _request_run(config, spec)
+        return ledgercli.request_run(config, spec, _on_database)
     outcome = Daemon(config, SERVICES["all"], dry_run=dry_run, jobs=[spec]).run_now(spec)
     if isinstance(outcome, int):
         return outcome
@@ -318,33 +323,6 @@ def _run_job(config: Settings, spec: JobSpec, *, request: bool, dry_run: bool) -
     if outcome is Refusal.CLAIMED_ELSEWHERE:
         return EXIT_CLAIMED_ELSEWHERE
     return EXIT_FAILURE if outcome in (RunStatus.FAILED, Refusal.UNKNOWN) else EXIT_OK
-
-
-def _request_run(config: Settings, spec: JobSpec) -> int:
-    log = logs.get_logger()
-
-    def request(conn: db.Conn) -> None:
-        db.migrate(conn)
-        service.register(conn, config, [spec], log)
-        ledger.request_run(conn, spec.name)
-
-    failed = ("request_failed", "requesting a run in")
-    code = _on_database(config, "request", request, failed=failed, job=spec.name)
-    if code == EXIT_OK:
-        log.info("run_requested", job=spec.name)
-    return code
-
-
-def _set_paused(config: Settings, job: str, *, paused: bool) -> int:
-    def flag(conn: db.Conn) -> None:
-        db.migrate(conn)
-        ledger.set_paused(conn, job, paused)
-
-    failed = ("pause_failed", "setting the pause flag in")
-    code = _on_database(config, "pause", flag, failed=failed, job=job)
-    if code == EXIT_OK:
-        logs.get_logger().info("job_paused_set" if paused else "job_resumed", job=job)
-    return code
 
 
 def _usage_error(message: str) -> int:

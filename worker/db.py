@@ -25,8 +25,30 @@ _MIGRATION_LOCK = "worker:migrate"
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 
 
+# What a server answers when retrying cannot help: the role cannot log in (authentication,
+# pg_hba.conf) or the role or database named does not exist. SQLSTATE class 28 and 3D000
+# when libpq reports one; the server's FATAL text otherwise (libpq reports none at connect).
+_PERMANENT_SQLSTATES = ("28000", "28P01", "3D000")
+_PERMANENT = re.compile(
+    r"FATAL:\s+((?:password|SCRAM|Ident|Peer|PAM|LDAP|RADIUS|certificate) authentication failed"
+    r"[^\n]*|no pg_hba\.conf entry[^\n]*|role \"[^\"]*\" does not exist"
+    r"|database \"[^\"]*\" does not exist|role \"[^\"]*\" is not permitted to log in)"
+)
+
+
 class DatabaseUnavailable(Exception):
-    """The database could not be reached within the allowed time."""
+    """The database could not be reached within the allowed time: `attempts` attempts in
+    `waited_s` seconds."""
+
+    def __init__(self, error: str, *, attempts: int, waited_s: float) -> None:
+        super().__init__(error)
+        self.attempts = attempts
+        self.waited_s = waited_s
+
+
+class DatabaseRefused(Exception):
+    """The server answered and refused the connection for good (`permanent_refusal`): no
+    retry was made, none could help."""
 
 
 def connect(
@@ -58,10 +80,12 @@ def connect_with_backoff(
 ) -> Conn | None:
     """Connect, retrying with capped exponential backoff for up to `timeout_s`.
 
-    Returns None when stopped while waiting; raises DatabaseUnavailable when time runs out.
-    `on_failure(attempt, error)` is called for each failed attempt.
+    Returns None when stopped while waiting; raises DatabaseUnavailable when time runs out,
+    DatabaseRefused at once when the server refuses the role or the database for good.
+    `on_failure(attempt, error)` is called for each failed attempt that will be retried.
     """
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     delay_s = 0.5
     attempt = 0
     while True:
@@ -69,14 +93,35 @@ def connect_with_backoff(
         try:
             return connect(database, application_name=application_name)
         except psycopg.OperationalError as exc:
+            refusal = permanent_refusal(exc)
+            if refusal is not None:
+                raise DatabaseRefused(refusal) from None
             on_failure(attempt, describe_error(exc))
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise DatabaseUnavailable(describe_error(exc)) from None
+            now = time.monotonic()
+            if deadline - now <= 0:
+                waited_s = now - started
+                raise DatabaseUnavailable(
+                    describe_error(exc), attempts=attempt, waited_s=waited_s
+                ) from None
+            remaining_s = deadline - now
         wait(min(delay_s, remaining_s))
         if should_stop():
             return None
         delay_s = min(delay_s * 2, 5.0)
+
+
+def permanent_refusal(exc: BaseException) -> str | None:
+    """The server's reason when a connection failed for good (authentication failed, no
+    such role or database), else None: a refused port, a timeout or a server starting up
+    may pass, and are retried."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    match = _PERMANENT.search(str(exc))
+    if match is not None:
+        return match.group(1).strip()
+    if exc.sqlstate in _PERMANENT_SQLSTATES:
+        return describe_error(exc)
+    return None
 
 
 def describe_error(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ The one place holding timeouts, body limits and how long a server's Retry-After 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import time
@@ -51,6 +52,7 @@ class CallFailed(Exception):
         self.status_code = status_code
         self.retry_after_s = retry_after_s
         self.attempts = 1
+        self.body = b""  # the start of an error answer's body, when the caller asked for it
 
 
 class Stopped(Exception):
@@ -185,14 +187,17 @@ def fetch(
     *,
     bounds: Bounds,
     should_stop: Callable[[], bool] = lambda: False,
+    error_body_bytes: int = 0,
     **kwargs: Any,
 ) -> Answer:
     """One bounded attempt: `bounds.timeout_s` covers connecting, waiting and the whole body.
 
     The body is streamed and refused past `bounds.max_body_bytes` (a larger Content-Length
     before reading any of it); the connection is then closed. Transport errors, timeouts,
-    5xx and 429 are transient; other 4xx and an oversized body are not. A stop requested
-    meanwhile abandons the call (Stopped).
+    5xx and 429 are transient; other 4xx and an oversized body are not. An error answer's
+    body is not read, unless `error_body_bytes`: then up to that many bytes of it (never
+    more than `bounds.max_body_bytes`, within the same deadline) are the CallFailed's `body`.
+    A stop requested meanwhile abandons the call (Stopped).
     """
     if should_stop():
         raise Stopped()
@@ -200,7 +205,12 @@ def fetch(
     token = _deadline.set(deadline)
     try:
         with http.stream(method, url, timeout=bounds.timeout_s, **kwargs) as response:
-            _check_status(response)
+            failure = _status_failure(response)
+            if failure is not None:
+                keep = min(error_body_bytes, bounds.max_body_bytes)
+                if keep > 0:
+                    failure.body = _error_body(response, keep, deadline, should_stop)
+                raise failure
             body = _read_body(response, bounds.max_body_bytes, deadline, should_stop)
             return Answer(response.status_code, response.headers, body)
     except httpx.TimeoutException as exc:
@@ -211,16 +221,34 @@ def fetch(
         _deadline.reset(token)
 
 
-def _check_status(response: httpx.Response) -> None:
-    # The worker needs nothing from an error's body: it is never read.
+def _status_failure(response: httpx.Response) -> CallFailed | None:
+    """The failure an error status is (4xx, 5xx), None for any other."""
     code = response.status_code
     if code == 429 or code >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise CallFailed(
+        return CallFailed(
             f"http_{code}", transient=True, status_code=code, retry_after_s=retry_after
         )
     if code >= 400:
-        raise CallFailed(f"http_{code}", status_code=code)
+        return CallFailed(f"http_{code}", status_code=code)
+    return None
+
+
+def _error_body(
+    response: httpx.Response, keep: int, deadline: float, should_stop: Callable[[], bool]
+) -> bytes:
+    """At most `keep` bytes of an error answer's body: reading stops there, at the deadline
+    or a stop, keeping what came (the rest is never read: the connection is not reused)."""
+    raw = b""
+    with contextlib.suppress(httpx.HTTPError):  # a timeout or a drop mid-body
+        for chunk in response.iter_raw():
+            raw += chunk
+            if len(raw) >= keep or should_stop() or time.monotonic() > deadline:
+                break
+    try:  # a compressed one only while it inflates to no more than `keep`
+        return _decoded(response, raw[:keep], keep)
+    except CallFailed:
+        return b""
 
 
 def _read_body(

@@ -12,7 +12,7 @@ from . import __version__, claims, db
 from .logs import say_error
 from .registry import JobSpec
 from .settings import ConfigError, Settings
-from .store import processes
+from .store import ledger, processes
 
 
 def prepare(
@@ -86,7 +86,9 @@ def start(settings: Settings, service: str, jobs: Sequence[JobSpec], log: Any) -
     process_id = None
     try:
         with db.connect(settings.database, application_name="worker:start") as conn:
-            process_id = processes.register(conn, service, __version__, settings.concurrency)
+            names = [spec.name for spec in jobs]
+            process_id = processes.register(conn, service, __version__, settings.concurrency, names)
+            retire(conn, log)
             if requesting:
                 requested = claims.request_startup_runs(conn, requesting, process_id)
                 log.info("running_initial_update", requested=requested)
@@ -106,8 +108,16 @@ def stop(settings: Settings, process_id: int | None, log: Any) -> None:
     try:
         with db.connect(settings.database, application_name="worker:stop") as conn:
             processes.deregister(conn, process_id)
+            retire(conn, log)  # it may have been the last live process to run some job
     except psycopg.Error as exc:
         log.warning("process_deregister_failed", error=db.describe_error(exc))
+
+
+def retire(conn: db.Conn, log: Any) -> None:
+    """Retire the declared and built-in jobs no live process runs any more (ARCHITECTURE.md,
+    "Retired jobs"): at a process's start and clean stop, the moments that can change it."""
+    for row in ledger.retire_undeclared(conn, processes.DEAD_AFTER_S):
+        log.info("job_retired", job=row["job"], service=row["service"])
 
 
 def connect(
@@ -134,19 +144,56 @@ def connect(
             on_failure=on_failure,
             application_name=application_name,
         )
+    except db.DatabaseRefused as exc:
+        report_refused(settings, log, str(exc))
+        return 1
     except db.DatabaseUnavailable as exc:
-        report_unreachable(settings, log, str(exc), timeout_s=settings.db_connect_timeout_s)
+        report_unreachable(
+            settings,
+            log,
+            str(exc),
+            timeout_s=settings.db_connect_timeout_s,
+            attempts=exc.attempts,
+            waited_s=exc.waited_s,
+        )
         return 1
     return 0 if conn is None else conn
 
 
-def report_unreachable(settings: Settings, log: Any, error: str, *, timeout_s: float) -> None:
-    """`database_unreachable` and its human line: the host and database, never the URL."""
+def report_unreachable(
+    settings: Settings,
+    log: Any,
+    error: str,
+    *,
+    timeout_s: float,
+    attempts: int,
+    waited_s: float,
+) -> None:
+    """`database_unreachable` and its human line: the host and database, never the URL; how
+    many attempts were made in how long, as it happened."""
     host, name = settings.database.host, settings.database.name
     log.error(
-        "database_unreachable", error=error, timeout_seconds=timeout_s, db_host=host, db_name=name
+        "database_unreachable",
+        error=error,
+        timeout_seconds=timeout_s,
+        attempts=attempts,
+        waited_seconds=round(waited_s, 1),
+        db_host=host,
+        db_name=name,
     )
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
     say_error(
         f"cannot reach the database at db_host={host} db_name={name} "
-        f"(gave up after {timeout_s:g} s): {error}"
+        f"(gave up after {tries} in {waited_s:.1f} s): {error}"
+    )
+
+
+def report_refused(settings: Settings, log: Any, error: str) -> None:
+    """`database_refused` and its human line: the server refused this role or database for
+    good (`db.permanent_refusal`), so nothing was retried."""
+    host, name = settings.database.host, settings.database.name
+    log.error("database_refused", error=error, db_host=host, db_name=name)
+    say_error(
+        f"the database server at db_host={host} refused the connection to db_name={name} "
+        f"(not retried: check the role, password and database name of the URL): {error}"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import psycopg
 from . import db, jobfile, schedules
 from .logs import get_logger
 from .registry import JOBS
-from .service import report_unreachable
+from .service import report_refused, report_unreachable
 from .settings import Settings
 from .store import processes, reads
 
@@ -110,13 +111,26 @@ class Report:
 
 def run(settings: Settings, *, service: str | None, as_json: bool, out: TextIO) -> int:
     """Print the status of the registered jobs; return 0 healthy, 1 unhealthy, 2 unreachable."""
+    started = time.monotonic()
     try:
         with _connect(settings) as conn:
             report = replace(gather(conn, service), concurrency=settings.concurrency)
     except psycopg.Error as exc:
         # The URL may hold the password: name the host and the database, never the URL.
+        refusal = db.permanent_refusal(exc)
+        if refusal is not None:
+            report_refused(settings, get_logger(), refusal)
+            return EXIT_UNREACHABLE
         error = db.describe_error(exc)
-        report_unreachable(settings, get_logger(), error, timeout_s=CONNECT_TIMEOUT_S)
+        waited_s = time.monotonic() - started
+        report_unreachable(
+            settings,
+            get_logger(),
+            error,
+            timeout_s=CONNECT_TIMEOUT_S,
+            attempts=1,
+            waited_s=waited_s,
+        )
         return EXIT_UNREACHABLE
     out.write(render_json(report) if as_json else render_table(report))
     return EXIT_HEALTHY if report.healthy else EXIT_UNHEALTHY
@@ -223,22 +237,28 @@ def _period(seconds: int | None) -> timedelta | None:
 
 def health(row: dict[str, Any], period: timedelta | None, now: datetime) -> str:
     """A job's verdict from its `reads.job_status` row (the README, "`worker status`").
-    A job with no period (`manual`, `at`) is never stale: only its last run judges it."""
-    last_success_at = row["last_success_at"]
+    A job with no period (`manual`, `at`) is never stale: only its last run judges it.
+    Staleness is counted from the last resume at the earliest: the occurrences a pause
+    skipped are not held against the job."""
     if row["paused"]:
         return "paused"
     if row["last_completed_status"] == "failed":
         return "failed"
     if period is None:
         return "waiting" if row["last_started_at"] is None else "ok"
+    resumed_at: datetime | None = row.get("resumed_at")
+
+    def since(moment: datetime) -> datetime:
+        return moment if resumed_at is None else max(moment, resumed_at)
+
     if row["last_started_at"] is None:
-        due_since = now - row["next_due_at"]
+        due_since = now - since(row["next_due_at"])
         return "never_run" if due_since > STALE_AFTER_PERIODS * period else "waiting"
-    if last_success_at is None:
+    if row["last_success_at"] is None:
         # Trying since its first run: stale only once that is 2 periods ago.
-        tried_for = now - row["first_started_at"]
+        tried_for = now - since(row["first_started_at"])
         return "stale" if tried_for > STALE_AFTER_PERIODS * period else "waiting"
-    if now - last_success_at > STALE_AFTER_PERIODS * period:
+    if now - since(row["last_success_at"]) > STALE_AFTER_PERIODS * period:
         return "stale"
     return "ok"
 

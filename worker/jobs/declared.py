@@ -245,6 +245,7 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
             call.url,
             bounds=bounds,
             should_stop=ctx.should_stop,
+            error_body_bytes=HTTP_BODY_KEPT,
             headers=headers,
             **body,
         )
@@ -268,10 +269,15 @@ def _http(ctx: JobContext, call: HttpCall, token: str | None, timeout_s: int) ->
 
 
 def _http_failure(exc: http_client.CallFailed) -> Attempt:
+    """A failed call's record: an error answer's status and the start of its body."""
     status = {} if exc.status_code is None else {"status_code": exc.status_code}
+    output = ""
+    if exc.status_code is not None:
+        text = exc.body[:HTTP_BODY_KEPT].decode("utf-8", "replace")
+        output = f"HTTP {exc.status_code}\n{text}" if text else f"HTTP {exc.status_code}"
     return Attempt(
         False,
-        output=f"HTTP {exc.status_code}" if exc.status_code is not None else "",
+        output=output,
         error=str(exc),
         retryable=exc.transient,
         retry_after_s=exc.retry_after_s,

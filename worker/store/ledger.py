@@ -87,8 +87,60 @@ def request_run(conn: Conn, job: str, kwargs: dict[str, Any] | None = None) -> b
     return conn.execute(db.query("ledger.request_run"), params).fetchone() is not None
 
 
-def set_paused(conn: Conn, job: str, paused: bool) -> None:
-    conn.execute(db.query("ledger.set_paused"), {"job": job, "paused": paused})
+@dataclass(frozen=True)
+class PauseChange:
+    """What a pause or resume did: `changed` false when the job already was so;
+    `paused_at`, when the job had been paused (None: it was not)."""
+
+    changed: bool
+    paused_at: datetime | None
+
+
+def set_paused(conn: Conn, job: str, paused: bool) -> PauseChange:
+    """Pause or resume `job` (a resume restarts its staleness clock)."""
+    row = conn.execute(db.query("ledger.set_paused"), {"job": job, "paused": paused}).fetchone()
+    assert row is not None
+    return PauseChange(bool(row["changed"]), row["paused_at"])
+
+
+def retire_undeclared(conn: Conn, dead_after_s: float) -> list[dict[str, Any]]:
+    """Retire the declared and built-in jobs no live process runs any more (while a live
+    process serves their service); the `job, service` rows retired."""
+    return conn.execute(
+        db.query("ledger.retire_undeclared"), {"dead_after_s": dead_after_s}
+    ).fetchall()
+
+
+def declared_by(conn: Conn, job: str, dead_after_s: float) -> list[dict[str, Any]]:
+    """The live processes (`service, host, pid`) that run `job`."""
+    return conn.execute(
+        db.query("ledger.declared_by"), {"job": job, "dead_after_s": dead_after_s}
+    ).fetchall()
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What `forget` did: whether the row went, and the history deleted and kept."""
+
+    forgotten: bool
+    runs_deleted: int
+    alerts_deleted: int
+    runs_kept: int
+    alerts_kept: int
+
+
+def forget(conn: Conn, job: str, *, history: bool) -> Forgotten:
+    """Delete the job's ledger row (not while a run of it goes on); with `history`, its runs,
+    alerts and recorded changes too. Its open overdue streak goes either way."""
+    row = conn.execute(db.query("ledger.forget_job"), {"job": job, "history": history}).fetchone()
+    assert row is not None
+    return Forgotten(
+        forgotten=bool(row["forgotten"]),
+        runs_deleted=row["runs_deleted"],
+        alerts_deleted=row["alerts_deleted"],
+        runs_kept=row["runs_kept"] - row["runs_deleted"],
+        alerts_kept=row["alerts_kept"] - row["alerts_deleted"],
+    )
 
 
 @dataclass(frozen=True)

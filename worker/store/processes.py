@@ -19,9 +19,12 @@ DEAD_AFTER_POLLS = 3
 DEAD_AFTER_S = POLL_S * DEAD_AFTER_POLLS
 
 
-def register(conn: Conn, service: str, version: str, concurrency: int) -> int:
-    """This daemon's row (a dead one of the same host and pid goes), its service remembered
-    as live; rows silent for a day are pruned on the way."""
+def register(
+    conn: Conn, service: str, version: str, concurrency: int, jobs: list[str] | None = None
+) -> int:
+    """This daemon's row, with the declared and built-in `jobs` it runs (None: every job of
+    its service, as an older version's row says) (a dead one of the same host and pid goes),
+    its service remembered as live; rows silent for a day are pruned on the way."""
     host, pid = db.process_identity()
     row = conn.execute(
         db.query("processes.register_process"),
@@ -31,6 +34,7 @@ def register(conn: Conn, service: str, version: str, concurrency: int) -> int:
             "service": service,
             "version": version,
             "concurrency": concurrency,
+            "jobs": jobs,
         },
     ).fetchone()
     conn.execute(db.query("processes.prune_processes"))
@@ -52,3 +56,15 @@ def listed(conn: Conn) -> list[dict[str, Any]]:
         ).fetchall()
     except psycopg.errors.UndefinedTable:
         return []
+
+
+def unserved(conn: Conn, service: str | None) -> str | None:
+    """Why a request to run a job of `service` would wait for ever: no live process serves
+    it (its own or an `all` one); None when one does (or the service is unknown)."""
+    live = {p["service"] for p in listed(conn) if p["alive"]}
+    if not service or live & {service, "all"}:
+        return None
+    return (
+        f"no live process of the {service} service serves this job: start "
+        f"`worker {service}` (or `worker all`), then ask again"
+    )

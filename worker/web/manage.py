@@ -191,12 +191,9 @@ class Manage:
         return checked
 
     def _check_served(self, conn: db.Conn, service: str | None) -> None:
-        live = {p["service"] for p in processes.listed(conn) if p["alive"]}
-        if service and not live & {service, "all"}:
-            raise Conflict(
-                f"no live process of the {service} service serves this job: start "
-                f"`worker {service}` (or `worker all`), then ask again"
-            )
+        refusal = processes.unserved(conn, service)
+        if refusal is not None:
+            raise Conflict(refusal)
 
 
 def read_body(request: Request) -> dict[str, Any]:

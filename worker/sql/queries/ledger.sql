@@ -6,7 +6,7 @@
 -- A changed schedule text recomputes next_due_at; an unchanged one keeps the row's phase.
 -- A file or built-in job registered under a runtime job's name takes the name over: the
 -- file is what a deploy ships. `period_s` is the schedule's period, from which the
--- watchdog's overdue grace is taken.
+-- watchdog's overdue grace is taken. A retired job declared again comes back.
 INSERT INTO worker_jobs (job, service, schedule, next_due_at, max_attempts, source,
                          declared_in, period_s, updated_at)
 VALUES (%(job)s, %(service)s, %(schedule)s, %(first_due)s, %(max_attempts)s, %(source)s,
@@ -19,6 +19,7 @@ ON CONFLICT (job) DO UPDATE
        declared_in = excluded.declared_in,
        definition = NULL,
        period_s = excluded.period_s,
+       retired_at = NULL,
        next_due_at = CASE
            WHEN worker_jobs.schedule IS DISTINCT FROM excluded.schedule
              OR worker_jobs.next_due_at IS NULL THEN excluded.next_due_at
@@ -97,6 +98,7 @@ SELECT t.now, t.next_wake, (SELECT runs FROM reaped) AS reaped,
     ON j.service = ANY(%(services)s)
    AND (j.next_due_at <= t.now OR j.run_requested_at IS NOT NULL OR j.owed_run_id IS NOT NULL)
    AND j.lease_until IS NULL
+   AND j.retired_at IS NULL
   LEFT JOIN worker_job_runs o ON o.id = j.owed_run_id
  ORDER BY j.run_requested_at NULLS LAST, j.next_due_at
  LIMIT %(limit)s;
@@ -243,12 +245,96 @@ SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM releas
                  ORDER BY metadata->>'rule', id DESC) latest) AS latest_rule_alerts;
 
 -- name: set_paused
-INSERT INTO worker_jobs (job, paused, paused_at, updated_at)
-VALUES (%(job)s, %(paused)s, CASE WHEN %(paused)s THEN now() END, now())
-ON CONFLICT (job) DO UPDATE
-   SET paused = excluded.paused,
-       paused_at = CASE WHEN excluded.paused THEN coalesce(worker_jobs.paused_at, now()) END,
-       updated_at = now();
+-- A pause or a resume (a row for a built-in job no service registered yet); `changed`
+-- false when the job already was so, `paused_at` when it was paused. A resume starts the
+-- job's staleness clock again (`resumed_at`): the occurrences skipped while paused do not
+-- count against it.
+WITH before AS (
+    SELECT paused, paused_at FROM worker_jobs WHERE job = %(job)s
+), written AS (
+    INSERT INTO worker_jobs (job, paused, paused_at, updated_at)
+    VALUES (%(job)s, %(paused)s, CASE WHEN %(paused)s THEN now() END, now())
+    ON CONFLICT (job) DO UPDATE
+       SET paused = excluded.paused,
+           paused_at = CASE WHEN excluded.paused THEN coalesce(worker_jobs.paused_at, now()) END,
+           resumed_at = CASE WHEN worker_jobs.paused AND NOT excluded.paused THEN now()
+                             ELSE worker_jobs.resumed_at END,
+           updated_at = now()
+    RETURNING job
+)
+SELECT (SELECT job FROM written) AS job,
+       coalesce((SELECT paused FROM before), false) IS DISTINCT FROM %(paused)s AS changed,
+       (SELECT paused_at FROM before) AS paused_at;
+
+-- name: retire_undeclared
+-- The declared and built-in jobs that no live process runs any more, while
+-- some live process serves their service (its own or an `all` one) and every such process
+-- said what it runs (`worker_processes.jobs`; NULL, an older version's, runs everything),
+-- and no run of them goes on: retired (ARCHITECTURE.md, "Retired jobs"). A service with
+-- no live process retires nothing: its jobs are overdue, not gone. A retired job's open
+-- overdue streak ends with it (no recovery will ever close it).
+WITH live AS (
+    SELECT service, jobs FROM worker_processes
+     WHERE last_seen_at > now() - make_interval(secs => %(dead_after_s)s)
+), retired AS (
+    UPDATE worker_jobs j
+       SET retired_at = now(), updated_at = now()
+     WHERE j.retired_at IS NULL AND j.source <> 'runtime'
+       AND (j.lease_until IS NULL OR j.lease_until <= now())
+       AND EXISTS (SELECT 1 FROM live l WHERE l.service IN (j.service, 'all'))
+       AND NOT EXISTS (SELECT 1 FROM live l
+                        WHERE l.service IN (j.service, 'all')
+                          AND (l.jobs IS NULL OR j.job = ANY(l.jobs)))
+    RETURNING j.job, j.service
+), ended AS (
+    DELETE FROM worker_streaks s USING retired r
+     WHERE s.type = 'JOB_OVERDUE' AND s.subject = r.job
+)
+SELECT job, service FROM retired;
+
+-- name: declared_by
+-- The live processes that run `job` (or may: an older version's runs every job of its
+-- service), for `worker forget`'s refusal.
+SELECT p.service, p.host, p.pid
+  FROM worker_processes p
+  JOIN worker_jobs j ON j.job = %(job)s
+ WHERE p.last_seen_at > now() - make_interval(secs => %(dead_after_s)s)
+   AND p.service IN (j.service, 'all')
+   AND (p.jobs IS NULL OR j.job = ANY(p.jobs))
+ ORDER BY p.service, p.host, p.pid;
+
+-- name: forget_job
+-- `worker forget`: the job's ledger row goes, unless a run of it goes on; with `history`
+-- its runs, alerts, open streaks and recorded changes go too (else they stay, as history
+-- no job row names). The counts of what went, and of the history kept.
+WITH gone AS (
+    DELETE FROM worker_jobs
+     WHERE job = %(job)s AND (lease_until IS NULL OR lease_until <= now())
+    RETURNING job
+), runs AS (
+    DELETE FROM worker_job_runs
+     WHERE job = %(job)s AND %(history)s AND EXISTS (SELECT 1 FROM gone)
+    RETURNING id
+), alerts AS (
+    DELETE FROM worker_alerts
+     WHERE job = %(job)s AND %(history)s AND EXISTS (SELECT 1 FROM gone)
+    RETURNING id
+), streaks AS (
+    DELETE FROM worker_streaks
+     WHERE type = 'JOB_OVERDUE' AND subject = %(job)s AND EXISTS (SELECT 1 FROM gone)
+    RETURNING subject
+), changes AS (
+    DELETE FROM worker_job_changes
+     WHERE job = %(job)s AND %(history)s AND EXISTS (SELECT 1 FROM gone)
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM gone) AS forgotten,
+       (SELECT count(*) FROM runs) AS runs_deleted,
+       (SELECT count(*) FROM alerts) AS alerts_deleted,
+       (SELECT count(*) FROM streaks) AS streaks_closed,
+       (SELECT count(*) FROM changes) AS changes_deleted,
+       (SELECT count(*) FROM worker_job_runs WHERE job = %(job)s) AS runs_kept,
+       (SELECT count(*) FROM worker_alerts WHERE job = %(job)s) AS alerts_kept;
 
 -- name: fence_run
 -- First inside each item's transaction: ARCHITECTURE.md, "Fencing" (worker_fence() is

@@ -3,15 +3,16 @@
 -- name: register_process
 -- A daemon's row, inserted at start. A row of this host and pid is a dead process's (a pid
 -- is one process at a time): it goes first. The service is remembered in worker_services
--- (the watchdog's memory of which services had processes), live as of now.
+-- (the watchdog's memory of which services had processes), live as of now. `jobs`: the
+-- declared and built-in jobs it runs, from which jobs no process runs are retired.
 WITH gone AS (
     DELETE FROM worker_processes WHERE host = %(host)s AND pid = %(pid)s
 ), seen AS (
     INSERT INTO worker_services (service) VALUES (%(service)s)
     ON CONFLICT (service) DO UPDATE SET last_live_at = now()
 )
-INSERT INTO worker_processes (host, pid, service, version, concurrency)
-VALUES (%(host)s, %(pid)s, %(service)s, %(version)s, %(concurrency)s)
+INSERT INTO worker_processes (host, pid, service, version, concurrency, jobs)
+VALUES (%(host)s, %(pid)s, %(service)s, %(version)s, %(concurrency)s, %(jobs)s)
 RETURNING id;
 
 -- name: deregister_process

@@ -5,9 +5,11 @@
 -- name: job_status
 -- `worker status` and the dashboard: every job some service has registered (of one service,
 -- or one job), with its latest runs, in one round trip, cheap enough for a container
--- HEALTHCHECK every 30 s. Each lateral lookup walks (job, started_at desc).
+-- HEALTHCHECK every 30 s. Each lateral lookup walks (job, started_at desc). A retired job
+-- (no live process runs it any more) is listed only when asked for by name: its page and
+-- history stay.
 SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused, j.source, j.declared_in,
-       j.definition, j.runs, j.successes, j.failures,
+       j.definition, j.runs, j.successes, j.failures, j.resumed_at, j.retired_at,
        latest.started_at  AS last_started_at,
        latest.status      AS last_status,
        latest.duration_ms AS duration_ms,
@@ -41,6 +43,7 @@ SELECT j.job, j.service, j.schedule, j.next_due_at, j.paused, j.source, j.declar
           FROM worker_job_runs r WHERE r.job = j.job
          ORDER BY started_at, id LIMIT 1) first ON true
  WHERE j.schedule IS NOT NULL
+   AND (j.retired_at IS NULL OR %(job)s::text IS NOT NULL)
    AND (%(service)s::text IS NULL OR %(service)s = 'all' OR j.service = %(service)s)
    AND (%(job)s::text IS NULL OR j.job = %(job)s)
    -- A page: the jobs after (service, job), through worker_jobs_service_job_idx.

@@ -7,7 +7,7 @@
 -- there are. Each row: `action` (open or close), the streak's `type` and `subject`, `job`,
 -- `run_id`, `since` (the occurrence missed, the last live moment, the run's start) and
 -- `facts` (what the alert's message says).
--- - JOB_OVERDUE opens for a job that is not paused, past its due time plus its grace
+-- - JOB_OVERDUE opens for a job that is not paused nor retired, past its due time plus its grace
 --   (`grace_s` when set, else max(`grace_floor_s`, `grace_fraction` x its period)) and not
 --   leased; it closes once the job's `next_due_at` moved on (a live process took the
 --   occurrence: claimed it, or consumed it without a run).
@@ -43,7 +43,7 @@ WITH RECURSIVE services(service) AS (
                            'period_s', j.period_s, 'next_due_at', j.next_due_at,
                            'late_s', extract(epoch FROM now() - j.next_due_at)) AS facts
    FROM worker_jobs j
-  WHERE NOT j.paused
+  WHERE NOT j.paused AND j.retired_at IS NULL
     AND j.next_due_at < now() - make_interval(secs => %(least_grace_s)s)
     AND j.next_due_at + make_interval(secs => coalesce(
             %(grace_s)s::float8,
@@ -72,14 +72,15 @@ SELECT 'open', 'SERVICE_DOWN', d.service, NULL, NULL, d.last_live_at,
            'down_s', extract(epoch FROM now() - d.last_live_at),
            'jobs', (SELECT coalesce(jsonb_agg(listed.job ORDER BY listed.job), '[]'::jsonb)
                       FROM (SELECT job FROM worker_jobs
-                             WHERE service = d.service AND NOT paused
+                             WHERE service = d.service AND NOT paused AND retired_at IS NULL
                              ORDER BY job LIMIT %(jobs_listed)s) listed),
            'job_count', (SELECT count(*) FROM worker_jobs
-                          WHERE service = d.service AND NOT paused))
+                          WHERE service = d.service AND NOT paused AND retired_at IS NULL))
   FROM served d
  WHERE NOT d.live
    AND d.last_live_at < now() - make_interval(secs => %(down_s)s)
-   AND EXISTS (SELECT 1 FROM worker_jobs j WHERE j.service = d.service AND NOT j.paused)
+   AND EXISTS (SELECT 1 FROM worker_jobs j
+                WHERE j.service = d.service AND NOT j.paused AND j.retired_at IS NULL)
    AND NOT EXISTS (SELECT 1 FROM worker_streaks s
                     WHERE s.type = 'SERVICE_DOWN' AND s.subject = d.service)
 UNION ALL
