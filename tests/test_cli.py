@@ -66,13 +66,20 @@ def test_a_closed_stdout_neither_breaks_nor_fails_the_run(db_url: str, conn: db.
 
 
 def run_worker(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_in(worker_env(**env), *args)
+
+
+def run_in(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m worker ARGS` with exactly this environment."""
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
         cwd=ROOT,
-        env=worker_env(**env),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -214,14 +221,7 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
 
 def test_status_on_a_fresh_data_directory_creates_nothing_and_says_so(tmp_path: Path) -> None:
     data_dir = tmp_path / "w"
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "status"],
-        cwd=ROOT,
-        env=embedded_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_in(embedded_env(data_dir), "status")
 
     assert done.returncode == 0, done.stderr  # no jobs registered: healthy, as the README says
     assert done.stdout.startswith("healthy\nno jobs registered: the embedded database ")
@@ -249,14 +249,7 @@ def test_status_reads_an_embedded_database_without_migrating_it_and_db_stop_says
     env = embedded_env(data_dir)
 
     def worker(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "worker", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_in(env, *args, timeout=120)
 
     url = worker("db", "url")  # creates the database, applies no migration, leaves it running
     assert url.returncode == 0, url.stderr
@@ -288,14 +281,7 @@ def test_a_jobs_file_that_cannot_be_parsed_blocks_neither_db_nor_status(tmp_path
     env = {**embedded_env(tmp_path / "w"), "WORKER_JOBS_FILE": str(jobs_file)}
 
     def worker(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "worker", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_in(env, *args, timeout=60)
 
     stopped = worker("db", "stop")
     assert (stopped.returncode, stopped.stderr) == (0, ""), stopped.stderr
