@@ -13,7 +13,7 @@ from worker import db
 
 PACKAGE = Path(__file__).resolve().parent.parent / "worker"
 # The named-query namespaces of the worker's own tables, each owned by one store module.
-STORE_NAMESPACES = {"ledger", "processes", "alerts", "reads", "definitions", "watchdog"}
+STORE_NAMESPACES = {"ledger", "processes", "alerts", "reads", "definitions", "watchdog", "charts"}
 SQL_TEXT = re.compile(
     r"^\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|WITH\s+\w+\s+AS\s*\(|"
     r"CREATE\s+(TABLE|INDEX|FUNCTION)|ALTER\s+TABLE)"
