@@ -213,6 +213,14 @@ def test_a_sparkline_puts_successes_above_the_midline_and_failures_below() -> No
     assert spark.title == "last 20 runs, newest on the right: 16 success, 4 failed; latest failed"
 
 
+def test_a_sparklines_marks_are_drawn_as_one_path_per_colour() -> None:
+    spark = charts.sparkline([run(3, "failed"), run(2), run(1)])
+    assert spark.paths == (
+        ("#009E73", "M85.5 1h4v10h-4zM90.5 1h4v10h-4z"),
+        ("#D55E00", "M95.5 11h4v10h-4z"),
+    )
+
+
 def test_a_short_sparkline_is_right_aligned() -> None:
     spark = charts.sparkline([run(2, "interrupted"), run(1, "partial")])
     partial, interrupted = spark.marks
