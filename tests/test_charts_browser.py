@@ -45,7 +45,7 @@ def window(driver: Any, width: int, height: int) -> None:
 
 
 def seed_week(conn: db.Conn) -> int:
-    """A week of runs of the built-in jobs (quota failing for six hours two days ago, a
+    """A week of runs of the built-in jobs (quota failing from seven hours ago to four, a
     partial or failed run now and then), an open alert, and a process gone ten minutes ago
     as well as the live one; returns the gone process's id."""
     for job, (period_s, typical_ms, spread_ms) in WEEK.items():
@@ -58,8 +58,8 @@ def seed_week(conn: db.Conn) -> int:
             "   CASE status WHEN 'success' THEN 0 WHEN 'partial' THEN 2 ELSE 10 END"
             " FROM (SELECT now() - make_interval(secs => i * %(period)s - 60) AS started,"
             "   (%(typical)s + %(spread)s * sin(i / 5.0))::int AS ms,"
-            "   CASE WHEN %(job)s = 'quota' AND i BETWEEN 48 AND 53 THEN 'failed'"
-            "        WHEN i %% 23 = 0 THEN 'partial' WHEN i %% 41 = 0 THEN 'failed'"
+            "   CASE WHEN %(job)s = 'quota' AND i BETWEEN 4 AND 7 THEN 'failed'"
+            "        WHEN i %% 13 = 0 THEN 'partial' WHEN i %% 29 = 0 THEN 'failed'"
             "        ELSE 'success' END AS status"
             "   FROM generate_series(1, 7 * 86400 / %(period)s) AS i) AS week",
             {"job": job, "period": period_s, "typical": typical_ms, "spread": spread_ms},
@@ -69,12 +69,12 @@ def seed_week(conn: db.Conn) -> int:
         " finished_at, duration_ms, total, succeeded, failed, attempt)"
         " SELECT 'quota', CASE WHEN a = 3 THEN 'manual' ELSE 'retry' END, 'failed', 'web-1', 4242,"
         "   started, started + interval '2 seconds', 2000, 10, 0, 10, a"
-        " FROM generate_series(48, 53) AS i, generate_series(2, 3) AS a,"
+        " FROM generate_series(4, 7) AS i, generate_series(2, 3) AS a,"
         "   LATERAL (SELECT now() - make_interval(secs => i * 3600 - 60 - a * 600)) AS s(started)"
     )
     conn.execute(
         "INSERT INTO worker_alerts (type, level, job, message) VALUES ('JOB_FAILED', 'ERROR',"
-        " 'quota', 'quota failed 6 times in a row: the usage API answered 503')"
+        " 'quota', 'quota failed 4 times in a row: the usage API answered 503')"
     )
     row = conn.execute(
         "INSERT INTO worker_processes (host, pid, service, version, concurrency, started_at,"
