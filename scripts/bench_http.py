@@ -6,6 +6,9 @@ embedded PostgreSQL holding 20 jobs in the ledger and 1,000,000 rows in worker_j
 
 1. 200 sequential requests (keep-alive) to each of `/`, `/api/jobs`, `/jobs/quota` and
    `/metrics`: p50 and p99. Target p99 <= 100 ms (indexed reads, no full scans). The same
+   for the charts: `/?after=-:-` (the dashboard with its sparklines, read afresh every time:
+   a cursor before the first job) and the page of a job that stopped running 20 days ago
+   (`/jobs/bench_job_10`: its last 100 runs lie weeks back, behind every other job's); and
    for the searched history: `/runs`, `/runs?status=failed`, one job's runs of one status,
    a status and a trigger no run has (the walk that finds nothing), alone and beside a
    common status or a job, `/api/runs` over a day's range ten days back, a later page
@@ -47,7 +50,8 @@ from tests.support.processes import WorkerProcess
 JOBS = 20
 RUNS = 1_000_000
 REQUESTS = 200
-PATHS = ("/", "/api/jobs", "/jobs/quota", "/metrics")
+STOPPED_JOB = "bench_job_10"  # no run for 20 days: the charts' worst case
+PATHS = ("/", "/?after=-:-", "/api/jobs", "/jobs/quota", f"/jobs/{STOPPED_JOB}", "/metrics")
 KEYS = 200
 LATENCY_MS = 10.0
 PASSES = 3
@@ -58,7 +62,7 @@ MAX_IDLE_RSS_MB = 55.0
 MAX_PASS_RATIO = 1.1
 WAIT_S = 120.0
 RUNTIME_JOBS = 10_000
-RUNTIME_PATHS = ("/", "/api/jobs?limit=100", "/jobs/rt_05000", "/api/handlers")
+RUNTIME_PATHS = ("/", "/?after=-:-", "/api/jobs?limit=100", "/jobs/rt_05000", "/api/handlers")
 CREATES = 5
 NOOP = "def run(n: int = 1) -> dict:\n    return {'n': n}\n"
 
@@ -84,8 +88,8 @@ def main() -> int:
     )
     report.note(
         "/ reads its data at most once a second (worker.web.app.DASHBOARD_FRESH_S), so most of "
-        "its 200 requests render a snapshot; /api/jobs and /jobs/JOB read the database "
-        "every time."
+        "its 200 requests render a snapshot; /?after=-:- (the same page), /api/jobs and "
+        "/jobs/JOB read the database every time."
     )
     return report.finish()
 
@@ -219,7 +223,9 @@ def seed_history(url: str) -> None:
     """20 jobs in the ledger (quota and 19 others) and RUNS runs spread over 30 days.
 
     Statuses vary run by run, except for one job that has failed every time: the worst case
-    for "its last success", which then lies beyond its whole history.
+    for "its last success", which then lies beyond its whole history. Another, STOPPED_JOB,
+    stopped 20 days ago (its later runs went to its neighbour): the worst case for its last
+    runs, behind everyone else's.
     """
     log(f"seeding {RUNS:,} runs of {JOBS} jobs")
     names = ["quota", *(f"bench_job_{i:02d}" for i in range(1, JOBS))]
@@ -242,6 +248,11 @@ def seed_history(url: str) -> None:
             "   NULL, 'bench', 1, now() - make_interval(secs => i * 2.6 + 0.05)"  # 50 ms late
             " FROM generate_series(%(runs)s, 1, -1) AS i",
             {"names": names, "jobs": JOBS, "runs": RUNS},
+        )
+        conn.execute(
+            "UPDATE worker_job_runs SET job = 'bench_job_11'"
+            " WHERE job = %s AND started_at > now() - interval '20 days'",
+            (STOPPED_JOB,),
         )
         conn.execute("VACUUM ANALYZE worker_job_runs")
         conn.execute("VACUUM ANALYZE worker_jobs")

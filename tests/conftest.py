@@ -162,5 +162,8 @@ SLOW_FIXTURES = {"server_url", "database_url", "db_url", "conn", "spawn", "daemo
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "browser" in fixtures:  # `-m browser`: every test that drives Chromium
+            item.add_marker(pytest.mark.browser)

@@ -21,6 +21,7 @@ STORE_NAMESPACES = {
     "definitions",
     "watchdog",
     "history",
+    "charts",
 }
 SQL_TEXT = re.compile(
     r"^\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|WITH\s+\w+\s+AS\s*\(|"

@@ -33,6 +33,7 @@ from ..metrics import LedgerCollector
 from ..settings import Settings
 from ..store import alerts as alert_store
 from ..store import ledger, reads
+from . import charts
 from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
@@ -97,7 +98,9 @@ ROUTES = (
 )
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
 
-DashboardData = tuple[status.Report, list[dict[str, Any]], list[dict[str, Any]]]
+DashboardData = tuple[
+    status.Report, list[dict[str, Any]], list[dict[str, Any]], dict[str, charts.Sparkline]
+]
 
 
 class App:
@@ -182,7 +185,9 @@ class App:
                 environment = Environment(
                     loader=PackageLoader("worker", "templates"), autoescape=True
                 )
-                environment.filters.update(utc=_utc, local=_local, duration=status.duration)
+                environment.filters.update(
+                    utc=_utc, local=_local, duration=status.duration, ago=charts.short_duration
+                )
                 self._templates = environment
             return self._templates
 
@@ -225,9 +230,9 @@ class App:
     def dashboard(self, request: Request) -> Response:
         after = request.args.get("after")
         if after is None:
-            report, runs, alerts = self.dashboard_data()
+            report, runs, alerts, sparks = self.dashboard_data()
         else:  # a later page of the job list: read as asked, not kept
-            report, runs, alerts = self.read_dashboard(_cursor(after))
+            report, runs, alerts, sparks = self.read_dashboard(_cursor(after))
         zones = {entry.job: self.zone(entry) for entry in report.jobs}
         return self.render(
             "dashboard.html",
@@ -235,6 +240,7 @@ class App:
             zones=zones,
             runs=runs,
             alerts=alerts,
+            sparks=sparks,
             notice=_notice(request),
             here=request.path,
         )
@@ -248,12 +254,14 @@ class App:
             report = self.report(conn, after=after, limit=DASHBOARD_JOBS)
             runs = reads.recent_runs(conn, RECENT_RUNS)
             alerts = alert_store.listed(conn, ALERTS, only_open=True)
-        return report, runs, alerts
+            sparks = charts.sparklines(conn, [entry.job for entry in report.jobs])
+        return report, runs, alerts, sparks
 
     def job_page(self, request: Request, job: str) -> Response:
         with self.connections.connection() as conn:
             entry = self.job_status(conn, job)
             rows = reads.job_runs(conn, job, JOB_RUNS)
+            job_charts = charts.job_charts(conn, job, self.zone(entry))
         definition = entry.definition
         handler = (
             self.manage.handlers.catalogue().get(definition["handler"]) if definition else None
@@ -263,6 +271,7 @@ class App:
             job=entry,
             zone=self.zone(entry),
             runs=rows,
+            charts=job_charts,
             handler=handler,
             spec=describe(entry),
             notice=_notice(request),
