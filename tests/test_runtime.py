@@ -249,6 +249,9 @@ def test_system_jobs_are_not_deleted_or_redefined_and_names_are_unique(
     paused = http.post("/api/jobs/quota/pause")
     assert paused.status_code == 200  # pausing a system job is allowed, and recorded
     assert http.get("/api/jobs/quota/changes").json()["changes"][0]["action"] == "pause"
+    assert http.post("/api/jobs/quota/pause").status_code == 200  # already paused
+    actions = [c["action"] for c in http.get("/api/jobs/quota/changes").json()["changes"]]
+    assert actions == ["pause"]  # a pause that changed nothing is not recorded
 
 
 def test_a_running_run_shows_progress_and_output_then_cancel_ends_it(

@@ -388,7 +388,7 @@ def _checked(make: Callable[[], Any], catalogue: Any = None) -> Any:
 
 
 def _served(conn: db.Conn) -> bool:
-    return any(p["alive"] and p["service"] in ("jobs", "all") for p in processes.listed(conn))
+    return processes.unserved(conn, "jobs") is None
 
 
 def _next(definition: Definition, first_due: Any) -> str:

@@ -344,8 +344,8 @@ class App:
     def set_paused(self, request: Request, job: str, *, paused: bool) -> Response:
         with self.connections.connection() as conn:
             self.job_status(conn, job)
-            ledger.set_paused(conn, job, paused)
-            self.manage.record_pause(conn, job, paused)
+            if ledger.set_paused(conn, job, paused).changed:  # a second click records nothing
+                self.manage.record_pause(conn, job, paused)
         self.log.info("job_paused_set" if paused else "job_resumed", job=job, via="http")
         done = "paused" if paused else "resumed"
         return self.acted(request, done, job, {"job": job, "paused": paused})
