@@ -254,6 +254,21 @@ def test_system_jobs_are_not_deleted_or_redefined_and_names_are_unique(
     assert actions == ["pause"]  # a pause that changed nothing is not recorded
 
 
+def test_run_now_of_a_retired_job_is_refused_as_no_process_would_start_it(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in,"
+        " retired_at) VALUES ('gone', 'jobs', 'every 1h', now(), 'file', 'worker.toml', now())"
+    )
+    refused = http.post("/api/jobs/gone/run")
+    assert refused.status_code == 409
+    assert refused.json()["error"].startswith("gone is retired: no live process of the jobs")
+    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'gone'").fetchone()
+    assert row == {"run_requested_at": None}
+
+
 def test_a_running_run_shows_progress_and_output_then_cancel_ends_it(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:

@@ -100,6 +100,11 @@ class Manage:
             if row is None:
                 raise NotFound(f"no job {job!r} in the ledger")
             kwargs = self._run_kwargs(row, body)
+            if row["retired_at"] is not None:  # no live process declares it: none would start it
+                raise Conflict(
+                    f"{job} is retired: no live process of the {row['service']} service runs "
+                    f"it any more (declare it again, or `worker forget {job}`)"
+                )
             self._check_served(conn, row["service"])
             if not ledger.request_run(conn, job, kwargs):
                 raise Conflict(f"a run of {job} is already requested: wait for it to start")

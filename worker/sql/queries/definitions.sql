@@ -73,7 +73,7 @@ SELECT id, job, action, before, after, actor, at
 
 -- name: job_source
 -- Where a job comes from, and its definition when it is a runtime one.
-SELECT job, service, source, declared_in, definition, schedule, paused
+SELECT job, service, source, declared_in, definition, schedule, paused, retired_at
   FROM worker_jobs
  WHERE job = %(job)s;
 
