@@ -35,12 +35,10 @@ def latest_rule_alerts(
     return [(row["rule"], row["type"]) for row in rows]
 
 
-def listed(conn: Conn, limit: int, *, only_open: bool = False) -> list[dict[str, Any]]:
-    """The latest alerts, newest first (only those nobody acknowledged, if asked), each
-    with the `run_id` it is about, if any."""
-    if only_open:
-        return conn.execute(db.query("alerts.open_alerts"), {"limit": limit}).fetchall()
-    return conn.execute(db.query("alerts.alerts"), {"limit": limit}).fetchall()
+def open_alerts(conn: Conn, limit: int) -> list[dict[str, Any]]:
+    """The latest alerts nobody acknowledged, newest first, each with the `run_id` it is
+    about, if any (the whole history, filtered: `store.history.alerts`)."""
+    return conn.execute(db.query("alerts.open_alerts"), {"limit": limit}).fetchall()
 
 
 def acknowledge(conn: Conn, alert_id: int) -> datetime | None:

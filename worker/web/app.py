@@ -253,7 +253,7 @@ class App:
         with self.connections.connection() as conn:
             report = self.report(conn, after=after, limit=DASHBOARD_JOBS)
             runs = reads.recent_runs(conn, RECENT_RUNS)
-            alerts = alert_store.listed(conn, ALERTS, only_open=True)
+            alerts = alert_store.open_alerts(conn, ALERTS)
             sparks = charts.sparklines(conn, [entry.job for entry in report.jobs])
         return report, runs, alerts, sparks
 

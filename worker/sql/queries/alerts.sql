@@ -13,19 +13,10 @@ SELECT DISTINCT ON (metadata->>'rule') metadata->>'rule' AS rule, type
  WHERE job = %(job)s AND type = ANY(%(types)s) AND metadata->>'rule' = ANY(%(rules)s)
  ORDER BY metadata->>'rule', id DESC;
 
--- name: alerts
--- `run_id`: the run an alert is about, as the alert path and the watchdog record it in
--- `metadata` (history.sql's `alerts` reads it the same way).
-SELECT id, type, level, job, message, metadata,
-       CASE WHEN jsonb_typeof(metadata->'run_id') = 'number'
-            THEN (metadata->>'run_id')::bigint END AS run_id,
-       created_at, acknowledged_at
-  FROM worker_alerts
- ORDER BY created_at DESC
- LIMIT %(limit)s;
-
 -- name: open_alerts
--- Those nobody acknowledged yet: walks the partial index of open alerts.
+-- Those nobody acknowledged yet: walks the partial index of open alerts. `run_id`: the run
+-- an alert is about, as the alert path and the watchdog record it in `metadata`
+-- (history.sql's `alerts` reads it the same way).
 SELECT id, type, level, job, message, metadata,
        CASE WHEN jsonb_typeof(metadata->'run_id') = 'number'
             THEN (metadata->>'run_id')::bigint END AS run_id,
