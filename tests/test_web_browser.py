@@ -188,12 +188,17 @@ def screenshot(driver: Any, tmp_path: Path, name: str, through: str | None = Non
 
 def submit(driver: Any, button_id: str) -> None:
     """Press a form's button and wait for the page it leads to."""
+    follow(driver, f"#{button_id}")
+
+
+def follow(driver: Any, selector: str) -> None:
+    """Click what `selector` finds (a link, a button) and wait for the page it leads to."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.ID, button_id).click()
+    driver.find_element(By.CSS_SELECTOR, selector).click()
     WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
 
 

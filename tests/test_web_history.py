@@ -12,7 +12,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tests.test_history import insert_alert, insert_run, open_ids
-from tests.test_web_browser import browser, no_alert_dialog, notice, screenshot, submit
+from tests.test_web_browser import (
+    browser,
+    follow,
+    no_alert_dialog,
+    notice,
+    screenshot,
+    submit,
+)
 from tests.webtools import TOKEN, Spawn, web_worker
 from worker import db
 
@@ -32,17 +39,6 @@ def shown_runs(driver: Any) -> list[int]:
 
     rows = driver.find_elements(By.CSS_SELECTOR, "#runs tr[data-run]")
     return [int(row.get_attribute("data-run")) for row in rows]
-
-
-def follow(driver: Any, selector: str) -> None:
-    """Click a link and wait for the page it leads to."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
-
-    page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, selector).click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
 
 
 def test_a_days_failed_runs_in_two_clicks_then_the_form_and_the_next_page(
