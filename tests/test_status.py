@@ -623,3 +623,45 @@ def test_database_down_exits_2_without_the_password(spawn: Spawn) -> None:
     assert json.loads(event)["event"] == "database_unreachable"
     assert human.startswith("worker: error: ") and "db_host=127.0.0.1" in human
     assert "sekret-password" not in err
+
+
+def test_a_job_that_always_fails_costs_the_status_read_one_index_descent(conn: db.Conn) -> None:
+    """Its latest success is read from the index of successes, which holds none of its runs,
+    never by walking its whole history of failures, whatever sample ANALYZE draws."""
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at)"
+        " SELECT 'bulk_' || j, 'jobs', 'every 1h', now() FROM generate_series(0, 19) AS j"
+    )
+    conn.execute(
+        "INSERT INTO worker_job_runs (job, trigger, status, host, pid, started_at,"
+        " finished_at, duration_ms)"
+        " SELECT 'bulk_' || i % 20, 'schedule',"
+        "   CASE WHEN i % 20 = 19 THEN 'failed'"  # bulk_19 has never succeeded
+        "   ELSE (ARRAY['success','success','success','partial','failed'])[1 + i / 20 % 5] END,"
+        "   'peer', 1, now() - make_interval(secs => i * 2.6),"
+        "   now() - make_interval(secs => i * 2.6 - 1.5), 1500"
+        "   FROM generate_series(1, 200000) AS i"
+    )
+    conn.execute("VACUUM ANALYZE worker_job_runs")
+    params = {"service": None, "job": None, "after_service": None, "after_job": None}
+    for _ in range(5):  # each ANALYZE draws another sample, and may tip a close plan
+        conn.execute("ANALYZE worker_job_runs")
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + db.query("reads.job_status"),
+            {**params, "limit": None},
+        ).fetchone()
+        assert row is not None
+        plan = row["QUERY PLAN"][0]
+
+        def walked(node: dict[str, Any]) -> list[dict[str, Any]]:
+            return [node, *(n for child in node.get("Plans", []) for n in walked(child))]
+
+        scans = [n for n in walked(plan["Plan"]) if n.get("Relation Name") == "worker_job_runs"]
+        read = sum(
+            (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
+            for n in scans
+        )
+        assert read <= 4 * 20, json.dumps(plan)  # a row or none per lateral and job
+        # The success comes from the index alone: no table page, so no close call to tip.
+        ran = [n for n in scans if n.get("Index Name") == "worker_job_runs_job_ran_idx"]
+        assert [n["Node Type"] for n in ran] == ["Index Only Scan"], json.dumps(plan)
