@@ -192,13 +192,26 @@ def submit(driver: Any, button_id: str) -> None:
 
 
 def follow(driver: Any, selector: str) -> None:
-    """Click what `selector` finds (a link, a button) and wait for the page it leads to."""
+    """Click what `selector` finds (a link, a button) and wait for the page it leads to.
+
+    A page that refreshes itself swaps its content in place (templates/base.html): an
+    element found just before a swap is gone when clicked, and is found again."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, selector).click()
+    for attempt in range(3):
+        try:
+            driver.find_element(By.CSS_SELECTOR, selector).click()
+            break
+        except WebDriverException as exc:  # StaleElementReferenceException among them
+            swapped = isinstance(exc, StaleElementReferenceException) or (
+                "does not belong to the document" in str(exc)
+            )
+            if not swapped or attempt == 2:
+                raise
     WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
 
 
