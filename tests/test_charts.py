@@ -14,7 +14,7 @@ import pytest
 from worker import db
 from worker.store import charts as chart_store
 from worker.vocab import RunStatus
-from worker.web import charts
+from worker.web import charts, sparklines
 from worker.web.charts import PLOT_HEIGHT, PLOT_TOP
 
 BASELINE = PLOT_TOP + PLOT_HEIGHT
@@ -91,7 +91,7 @@ def test_an_empty_history_draws_no_bar_and_says_so() -> None:
     assert len(hourly.columns) == charts.HOURS and hourly.empty
     assert hourly.summary.startswith("0 runs")
     assert charts.legend([]) == ()
-    assert charts.sparkline([]).marks == ()
+    assert sparklines.sparkline([]).marks == ()
 
 
 def test_one_run_is_one_bar_at_the_right_edge_with_its_title() -> None:
@@ -201,8 +201,8 @@ def test_the_legend_lists_the_statuses_shown_in_stacking_order() -> None:
 
 def test_a_sparkline_puts_successes_above_the_midline_and_failures_below() -> None:
     rows = [run(i, "failed" if i % 5 == 0 else "success") for i in range(25, 0, -1)]
-    spark = charts.sparkline(rows)
-    assert len(spark.marks) == charts.SPARK_RUNS  # the newest 20 of 25
+    spark = sparklines.sparkline(rows)
+    assert len(spark.marks) == sparklines.SPARK_RUNS  # the newest 20 of 25
     for mark, status in zip(spark.marks, [r["status"] for r in reversed(rows[:20])], strict=True):
         assert mark.status == status
         if status == "success":
@@ -214,7 +214,7 @@ def test_a_sparkline_puts_successes_above_the_midline_and_failures_below() -> No
 
 
 def test_a_sparklines_marks_are_drawn_as_one_path_per_colour() -> None:
-    spark = charts.sparkline([run(3, "failed"), run(2), run(1)])
+    spark = sparklines.sparkline([run(3, "failed"), run(2), run(1)])
     assert spark.paths == (
         ("#009E73", "M85.5 1h4v10h-4zM90.5 1h4v10h-4z"),
         ("#D55E00", "M95.5 11h4v10h-4z"),
@@ -222,7 +222,7 @@ def test_a_sparklines_marks_are_drawn_as_one_path_per_colour() -> None:
 
 
 def test_a_short_sparkline_is_right_aligned() -> None:
-    spark = charts.sparkline([run(2, "interrupted"), run(1, "partial")])
+    spark = sparklines.sparkline([run(2, "interrupted"), run(1, "partial")])
     partial, interrupted = spark.marks
     assert interrupted.x + interrupted.width == pytest.approx(spark.width - 0.5)
     assert partial.y + partial.height == spark.mid  # rises, less than a success
@@ -277,7 +277,7 @@ def test_recent_outcomes_are_each_jobs_newest_in_one_statement(conn: db.Conn) ->
     assert len(found["a"]) == 20 and [r["status"] for r in found["b"]] == ["failed"]
     newest = [r["started_at"] for r in found["a"]]
     assert newest == sorted(newest, reverse=True)
-    assert charts.sparklines(conn, ["a", "b"])["b"].marks[0].status == "failed"
+    assert sparklines.sparklines(conn, ["a", "b"])["b"].marks[0].status == "failed"
 
 
 def seed_month(conn: db.Conn, jobs: int = 20, runs: int = 60_000) -> None:
@@ -324,8 +324,8 @@ def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
         ("charts.runs_per_hour", {"job": "bulk_3", "zone": "UTC", "hours": charts.HOURS}, 0),
         (
             "charts.recent_outcomes",
-            {"jobs": [f"bulk_{j}" for j in range(1, 21)], "per_job": charts.SPARK_RUNS},
-            20 * charts.SPARK_RUNS,
+            {"jobs": [f"bulk_{j}" for j in range(1, 21)], "per_job": sparklines.SPARK_RUNS},
+            20 * sparklines.SPARK_RUNS,
         ),
     ],
 )
@@ -342,3 +342,24 @@ def test_chart_reads_walk_the_index_and_only_their_range(
     assert indexes and indexes <= JOB_INDEXES, json.dumps(plan)
     read = sum(n["Actual Rows"] * n["Actual Loops"] for n in scans)
     assert read <= most_rows, json.dumps(plan)
+
+
+def test_an_hours_column_links_to_that_hours_runs_of_the_job() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    since = datetime(2026, 11, 25, 18, 30, tzinfo=UTC)  # Kolkata's midnight: +05:30
+    rows = [hour_row(since, 10, "failed", 2)]
+    chart = charts.hourly_chart(rows, since, "Asia/Kolkata", job="export")
+    link = urlsplit(chart.columns[10].href or "")
+    assert link.path == "/runs"
+    query = {name: values[0] for name, values in parse_qs(link.query).items()}
+    assert query == {
+        "job": "export",
+        "since": "2026-11-26T10:00+05:30",
+        "until": "2026-11-26T11:00+05:30",
+    }
+    start = datetime.fromisoformat(query["since"])
+    assert start == since + timedelta(hours=10)  # the very hour the column counts
+    assert datetime.fromisoformat(query["until"]) - start == timedelta(hours=1)
+    assert chart.columns[9].href is None  # no runs in that hour: nothing to link
+    assert charts.hourly_chart(rows, since, "Asia/Kolkata").columns[10].href is None

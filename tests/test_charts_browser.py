@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.test_daemon import wait_until
-from tests.test_web_browser import browser, no_alert_dialog, screenshot
+from tests.test_web_browser import browser, follow, no_alert_dialog, screenshot
 from tests.webtools import Spawn, web_worker
 from worker import db
 from worker.web import charts
@@ -144,8 +144,9 @@ def check_job_charts(driver: Any, conn: db.Conn, job: str, width: int) -> None:
     assert all(w > 0 for w, _ in sizes)
     expected = [max(d / top * charts.PLOT_HEIGHT, charts.MIN_BAR_PX) for d in durations]
     assert [h for _, h in sizes] == pytest.approx(expected, abs=0.5)
-    hours = driver.find_elements(By.CSS_SELECTOR, "#hourly g.hour")
+    hours = driver.find_elements(By.CSS_SELECTOR, "#hourly a")
     assert len(hours) == hours_with_runs(conn, job, "Asia/Shanghai")
+    assert all(h.get_dom_attribute("href").startswith(f"/runs?job={job}&since=") for h in hours)
     legend = driver.find_element(By.ID, "chart-legend").text
     assert {"success", "partial", "failed"} <= set(legend.split())
     assert no_sideways_scroll(driver)
@@ -201,4 +202,11 @@ def test_charts_sparklines_and_processes_at_desktop_and_phone_widths(
         target = bars[-1].get_dom_attribute("href")
         bars[-1].click()  # a bar leads to its run
         wait_until(lambda: browser.current_url == f"{url}{target}", timeout_s=10)
+        # An hour's column leads to that hour's runs: as many rows as its title counts.
+        browser.get(f"{url}/jobs/quota")
+        hour = browser.find_elements(By.CSS_SELECTOR, "#hourly a")[-1]
+        counted = hour.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+        runs = int(counted.split(": ", 1)[1].split(" run", 1)[0])
+        follow(browser, "#hourly a:last-of-type")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#runs tr[data-run]")) == runs
     assert no_alert_dialog(browser)

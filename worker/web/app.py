@@ -33,7 +33,7 @@ from ..metrics import LedgerCollector
 from ..settings import Settings
 from ..store import alerts as alert_store
 from ..store import ledger, reads
-from . import charts
+from . import charts, sparklines
 from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
@@ -99,7 +99,7 @@ ROUTES = (
 URLS = Map([Rule(path, endpoint=handler, methods=[verb]) for path, handler, verb in ROUTES])
 
 DashboardData = tuple[
-    status.Report, list[dict[str, Any]], list[dict[str, Any]], dict[str, charts.Sparkline]
+    status.Report, list[dict[str, Any]], list[dict[str, Any]], dict[str, sparklines.Sparkline]
 ]
 
 
@@ -254,7 +254,7 @@ class App:
             report = self.report(conn, after=after, limit=DASHBOARD_JOBS)
             runs = reads.recent_runs(conn, RECENT_RUNS)
             alerts = alert_store.open_alerts(conn, ALERTS)
-            sparks = charts.sparklines(conn, [entry.job for entry in report.jobs])
+            sparks = sparklines.sparklines(conn, [entry.job for entry in report.jobs])
         return report, runs, alerts, sparks
 
     def job_page(self, request: Request, job: str) -> Response:

@@ -1,6 +1,7 @@
-"""The charts of the job page and the dashboard as geometry: which rectangle goes where, in
-which fill, with which title and axis labels. Pure functions from the rows `store/charts.py`
-reads to coordinates; `templates/_charts.html` and `_sparkline.html` only draw them.
+"""The job page's charts as geometry: which rectangle goes where, in which fill, with which
+title and axis labels, and what each links to. Pure functions from the rows
+`store/charts.py` reads to coordinates; `templates/_charts.html` only draws them. The job
+list's sparklines (`web/sparklines.py`) share the fills.
 
 Horizontal positions are percentages of the chart's width (the SVG is as wide as the page,
 its text stays at the page's size, legible on a phone); vertical ones are pixels. A status
@@ -12,11 +13,11 @@ it by position as well: successes rise above the midline, failures hang below.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from .. import status as status_words
@@ -25,7 +26,6 @@ from ..store import charts as chart_store
 
 LAST_RUNS = 100  # bars of the job page's duration chart
 HOURS = 7 * 24  # columns of its runs-per-hour chart
-SPARK_RUNS = 20  # marks of a sparkline in the job list
 
 PLOT_TOP = 16  # px above the plot: the top gridline's label
 PLOT_HEIGHT = 120
@@ -35,10 +35,6 @@ MIN_BAR_PX = 2.0  # a run of no measurable duration still shows
 MIN_SLOTS = 20  # a short history gets bars of a twentieth of the width, not wider
 GAP = 0.2  # of a slot, between two bars
 MIN_DAY_LABEL_HOURS = 10  # a day cut shorter than this by the window's edge goes unlabelled
-
-SPARK_SLOT = 5  # px per run in the sparkline's viewBox
-SPARK_HEIGHT = 22
-SPARK_MID = SPARK_HEIGHT // 2
 
 # Nice tops for the duration axis, in ms; past a day, whole days.
 DURATION_STEPS_MS = tuple(
@@ -161,25 +157,6 @@ class JobCharts:
     patterns: tuple[Pattern, ...] = PATTERNS
 
 
-@dataclass(frozen=True)
-class Sparkline:
-    marks: tuple[Rect, ...]
-    title: str
-    width: int = SPARK_RUNS * SPARK_SLOT
-    height: int = SPARK_HEIGHT
-    mid: int = SPARK_MID
-
-    @property
-    def paths(self) -> tuple[tuple[str, str], ...]:
-        """The marks as one SVG path per fill, `(fill, d)`: a page of 100 sparklines is
-        tens of kilobytes, not a hundred and fifty."""
-        by_fill: dict[str, list[str]] = {}
-        for m in self.marks:
-            rect = f"M{m.x:g} {m.y:g}h{m.width:g}v{m.height:g}h-{m.width:g}z"
-            by_fill.setdefault(m.fill, []).append(rect)
-        return tuple((fill, "".join(rects)) for fill, rects in by_fill.items())
-
-
 # --- reading -----------------------------------------------------------------------------
 
 
@@ -191,15 +168,9 @@ def job_charts(conn: Conn, job: str, zone: str) -> JobCharts:
     statuses = [run["status"] for run in runs] + [row["status"] for row in hours]
     return JobCharts(
         durations=durations_chart(runs, zone),
-        hourly=hourly_chart(hours, since, zone),
+        hourly=hourly_chart(hours, since, zone, job=job),
         legend=legend(statuses),
     )
-
-
-def sparklines(conn: Conn, jobs: Sequence[str]) -> dict[str, Sparkline]:
-    """Each job's last SPARK_RUNS outcomes (a job without runs has none), in one statement."""
-    by_job = chart_store.recent_outcomes(conn, jobs, SPARK_RUNS)
-    return {job: sparkline(runs) for job, runs in by_job.items()}
 
 
 # --- the duration chart ------------------------------------------------------------------
@@ -293,17 +264,26 @@ def short_duration(ms: float) -> str:
 
 
 def hourly_chart(
-    rows: Iterable[Mapping[str, Any]], since: datetime, zone: str, hours: int = HOURS
+    rows: Iterable[Mapping[str, Any]],
+    since: datetime,
+    zone: str,
+    hours: int = HOURS,
+    job: str | None = None,
 ) -> Chart:
     """A column per hour from `since` (an hour's start on `zone`'s clock), its runs stacked
-    by status; hours without runs are empty columns. Midnights are ticks, days labelled."""
+    by status, linking to that hour's runs of `job`; hours without runs are empty columns.
+    Midnights are ticks, days labelled."""
     counts = bucket_counts(rows, since, hours)
     top = nice_count(max((sum(hour.values()) for hour in counts), default=0))
     slot = 100 / hours
     tz = ZoneInfo(zone)
     starts = [(since + timedelta(hours=index)).astimezone(tz) for index in range(hours)]
     columns = tuple(
-        Column(_stack(index * slot, slot, hour, top), _hour_title(start, hour, zone))
+        Column(
+            _stack(index * slot, slot, hour, top),
+            _hour_title(start, hour, zone),
+            _hour_runs(job, start) if job and hour else None,
+        )
         for index, (start, hour) in enumerate(zip(starts, counts, strict=True))
     )
     gridlines = [Gridline(_y(top, top), f"{top} per hour"), Gridline(_y(0, top), "")]
@@ -349,7 +329,7 @@ def nice_count(most: int) -> int:
 
 def _stack(x: float, slot: float, hour: Mapping[str, int], top: int) -> tuple[Rect, ...]:
     segments, base = [], float(PLOT_TOP + PLOT_HEIGHT)
-    for status in _ordered(hour):
+    for status in stacking_order(hour):
         height = hour[status] / top * PLOT_HEIGHT
         base -= height
         segments.append(_rect(x, slot, base, height, status))
@@ -359,8 +339,15 @@ def _stack(x: float, slot: float, hour: Mapping[str, int], top: int) -> tuple[Re
 _RANK = {status: rank for rank, status in enumerate(STYLES)}
 
 
-def _ordered(statuses: Iterable[str]) -> list[str]:
+def stacking_order(statuses: Iterable[str]) -> list[str]:
     return sorted(statuses, key=lambda s: (_RANK.get(s, len(_RANK)), s))
+
+
+def _hour_runs(job: str, start: datetime) -> str:
+    """The runs page of `job` filtered to the hour from `start` (its offset written out)."""
+    until = start + timedelta(hours=1)
+    moments = {"since": start.isoformat("T", "minutes"), "until": until.isoformat("T", "minutes")}
+    return "/runs?" + urlencode({"job": job, **moments})
 
 
 def _hour_title(start: datetime, hour: Mapping[str, int], zone: str) -> str:
@@ -368,7 +355,7 @@ def _hour_title(start: datetime, hour: Mapping[str, int], zone: str) -> str:
     span = f"{start:%a %Y-%m-%d %H:%M}-{end:%H:%M} {zone}"
     if not hour:
         return f"{span}: no runs"
-    parts = ", ".join(f"{hour[status]} {status}" for status in _ordered(hour))
+    parts = ", ".join(f"{hour[status]} {status}" for status in stacking_order(hour))
     total = sum(hour.values())
     return f"{span}: {total} run{'s' if total != 1 else ''} ({parts})"
 
@@ -394,42 +381,7 @@ def _day_labels(
 
 def legend(statuses: Iterable[str]) -> tuple[LegendEntry, ...]:
     """The statuses the charts show, in stacking order, each with its fill."""
-    return tuple(LegendEntry(status, fill(status)) for status in _ordered(set(statuses)))
-
-
-# Where a status's mark sits in the sparkline: (top, height) in px of the viewBox.
-SPARK_MARKS = {
-    "success": (1, SPARK_MID - 1),  # rises from the midline
-    "partial": (SPARK_MID - 6, 6),  # rises, less high
-    "failed": (SPARK_MID, SPARK_MID - 1),  # hangs below it
-    "running": (SPARK_MID - 4, 4),
-}
-SPARK_OTHER = (SPARK_MID - 2, 4)  # interrupted, cancelled, abandoned: on the midline
-
-
-def sparkline(runs: Sequence[Mapping[str, Any]]) -> Sparkline:
-    """A job's recent outcomes, oldest left and newest at the right edge: one mark per run,
-    its colour and its place (above, on or below the midline) its status."""
-    ordered = sorted(runs, key=lambda run: (run["started_at"], run["id"]))[-SPARK_RUNS:]
-    first = (SPARK_RUNS - len(ordered)) * SPARK_SLOT
-    marks = []
-    for index, run in enumerate(ordered):
-        top, height = SPARK_MARKS.get(run["status"], SPARK_OTHER)
-        marks.append(
-            Rect(
-                x=first + index * SPARK_SLOT + 0.5,
-                width=SPARK_SLOT - 1,
-                y=top,
-                height=height,
-                fill=fill(run["status"], patterned=False),
-                status=run["status"],
-            )
-        )
-    counts = Counter(run["status"] for run in ordered)
-    parts = ", ".join(f"{counts[status]} {status}" for status in _ordered(counts))
-    latest = f"; latest {ordered[-1]['status']}" if ordered else ""
-    title = f"last {len(ordered)} runs, newest on the right: {parts}{latest}"
-    return Sparkline(tuple(marks), title)
+    return tuple(LegendEntry(status, fill(status)) for status in stacking_order(set(statuses)))
 
 
 # --- time for people ---------------------------------------------------------------------
