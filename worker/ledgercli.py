@@ -18,6 +18,7 @@ from typing import Any
 
 from . import db, logs, service
 from .jobcli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Refused, actor
+from .jobs import runtime
 from .registry import JobSpec
 from .settings import Settings
 from .store import definitions, ledger, processes
@@ -67,11 +68,7 @@ def set_paused(
                 f"JOB: unknown job {job!r}; known jobs: {', '.join(known)}; nor is it in the "
                 "ledger",
             )
-        change = ledger.set_paused(conn, job, paused)
-        if change.changed:
-            action = "pause" if paused else "resume"
-            definitions.record_change(conn, job, action, actor(), after={"paused": paused})
-        done.append(change)
+        done.append(runtime.set_paused(conn, job, paused, actor()))
 
     failed = ("pause_failed", "setting the pause flag in")
     command = "pause" if paused else "resume"

@@ -22,7 +22,7 @@ from ..jobfile import Declared, PythonCall
 from ..registry import JobSpec
 from ..schedules import Policy, Schedule, ScheduleError
 from ..settings import Settings
-from ..store import definitions
+from ..store import definitions, ledger
 from . import declared
 from .base import JobContext
 
@@ -196,6 +196,16 @@ def save(
     )
     write = definitions.create if create else definitions.update
     return written.first_due if write(conn, job, written, actor) else None
+
+
+def set_paused(conn: db.Conn, job: str, paused: bool, actor: str) -> ledger.PauseChange:
+    """Pause or resume any job's ledger row, with its change record when the flag changed
+    (a second pause records nothing). The API, the dashboard and the CLI all pause here."""
+    change = ledger.set_paused(conn, job, paused)
+    if change.changed:
+        action = "pause" if paused else "resume"
+        definitions.record_change(conn, job, action, actor, after={"paused": paused})
+    return change
 
 
 class Handlers:

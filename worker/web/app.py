@@ -32,7 +32,7 @@ from ..jobs import runtime
 from ..metrics import LedgerCollector
 from ..settings import Settings
 from ..store import alerts as alert_store
-from ..store import ledger, reads
+from ..store import reads
 from . import charts, sparklines
 from .access import Access
 from .cache import FreshCache
@@ -344,8 +344,7 @@ class App:
     def set_paused(self, request: Request, job: str, *, paused: bool) -> Response:
         with self.connections.connection() as conn:
             self.job_status(conn, job)
-            if ledger.set_paused(conn, job, paused).changed:  # a second click records nothing
-                self.manage.record_pause(conn, job, paused)
+            runtime.set_paused(conn, job, paused, self.manage.actor)
         self.log.info("job_paused_set" if paused else "job_resumed", job=job, via="http")
         done = "paused" if paused else "resumed"
         return self.acted(request, done, job, {"job": job, "paused": paused})

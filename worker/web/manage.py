@@ -162,10 +162,6 @@ class Manage:
         if self.app.on_request is not None:
             self.app.on_request()
 
-    def record_pause(self, conn: db.Conn, job: str, paused: bool) -> None:
-        action = "pause" if paused else "resume"
-        definitions.record_change(conn, job, action, self.actor, after={"paused": paused})
-
     def described(self, job: str) -> dict[str, Any]:
         with self.app.connections.connection() as conn:
             return status.job_dict(self.app.job_status(conn, job))
