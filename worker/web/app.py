@@ -37,7 +37,7 @@ from . import charts, sparklines
 from .access import Access
 from .cache import FreshCache
 from .connections import Connections, DatabaseCheck
-from .history import History
+from .history import History, page_limit
 from .manage import Manage
 from .responses import json_response, jsonable
 
@@ -49,7 +49,6 @@ RECENT_RUNS = 20
 DASHBOARD_FRESH_S = 1.0
 JOB_RUNS = 50
 DASHBOARD_JOBS = 100  # jobs per page of the dashboard's list
-MAX_RUNS_LIMIT = 500
 ALERTS = 50
 NOTICES = {  # `?done=` after a form action -> the message shown; the subject is escaped
     "paused": "Paused {}.",
@@ -304,7 +303,7 @@ class App:
     def api_jobs(self, request: Request) -> Response:
         """Every job; with `limit` (and `after`, the `next` of the previous page) a page."""
         paged = "limit" in request.args or "after" in request.args
-        limit = _limit(request, default=DASHBOARD_JOBS) if paged else None
+        limit = page_limit(request.args, DASHBOARD_JOBS) if paged else None
         after = _cursor(request.args.get("after"))
         with self.connections.connection() as conn:
             report = self.report(conn, after=after, limit=limit)
@@ -319,7 +318,7 @@ class App:
         return json_response({**status.job_dict(entry), "spec": describe(entry)})
 
     def api_job_runs(self, request: Request, job: str) -> Response:
-        limit = _limit(request, default=JOB_RUNS)
+        limit = page_limit(request.args, JOB_RUNS)
         with self.connections.connection() as conn:
             self.job_status(conn, job)
             rows = reads.job_runs(conn, job, limit)
@@ -399,15 +398,6 @@ def _cursor(after: str | None) -> str | None:
     except ValueError as exc:
         raise BadRequest(f"after: {exc}") from None
     return after
-
-
-def _limit(request: Request, *, default: int) -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_RUNS_LIMIT:
-        raise BadRequest(f"limit: a whole number from 1 to {MAX_RUNS_LIMIT}")
-    return int(raw)
 
 
 def _utc(moment: datetime | None) -> str:

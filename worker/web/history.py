@@ -51,7 +51,7 @@ class History:
 
     def runs_page(self, request: Request) -> Response:
         filters = self.run_filters(request.args)
-        rows, after = self.read_runs(filters, _limit(request.args, PAGE))
+        rows, after = self.read_runs(filters, page_limit(request.args, PAGE))
         args = _kept(request.args, RUN_ARGS)
         return self.app.render(
             "runs.html",
@@ -68,7 +68,7 @@ class History:
 
     def api_runs(self, request: Request) -> Response:
         filters = self.run_filters(request.args)
-        rows, after = self.read_runs(filters, _limit(request.args, PAGE))
+        rows, after = self.read_runs(filters, page_limit(request.args, PAGE))
         return json_response({"runs": [jsonable(row) for row in rows], "next": after})
 
     def read_runs(self, filters: history.RunFilters, limit: int) -> history.Page:
@@ -112,7 +112,7 @@ class History:
 
     def alerts_page(self, request: Request) -> Response:
         filters = self.alert_filters(request.args)
-        rows, after = self.read_alerts(filters, _limit(request.args, PAGE))
+        rows, after = self.read_alerts(filters, page_limit(request.args, PAGE))
         args = _kept(request.args, ALERT_ARGS)
         return self.app.render(
             "alerts.html",
@@ -129,7 +129,7 @@ class History:
 
     def api_alerts(self, request: Request) -> Response:
         filters = self.alert_filters(request.args)
-        rows, after = self.read_alerts(filters, _limit(request.args, PAGE))
+        rows, after = self.read_alerts(filters, page_limit(request.args, PAGE))
         return json_response({"alerts": [jsonable(row) for row in rows], "next": after})
 
     def read_alerts(self, filters: history.AlertFilters, limit: int) -> history.Page:
@@ -234,8 +234,10 @@ def _flag(args: MultiDict[str, str], name: str) -> bool:
     return raw in ("1", "true", "yes")
 
 
-def _limit(args: MultiDict[str, str], default: int) -> int:
-    raw = _text(args, "limit")
+def page_limit(args: MultiDict[str, str], default: int) -> int:
+    """A page's `limit`: from 1 to MAX_LIMIT rows (400 otherwise), `default` when not given;
+    every paged route of the API reads it here."""
+    raw = args.get("limit")
     if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
