@@ -96,7 +96,7 @@ def click(driver: Any, job: str, label: str) -> None:
     page = driver.find_element(By.TAG_NAME, "html")
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-job="{job}"]')
     row.find_element(By.XPATH, f".//button[normalize-space()='{label}']").click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 10).until(lambda _: _gone(page))
     WebDriverWait(driver, 10).until(
         expected_conditions.presence_of_element_located((By.ID, "notice"))
     )
@@ -196,9 +196,7 @@ def follow(driver: Any, selector: str) -> None:
 
     A page that refreshes itself swaps its content in place (templates/base.html): an
     element found just before a swap is gone when clicked, and is found again."""
-    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
@@ -206,13 +204,32 @@ def follow(driver: Any, selector: str) -> None:
         try:
             driver.find_element(By.CSS_SELECTOR, selector).click()
             break
-        except WebDriverException as exc:  # StaleElementReferenceException among them
-            swapped = isinstance(exc, StaleElementReferenceException) or (
-                "does not belong to the document" in str(exc)
-            )
-            if not swapped or attempt == 2:
+        except Exception as exc:
+            if not _detached(exc) or attempt == 2:
                 raise
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 10).until(lambda _: _gone(page))
+
+
+def _gone(element: Any) -> bool:
+    """The element left the document (its page was replaced by the next one)."""
+    try:
+        element.is_enabled()
+    except Exception as exc:
+        if _detached(exc):
+            return True
+        raise
+    return False
+
+
+def _detached(exc: BaseException) -> bool:
+    """Chromium's two ways of saying an element is no longer in the document: a stale
+    reference, or (while a page is being replaced) a node that "does not belong to the
+    document"."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    return isinstance(exc, StaleElementReferenceException) or (
+        isinstance(exc, WebDriverException) and "does not belong to the document" in str(exc)
+    )
 
 
 def test_create_a_job_from_the_form_run_it_with_parameters_and_cancel_a_run(
