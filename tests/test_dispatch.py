@@ -29,7 +29,7 @@ def test_a_short_job_runs_on_time_beside_a_long_one(
     tmp_path: Path, db_url: str, conn: db.Conn, spawn: Spawn
 ) -> None:
     # The issue's workload, scaled to a test: `tick` every 2 s beside `slow`, which runs
-    # 12 s from the start. One at a time, tick would wait out the whole slow run.
+    # 30 s from the start. One at a time, tick would wait out the whole slow run.
     jobs = write_jobs(
         tmp_path,
         """
@@ -40,12 +40,13 @@ command = ["true"]
 
 [jobs.slow]
 schedule = "every 1h"
-command = ["sleep", "12"]
+command = ["sleep", "30"]
 """,
     )
     worker = spawn("jobs", env=jobs_env(db_url, jobs))
     worker.wait_for("job_started", job="slow", timeout_s=WAIT_S)
-    wait_until(lambda: len(runs_of(conn, "tick")) >= 5)
+    # Five ended ticks: a tick still running at the stop below ends `interrupted`.
+    wait_until(lambda: sum(r["status"] == "success" for r in runs_of(conn, "tick")) >= 5)
     slow = runs_of(conn, "slow")
     assert [r["status"] for r in slow] == ["running"]  # every tick so far ran beside it
     assert stop(worker) == 0
