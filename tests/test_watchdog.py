@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.conftest import make_settings
@@ -540,3 +542,84 @@ def test_a_run_held_four_times_its_usual_duration_is_slow_while_it_runs(
     assert slow["metadata"]["threshold_s"] == 1.5
     assert [a["type"] for a in alert_rows(conn)] == ["RUN_SLOW"]  # once, though checked again
     assert (finished["finished_at"] - run["started_at"]).total_seconds() > 4 * 0.5
+
+
+def test_the_scan_shares_the_heartbeats_commit_one_commit_a_poll_for_an_idle_process(
+    tmp_path: Path, server_url: str, spawn: Spawn
+) -> None:
+    # A database of its own, so that the server's count of its commits is this process's.
+    name = "worker_watch_cost"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    url = make_conninfo(server_url, dbname=name)
+    try:
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            db.migrate(conn)
+        jobs = write_jobs(
+            tmp_path,
+            '[jobs.report]\nschedule = "every 1h"\non_start = "false"\ncommand = ["true"]\n',
+        )
+        worker = spawn("jobs", env=jobs_env(url, jobs))
+        worker.wait_for("scheduler_loop_started", timeout_s=WAIT_S)
+        time.sleep(REQUEST_POLL_S)  # past the start-up's own statements
+        window_s = 6 * REQUEST_POLL_S
+        before = commits_of(server_url, name)
+        time.sleep(window_s)
+        committed = commits_of(server_url, name) - before
+        assert stop(worker) == 0
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    # Six polls, each one read that beats and scans in one transaction: about six commits
+    # (a poll at either edge of the window, and autovacuum's visits, are the slack). A scan
+    # committed on its own makes about twelve.
+    assert 4 <= committed <= 9, committed
+    assert not worker.events("watchdog_failed")
+
+
+def commits_of(server_url: str, name: str) -> int:
+    """The server's count of the commits made in database `name`, flushed first: a backend
+    reports its counts when it goes idle, a second apart at most."""
+    time.sleep(1.5)
+    with psycopg.connect(server_url, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)
+        ).fetchone()
+    assert row is not None
+    return int(row["xact_commit"])
+
+
+def test_a_scan_that_fails_costs_neither_the_heartbeat_nor_a_run(
+    tmp_path: Path, db_url: str, conn: db.Conn, spawn: Spawn
+) -> None:
+    # A role that may use every table but the streaks': every scan fails; reads must not.
+    role = "worker_without_streaks"
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        conn.execute(f"DROP OWNED BY {role}")  # left by an interrupted run of this test
+        conn.execute(f"DROP ROLE {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'streakless-Qa71'")
+    conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")  # a start checks its migrations
+    conn.execute(f"REVOKE ALL ON worker_streaks FROM {role}")
+    url = make_conninfo(db_url, user=role, password="streakless-Qa71")
+    try:
+        jobs = write_jobs(tmp_path, '[jobs.tick]\nschedule = "every 2s"\ncommand = ["true"]\n')
+        worker = spawn("jobs", env=jobs_env(url, jobs), expect_noise=True)
+        worker.wait_for("watchdog_failed", timeout_s=WAIT_S)
+        failed_at = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
+        wait_until(lambda: beat_since(conn, failed_at, 1))  # the heart beats on...
+        wait_until(  # ...and the job runs on
+            lambda: any(
+                r["status"] == "success" and r["started_at"] > failed_at
+                for r in runs_of(conn, "tick")
+            )
+        )
+        assert stop(worker) == 0
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+    [first, *_] = worker.events("watchdog_failed")
+    assert "worker_streaks" in first["error"], first

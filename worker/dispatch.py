@@ -23,7 +23,7 @@ from .runs import Runner
 from .settings import Settings
 from .store import ledger, processes
 from .vocab import Claim, Mode, RunStatus
-from .watchdog import Watchdog
+from .watchdog import Change, Watchdog
 
 REQUEST_POLL_S = processes.POLL_S  # the ledger is read at least this often, and the heart beats
 WAKE_MARGIN_S = 0.001  # wake this much after a due instant, never just before it
@@ -76,7 +76,7 @@ class Dispatcher:
         # Every live process watches what none sees on its own, once a poll (the reads that
         # carry the heartbeat): ARCHITECTURE.md, "Watchdog".
         self._watchdog = None if process_id is None else Watchdog(settings, runner.http, log)
-        self._watch_due = False
+        self._wanted: list[Change] | None = None  # what the last scan called for, to apply
 
     @property
     def running(self) -> list[str]:
@@ -141,7 +141,10 @@ class Dispatcher:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = db.connect(self._settings.database, application_name="worker:loop")
-            due = ledger.due_jobs(self._conn, self._services, limit, beat)
+            if beat is not None and self._watchdog is not None:
+                due = self._read_watching(self._conn, limit, beat)
+            else:
+                due = ledger.due_jobs(self._conn, self._services, limit, beat)
         except psycopg.Error as exc:
             self._lost_ledger(exc)
             return None
@@ -152,7 +155,6 @@ class Dispatcher:
         with self._lock:
             self._clock = (due.now, read_at)
             self._beat_at = read_at if beat is not None else self._beat_at
-            self._watch_due = self._watch_due or beat is not None
             self._wake_at = max(self._beat_at, read_at - REQUEST_POLL_S) + REQUEST_POLL_S
             if due.next_wake is not None:
                 self._wake_at = min(self._wake_at, self._monotonic(due.next_wake))
@@ -173,13 +175,32 @@ class Dispatcher:
         self._runtime[row["job"]] = (row["definition"], spec)
         return spec
 
+    def _read_watching(self, conn: db.Conn, limit: int, beat: ledger.Beat) -> ledger.Due:
+        """The read that beats, and the watchdog's scan before it, in one transaction: one
+        commit a poll for both. A scan that fails is logged, and the read made alone."""
+        assert self._watchdog is not None
+        scanned = False
+        try:
+            with conn.transaction():
+                wanted = self._watchdog.observe(conn)
+                scanned = True
+                due = ledger.due_jobs(conn, self._services, limit, beat)
+        except Exception as exc:
+            if scanned or conn.broken:
+                raise  # the read's own failure, or the connection's
+            self._watchdog.failed(exc)
+            return ledger.due_jobs(conn, self._services, limit, beat)
+        self._wanted = wanted
+        return due
+
     def _watch(self) -> None:
-        """After a read that beat, once this process claimed what it could (its own due jobs
-        are not overdue): the watchdog's check, on the loop's connection."""
-        if self._watchdog is None or not self._watch_due or self._conn is None:
+        """Once this process claimed what the read gave it: the changes the watchdog's scan
+        called for, each opening checked again as it is made (so a process's own due jobs,
+        claimed just now, are not overdue)."""
+        wanted, self._wanted = self._wanted, None
+        if self._watchdog is None or wanted is None or self._conn is None:
             return
-        self._watch_due = False
-        self._watchdog.check(self._conn)
+        self._watchdog.check(self._conn, wanted)
         if self._conn.broken:
             self._conn.close()
 

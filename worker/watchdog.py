@@ -251,9 +251,10 @@ _BUILDERS: dict[tuple[str, str], Callable[[dict[str, Any], float | None], Change
 
 
 class Watchdog:
-    """One process's watchdog. The dispatcher calls `check` on the loop's connection after
-    each read that carried the heartbeat (once a poll); the alerts' webhooks go out on a
-    thread of its own, so a slow receiver never delays a claim."""
+    """One process's watchdog. The dispatcher scans (`observe`) in the transaction of each
+    read that carries the heartbeat (once a poll) and applies what it found (`check`) after
+    that read's claims; the alerts' webhooks go out on a thread of its own, so a slow
+    receiver never delays a claim."""
 
     def __init__(self, settings: Settings, http: httpx.Client, log: Any) -> None:
         self._settings = settings
@@ -272,16 +273,23 @@ class Watchdog:
         )
         self._notifier: ThreadPoolExecutor | None = None
 
-    def check(self, conn: db.Conn) -> list[dict[str, Any]]:
-        """Open and close what the scan calls for; the alert rows this process raised. Never
-        raises: a database error is logged (`watchdog_failed`), the next poll checks again."""
+    def check(self, conn: db.Conn, wanted: list[Change] | None = None) -> list[dict[str, Any]]:
+        """Open and close what a scan calls for (`wanted`, one the caller made; else one made
+        now); the alert rows this process raised. Never raises: an error is logged
+        (`watchdog_failed`), the next poll checks again."""
         try:
-            return self.apply(conn, self.observe(conn))
-        except psycopg.Error as exc:
-            self._log.warning("watchdog_failed", error=db.describe_error(exc))
-        except Exception:  # the loop it runs on must go on whatever a check meets
-            self._log.exception("watchdog_failed")
+            return self.apply(conn, self.observe(conn) if wanted is None else wanted)
+        except Exception as exc:  # the loop it runs on must go on whatever a check meets
+            self.failed(exc)
         return []
+
+    def failed(self, exc: BaseException) -> None:
+        """Log a check's failure: a database error by its description, anything else with
+        its traceback."""
+        if isinstance(exc, psycopg.Error):
+            self._log.warning("watchdog_failed", error=db.describe_error(exc))
+        else:
+            self._log.error("watchdog_failed", exc_info=exc)
 
     def observe(self, conn: db.Conn) -> list[Change]:
         """The check's first half: the changes of streak the scan calls for."""
