@@ -285,7 +285,17 @@ def test_a_requested_run_no_live_process_serves_is_refused_naming_the_service(
     row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'quota'").fetchone()
     assert row is None or row["run_requested_at"] is None  # nothing waits for ever
 
-    live(conn, "all", None, pid=2)
+    live(conn, "quota", ["quota_other"], pid=2)  # up, but started without quota
+    code, refused = one_shot(spawn, env, "run", "quota", "--request")
+    assert code == 1
+    assert refused.stderr().splitlines() == [
+        "worker: error: quota: no live process of the quota service runs quota: the 1 live "
+        "started without it in their jobs file; restart one with it declared, then ask again"
+    ]
+    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'quota'").fetchone()
+    assert row is None or row["run_requested_at"] is None
+
+    live(conn, "all", None, pid=3)  # an older version's row: it runs every job of its service
     code, asked = one_shot(spawn, env, "run", "quota", "--request")
     assert code == 0, asked.stderr()
     assert job_row(conn, "quota")["run_requested_at"] is not None

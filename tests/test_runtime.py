@@ -269,6 +269,29 @@ def test_run_now_of_a_retired_job_is_refused_as_no_process_would_start_it(
     assert row == {"run_requested_at": None}
 
 
+def test_run_now_of_a_file_job_no_live_process_runs_is_refused(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    # Declared in a jobs file the live processes did not start with (added since, say):
+    # the service is served, the job by none of its processes.
+    http, _ = api
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in)"
+        " VALUES ('added_since', 'jobs', 'every 1h', now() + interval '1 hour', 'file',"
+        " 'worker.toml')"
+    )
+    refused = http.post("/api/jobs/added_since/run")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == (
+        "no live process of the jobs service runs added_since: the 1 live started without it"
+        " in their jobs file; restart one with it declared, then ask again"
+    )
+    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'added_since'")
+    assert row.fetchone() == {"run_requested_at": None}
+    [process] = http.get("/api/processes").json()["processes"]
+    assert "added_since" not in process["jobs"]
+
+
 def test_a_running_run_shows_progress_and_output_then_cancel_ends_it(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:

@@ -104,7 +104,7 @@ def request_run(config: Settings, spec: JobSpec, on_database: OnDatabase) -> int
 
     def request(conn: db.Conn) -> None:
         db.migrate(conn)
-        refusal = processes.unserved(conn, spec.service)
+        refusal = processes.unserved(conn, spec.service, spec.name)
         if refusal is not None:
             raise Refused(EXIT_FAILURE, f"{spec.name}: {refusal}")
         service.register(conn, config, [spec], log)

@@ -288,6 +288,7 @@ def process_dict(process: dict[str, Any]) -> dict[str, Any]:
         "last_seen_at": iso(process["last_seen_at"]),
         "alive": process["alive"],
         "running": process["running"],
+        "jobs": process.get("jobs"),
     }
 
 

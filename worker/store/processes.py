@@ -58,13 +58,21 @@ def listed(conn: Conn) -> list[dict[str, Any]]:
         return []
 
 
-def unserved(conn: Conn, service: str | None) -> str | None:
+def unserved(conn: Conn, service: str | None, job: str | None = None) -> str | None:
     """Why a request to run a job of `service` would wait for ever: no live process serves
-    it (its own or an `all` one); None when one does (or the service is unknown)."""
-    live = {p["service"] for p in listed(conn) if p["alive"]}
-    if not service or live & {service, "all"}:
+    it (its own or an `all` one), or, for a declared or built-in `job`, none of those runs
+    it (they started without it); None when one does (or the service is unknown)."""
+    if not service:
+        return None
+    serving = [p for p in listed(conn) if p["alive"] and p["service"] in (service, "all")]
+    if not serving:
+        return (
+            f"no live process of the {service} service serves this job: start "
+            f"`worker {service}` (or `worker all`), then ask again"
+        )
+    if job is None or any(p["jobs"] is None or job in p["jobs"] for p in serving):
         return None
     return (
-        f"no live process of the {service} service serves this job: start "
-        f"`worker {service}` (or `worker all`), then ask again"
+        f"no live process of the {service} service runs {job}: the {len(serving)} live "
+        f"started without it in their jobs file; restart one with it declared, then ask again"
     )

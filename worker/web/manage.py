@@ -105,7 +105,8 @@ class Manage:
                     f"{job} is retired: no live process of the {row['service']} service runs "
                     f"it any more (declare it again, or `worker forget {job}`)"
                 )
-            self._check_served(conn, row["service"])
+            declared = None if row["source"] == "runtime" else job
+            self._check_served(conn, row["service"], declared)
             if not ledger.request_run(conn, job, kwargs):
                 raise Conflict(f"a run of {job} is already requested: wait for it to start")
         self.app.log.info("run_requested", job=job, via="http", kwargs=kwargs is not None)
@@ -191,8 +192,8 @@ class Manage:
         checked: dict[str, Any] = _checked(lambda: validate(definition.handler, body["kwargs"]))
         return checked
 
-    def _check_served(self, conn: db.Conn, service: str | None) -> None:
-        refusal = processes.unserved(conn, service)
+    def _check_served(self, conn: db.Conn, service: str | None, job: str | None = None) -> None:
+        refusal = processes.unserved(conn, service, job)
         if refusal is not None:
             raise Conflict(refusal)
 

@@ -31,8 +31,9 @@ DELETE FROM worker_processes WHERE last_seen_at < now() - interval '1 day';
 
 -- name: list_processes
 -- Every worker process that registered (ARCHITECTURE.md, "Processes"): alive while seen
--- within `dead_after_s` (3 polls), else dead (killed, frozen, or cut off).
-SELECT id, host, pid, service, version, concurrency, started_at, last_seen_at, running,
+-- within `dead_after_s` (3 polls), else dead (killed, frozen, or cut off). `jobs`: the
+-- declared and built-in jobs it runs (NULL: every job of its service, an older version's).
+SELECT id, host, pid, service, version, concurrency, started_at, last_seen_at, running, jobs,
        last_seen_at > now() - make_interval(secs => %(dead_after_s)s) AS alive
   FROM worker_processes
  ORDER BY service, started_at, id;
