@@ -219,6 +219,38 @@ cwd = "{tmp_path}"
     assert (event["kind"], event["status"], event["exit_code"]) == ("command", "success", 0)
 
 
+def test_a_nul_character_in_output_result_or_error_is_kept_as_a_replacement_character(
+    conn: db.Conn, spawn: Spawn, tmp_path: Path
+) -> None:
+    # PostgreSQL's text and jsonb hold no NUL: the run is still recorded, nothing else lost.
+    jobs = write_jobs(
+        tmp_path,
+        """
+[jobs.dump_bytes]
+schedule = "every 1h"
+command = ["printf", "before\\\\000after"]
+
+[jobs.read_binary]
+schedule = "every 1h"
+python = "demoapp.tasks:binary_noise"
+
+[jobs.choke_on_binary]
+schedule = "every 1h"
+python = "demoapp.tasks:fail_with_binary_noise"
+""",
+    )
+    worker, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs))
+
+    assert code == 1, stderr  # choke_on_binary failed, as it should
+    assert only_run(conn, "dump_bytes", "success")["output"] == "before\ufffdafter"
+    read = only_run(conn, "read_binary", "success")
+    assert "header\ufffdtrailer\n" in read["output"]
+    assert read["result"] == {"raw": "a\ufffdb", "keys": {"x\ufffd": 1}}
+    choked = only_run(conn, "choke_on_binary", "failed")
+    assert "unexpected byte \ufffd in the input" in choked["error"]
+    assert not worker.events("run_record_failed")
+
+
 def test_command_job_exiting_3_fails_with_its_exit_code(
     conn: db.Conn, spawn: Spawn, tmp_path: Path
 ) -> None:

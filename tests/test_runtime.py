@@ -221,6 +221,8 @@ def test_an_at_job_runs_once_and_then_stays_finished(
         ({"schedule": "every 1h", "at": "2030-01-01T00:00:00Z"}, "schedule"),
         ({"command": "rm -rf /"}, "command"),
         ({"timeout": 0}, "timeout"),
+        ({"description": "nightly\u0000sync"}, "description"),
+        ({"kwargs": {"label\u0000": "x"}}, "kwargs"),
     ],
 )
 def test_a_bad_definition_is_400_naming_the_field_or_parameter(

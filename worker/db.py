@@ -212,6 +212,19 @@ def _sql_folder(*parts: str) -> Traversable:
     return resources.files("worker").joinpath("sql", *parts)
 
 
+def storable(value: Any) -> Any:
+    """`value` with every NUL character in its text (strings, and the keys and strings of
+    lists and dicts within it) replaced by U+FFFD: PostgreSQL's text and jsonb hold no NUL,
+    and a run's output, error or result must not fail its record for one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
 def process_identity() -> tuple[str, int]:
     """(host, pid) recorded on run rows so an operator can find the process."""
     return os.uname().nodename, os.getpid()

@@ -202,7 +202,7 @@ def run_progress(
     """The running run's output so far and progress (nothing once it has ended)."""
     conn.execute(
         db.query("ledger.run_progress"),
-        {"id": run_id, "output": output, "done": done, "total": total},
+        {"id": run_id, "output": db.storable(output), "done": done, "total": total},
     )
 
 
@@ -253,10 +253,10 @@ def finish(
             "total": record.total,
             "succeeded": record.succeeded,
             "failed": record.failed,
-            "error": record.error,
-            "details": Jsonb(record.details),
-            "output": record.output,
-            "result": None if record.result is None else Jsonb(record.result),
+            "error": db.storable(record.error),
+            "details": Jsonb(db.storable(record.details)),
+            "output": db.storable(record.output),
+            "result": None if record.result is None else Jsonb(db.storable(record.result)),
             "alert_rules": alert_rules[0],
             "alert_types": alert_rules[1],
             "owed": owed,

@@ -199,15 +199,20 @@ class Manage:
 
 
 def read_body(request: Request) -> dict[str, Any]:
-    """A JSON object body, or a dashboard form's fields (`form_body`)."""
+    """A JSON object body, or a dashboard form's fields (`form_body`); a field whose text
+    holds a NUL character, which no PostgreSQL text holds, is refused by name."""
     if request.mimetype != "application/json":
-        return form_body(request)
-    try:
-        body = json.loads(request.get_data(as_text=True) or "{}")
-    except ValueError as exc:
-        raise BadRequest(f"body: not JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body: a JSON object")
+        body = form_body(request)
+    else:
+        try:
+            body = json.loads(request.get_data(as_text=True) or "{}")
+        except ValueError as exc:
+            raise BadRequest(f"body: not JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body: a JSON object")
+    for field, value in body.items():
+        if "\x00" in field or db.storable(value) != value:
+            raise BadRequest(f"{field}: text may not hold the NUL character (\\u0000)")
     return body
 
 

@@ -47,3 +47,14 @@ def reject_token() -> None:
 def current_config() -> dict[str, Any]:
     """Returns settings that include a secret from the environment."""
     return {"region": "eu", "api_token": os.environ.get("ETL_TOKEN")}
+
+
+def binary_noise() -> dict[str, Any]:
+    """Prints and returns a NUL character, as code reading a binary file may."""
+    print("header\x00trailer")
+    return {"raw": "a\x00b", "keys": {"x\x00": 1}}
+
+
+def fail_with_binary_noise() -> None:
+    """Raises with a NUL character in its message."""
+    raise ValueError("unexpected byte \x00 in the input")
