@@ -77,6 +77,32 @@ def test_a_request_runs_when_nothing_is_due_or_owed() -> None:
     assert decide(asked, Mode.DUE, DEFAULT) == Decision(refusal=Refusal.NOT_DUE, write=False)
 
 
+def test_a_persons_request_meeting_a_due_occurrence_is_served_by_the_occurrences_run() -> None:
+    # One run for both, and a `schedule` one: owed if interrupted, its lateness counted.
+    asked = row(next_due_at=DUE, run_requested_at=NOW, run_requested_by="manual")
+    assert decide(asked, Mode.SCHEDULED, DEFAULT) == Decision(Trigger.SCHEDULE, DUE, 1)
+    # A start-up request is what a start runs: its run serves the occurrence as before.
+    started = row(next_due_at=DUE, run_requested_at=NOW, run_requested_by="startup")
+    assert decide(started, Mode.SCHEDULED, DEFAULT) == Decision(Trigger.STARTUP, DUE, 1)
+    # A paused job runs only for the person who asked, serving no occurrence.
+    paused = row(next_due_at=DUE, paused=True, run_requested_at=NOW, run_requested_by="manual")
+    assert decide(paused, Mode.SCHEDULED, DEFAULT) == Decision(Trigger.MANUAL)
+
+
+@pytest.mark.parametrize("fields", [{"next_due_at": DUE}, {"owed_run_id": 41}])
+def test_a_request_with_parameters_runs_first_leaving_the_due_or_owed_occurrence(
+    fields: dict[str, Any],
+) -> None:
+    # Its parameters are for that run alone: the occurrence waits and runs with its own.
+    asked = {
+        **owed(run_requested_at=NOW, run_requested_by="manual"),
+        "owed_run_id": None,
+        "run_requested_kwargs": {"days": 3},
+        **fields,
+    }
+    assert decide(asked, Mode.SCHEDULED, DEFAULT) == Decision(Trigger.MANUAL, keeps_due=True)
+
+
 def test_a_leased_job_is_left_alone() -> None:
     assert decide(owed(leased=True), Mode.SCHEDULED, DEFAULT) == Decision(
         refusal=Refusal.CLAIMED_ELSEWHERE, write=False

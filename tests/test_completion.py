@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tests import pooler
+from tests.support.databases import own_database
 from tests.support.jobruns import WAIT_S, job_row, jobs_env, runs_of, stop, wait_until, write_jobs
 from tests.support.processes import WorkerProcess
 from tests.webtools import Forwarder
@@ -448,7 +449,6 @@ def test_overlap_queue_runs_right_after_and_skip_waits_for_the_next_occurrence(
 
 
 def test_a_v2_database_upgrades_its_runs_to_attempt_one(server_url: str, spawn: Spawn) -> None:
-    from psycopg.conninfo import make_conninfo
     from psycopg.rows import dict_row
 
     from tests.support.processes import ROOT
@@ -456,59 +456,50 @@ def test_a_v2_database_upgrades_its_runs_to_attempt_one(server_url: str, spawn: 
     name = "worker_upgrade_v2"
     migrations = sorted((ROOT / "worker" / "sql" / "migrations").glob("*.sql"))
     v2 = [path for path in migrations if path.stem <= "0003_web_indexes"]
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
-    url = make_conninfo(server_url, dbname=name)
-    try:
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            conn.execute(
-                "CREATE TABLE worker_schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for path in v2:
-                conn.execute(path.read_bytes())
-                conn.execute(
-                    "INSERT INTO worker_schema_migrations (version) VALUES (%s)", (path.stem,)
-                )
-            conn.execute((ROOT / "worker" / "sql" / "app_tables.sql").read_bytes())
-            conn.execute(
-                "INSERT INTO worker_jobs (job, service, schedule, next_due_at)"
-                " VALUES ('quota', 'quota', 'every 1h', now() + interval '1 hour')"
-            )
-            due = conn.execute(
-                "INSERT INTO worker_job_runs (job, trigger, status, host, pid, scheduled_for)"
-                " VALUES ('quota', 'schedule', 'interrupted', 'v2-host', 7, now())"
-                " RETURNING scheduled_for"
-            ).fetchone()
-            assert due is not None
+    with (
+        own_database(server_url, name) as url,
+        psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn,
+    ):
+        conn.execute(
+            "CREATE TABLE worker_schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for path in v2:
+            conn.execute(path.read_bytes())
+            conn.execute("INSERT INTO worker_schema_migrations (version) VALUES (%s)", (path.stem,))
+        conn.execute((ROOT / "worker" / "sql" / "app_tables.sql").read_bytes())
+        conn.execute(
+            "INSERT INTO worker_jobs (job, service, schedule, next_due_at)"
+            " VALUES ('quota', 'quota', 'every 1h', now() + interval '1 hour')"
+        )
+        due = conn.execute(
+            "INSERT INTO worker_job_runs (job, trigger, status, host, pid, scheduled_for)"
+            " VALUES ('quota', 'schedule', 'interrupted', 'v2-host', 7, now())"
+            " RETURNING scheduled_for"
+        ).fetchone()
+        assert due is not None
 
-            applied = db.migrate(conn)
-            assert applied == [p.stem for p in migrations if p not in v2]
-            row = conn.execute("SELECT attempt, trigger FROM worker_job_runs").fetchone()
-            assert row == {"attempt": 1, "trigger": "schedule"}
-            assert job_row(conn, "quota")["max_attempts"] == 3
-            indexes = {
-                r["indexname"]
-                for r in conn.execute(
-                    "SELECT indexname FROM pg_indexes WHERE tablename = 'worker_job_runs'"
-                )
-            }
-            assert "worker_job_runs_attempt_idx" in indexes
-            assert "worker_job_runs_occurrence_idx" not in indexes
-            insert_retry = (
-                "INSERT INTO worker_job_runs"
-                " (job, trigger, status, host, pid, scheduled_for, attempt)"
-                " VALUES ('quota', %s, 'running', 'v3-host', 8, %s, %s)"
+        applied = db.migrate(conn)
+        assert applied == [p.stem for p in migrations if p not in v2]
+        row = conn.execute("SELECT attempt, trigger FROM worker_job_runs").fetchone()
+        assert row == {"attempt": 1, "trigger": "schedule"}
+        assert job_row(conn, "quota")["max_attempts"] == 3
+        indexes = {
+            r["indexname"]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'worker_job_runs'"
             )
-            conn.execute(insert_retry, ("retry", due["scheduled_for"], 2))  # a second attempt
-            with pytest.raises(psycopg.errors.UniqueViolation):  # but never a second start
-                conn.execute(insert_retry, ("retry", due["scheduled_for"], 2))
+        }
+        assert "worker_job_runs_attempt_idx" in indexes
+        assert "worker_job_runs_occurrence_idx" not in indexes
+        insert_retry = (
+            "INSERT INTO worker_job_runs"
+            " (job, trigger, status, host, pid, scheduled_for, attempt)"
+            " VALUES ('quota', %s, 'running', 'v3-host', 8, %s, %s)"
+        )
+        conn.execute(insert_retry, ("retry", due["scheduled_for"], 2))  # a second attempt
+        with pytest.raises(psycopg.errors.UniqueViolation):  # but never a second start
+            conn.execute(insert_retry, ("retry", due["scheduled_for"], 2))
 
-            worker = spawn(
-                "quota", "--once", env={"DATABASE_URL": url, "TAVILY_USAGE_URL": CLOSED_URL}
-            )
-            assert worker.wait(WAIT_S) == 0
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        worker = spawn("quota", "--once", env={"DATABASE_URL": url, "TAVILY_USAGE_URL": CLOSED_URL})
+        assert worker.wait(WAIT_S) == 0

@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 import structlog
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
+from tests.support.databases import own_database
 from tests.support.jobruns import runs_of, stop
 from tests.support.processes import ROOT, WorkerProcess
 from worker import claims, db, schedules
@@ -220,6 +220,45 @@ def test_a_request_waiting_behind_a_lease_runs_once_the_lease_is_released(
     claim = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
     assert isinstance(claim, Claim) and claim.trigger is Trigger.MANUAL
     assert job_row(conn)["run_requested_at"] is None  # served: it runs once
+
+
+def release(conn: db.Conn) -> None:
+    conn.execute(
+        "UPDATE worker_jobs SET lease_owner = NULL, lease_until = NULL, current_run_id = NULL"
+    )
+
+
+def test_a_request_meeting_a_due_occurrence_is_one_run_that_serves_the_occurrence(
+    conn: db.Conn,
+) -> None:
+    register(conn)
+    due = make_due(conn, "10 seconds")
+    ledger.request_run(conn, JOB)
+    claim = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    assert isinstance(claim, Claim)
+    assert (claim.trigger, claim.scheduled_for) == (Trigger.SCHEDULE, due)
+    row = job_row(conn)
+    assert row["run_requested_at"] is None and row["next_due_at"] > row["now"]  # both served
+
+
+def test_a_request_with_parameters_runs_first_and_the_due_occurrence_right_after(
+    conn: db.Conn,
+) -> None:
+    register(conn)
+    due = make_due(conn, "10 seconds")
+    assert ledger.request_run(conn, JOB, {"days": 3})
+    first = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    assert isinstance(first, Claim)
+    assert (first.trigger, first.scheduled_for, first.kwargs) == (Trigger.MANUAL, None, {"days": 3})
+    row = job_row(conn)
+    assert (row["run_requested_at"], row["next_due_at"]) == (None, due)  # the occurrence waits
+    assert first.next_due_at == due  # so the loop reads again as soon as the run ends
+
+    release(conn)
+    second = claims.claim(conn, JOB, Mode.SCHEDULED, LEASE_S)
+    assert isinstance(second, Claim)
+    assert (second.trigger, second.scheduled_for, second.kwargs) == (Trigger.SCHEDULE, due, None)
+    assert job_row(conn)["next_due_at"] > due
 
 
 def test_a_startup_request_skips_paused_and_leased_jobs_and_is_set_once(conn: db.Conn) -> None:
@@ -564,50 +603,45 @@ def insert_v1_rows(conn: db.Conn) -> None:
 
 def test_a_v1_database_upgrades_keeping_runs_and_pauses(server_url: str, spawn: Spawn) -> None:
     name = "worker_upgrade_v1"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
-    url = make_conninfo(server_url, dbname=name)
-    try:
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            apply_v1_schema(conn)
-            insert_v1_rows(conn)
-            runs_before = conn.execute(
-                "SELECT id, job, trigger, status, started_at, total, succeeded"
-                " FROM worker_job_runs ORDER BY id"
-            ).fetchall()
+    with (
+        own_database(server_url, name) as url,
+        psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn,
+    ):
+        apply_v1_schema(conn)
+        insert_v1_rows(conn)
+        runs_before = conn.execute(
+            "SELECT id, job, trigger, status, started_at, total, succeeded"
+            " FROM worker_job_runs ORDER BY id"
+        ).fetchall()
 
-            later = sorted(p.stem for p in (ROOT / "worker/sql/migrations").glob("*.sql"))[1:]
-            assert later[0] == "0002_schedule_ledger"
-            assert db.migrate(conn) == later  # every migration after 0001, the ledger first
-            assert db.migrate(conn) == []
+        later = sorted(p.stem for p in (ROOT / "worker/sql/migrations").glob("*.sql"))[1:]
+        assert later[0] == "0002_schedule_ledger"
+        assert db.migrate(conn) == later  # every migration after 0001, the ledger first
+        assert db.migrate(conn) == []
 
-            runs_after = conn.execute(
-                "SELECT id, job, trigger, status, started_at, total, succeeded, scheduled_for,"
-                " output, result FROM worker_job_runs ORDER BY id"
-            ).fetchall()
-            assert [{k: r[k] for k in runs_before[0]} for r in runs_after] == runs_before
-            assert {(r["scheduled_for"], r["output"], r["result"]) for r in runs_after} == {
-                (None, None, None)
-            }
-            quota = job_row(conn, "quota")
-            assert quota["paused"] is True and quota["paused_at"] is not None
-            new_columns = ("schedule", "next_due_at", "run_requested_at", "lease_owner")
-            assert [quota[c] for c in new_columns] == [None, None, None, None]
-            assert conn.execute("SELECT count(*) AS n FROM worker_alerts").fetchone() == {"n": 1}
+        runs_after = conn.execute(
+            "SELECT id, job, trigger, status, started_at, total, succeeded, scheduled_for,"
+            " output, result FROM worker_job_runs ORDER BY id"
+        ).fetchall()
+        assert [{k: r[k] for k in runs_before[0]} for r in runs_after] == runs_before
+        assert {(r["scheduled_for"], r["output"], r["result"]) for r in runs_after} == {
+            (None, None, None)
+        }
+        quota = job_row(conn, "quota")
+        assert quota["paused"] is True and quota["paused_at"] is not None
+        new_columns = ("schedule", "next_due_at", "run_requested_at", "lease_owner")
+        assert [quota[c] for c in new_columns] == [None, None, None, None]
+        assert conn.execute("SELECT count(*) AS n FROM worker_alerts").fetchone() == {"n": 1}
 
-            worker = spawn(
-                "quota", "--once", env={"DATABASE_URL": url, "TAVILY_USAGE_URL": CLOSED_USAGE_URL}
-            )
-            assert worker.wait() == 0
-            assert worker.events("job_paused") != []
-            assert worker.events("job_started") == []
-            assert len(runs_of(conn)) == len(V1_RUNS)
-            quota = job_row(conn, "quota")
-            assert (quota["paused"], quota["schedule"]) == (True, "every 1h")
-            assert quota["next_due_at"] > quota["now"]
-            key = conn.execute("SELECT remaining_quota FROM tavily_api_keys").fetchone()
-            assert key == {"remaining_quota": 5}
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        worker = spawn(
+            "quota", "--once", env={"DATABASE_URL": url, "TAVILY_USAGE_URL": CLOSED_USAGE_URL}
+        )
+        assert worker.wait() == 0
+        assert worker.events("job_paused") != []
+        assert worker.events("job_started") == []
+        assert len(runs_of(conn)) == len(V1_RUNS)
+        quota = job_row(conn, "quota")
+        assert (quota["paused"], quota["schedule"]) == (True, "every 1h")
+        assert quota["next_due_at"] > quota["now"]
+        key = conn.execute("SELECT remaining_quota FROM tavily_api_keys").fetchone()
+        assert key == {"remaining_quota": 5}

@@ -23,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.conftest import make_settings
+from tests.support.databases import own_database
 from tests.support.fakes import Reply, serving, usage_body
 from tests.support.jobruns import WAIT_S, jobs_env, runs_of, stop, wait_until, write_jobs
 from tests.support.processes import WorkerProcess
@@ -549,11 +550,7 @@ def test_the_scan_shares_the_heartbeats_commit_one_commit_a_poll_for_an_idle_pro
 ) -> None:
     # A database of its own, so that the server's count of its commits is this process's.
     name = "worker_watch_cost"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
-    url = make_conninfo(server_url, dbname=name)
-    try:
+    with own_database(server_url, name) as url:
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
             db.migrate(conn)
         jobs = write_jobs(
@@ -568,9 +565,6 @@ def test_the_scan_shares_the_heartbeats_commit_one_commit_a_poll_for_an_idle_pro
         time.sleep(window_s)
         committed = commits_of(server_url, name) - before
         assert stop(worker) == 0
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     # Six polls, each one read that beats and scans in one transaction: about six commits
     # (a poll at either edge of the window, and autovacuum's visits, are the slack). A scan

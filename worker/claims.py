@@ -68,7 +68,8 @@ class Skipped:
 class Decision:
     """What a claim does with a job's ledger row (`decide`): start a run as `trigger`,
     serving `scheduled_for` as its `attempt`; or consume the occurrence without a run
-    (`refusal` set, `write` true: a paused job's, a late one); or nothing at all."""
+    (`refusal` set, `write` true: a paused job's, a late one); or nothing at all.
+    `keeps_due`: the due occurrence is left for the next claim, not served by this run."""
 
     trigger: Trigger | None = None
     scheduled_for: datetime | None = None
@@ -76,15 +77,20 @@ class Decision:
     refusal: Refusal | None = None
     write: bool = True
     skipped: datetime | None = None  # the occurrence skipped as late
+    keeps_due: bool = False
 
 
 def decide(row: dict[str, Any], mode: Mode, policy: Policy) -> Decision:
     """The claim's rules, on the row as read (ARCHITECTURE.md, "Owed occurrences").
 
     A due occurrence comes first (missed and owed ones coalesce into it), then an owed one
-    (`retry`: the same `scheduled_for`, `attempt` + 1), then a waiting request. An
-    occurrence later than the job's `max_lateness` is skipped; a paused job's occurrence
-    is consumed without a run, unless an operator asked for this run.
+    (`retry`: the same `scheduled_for`, `attempt` + 1), then a waiting request. A person's
+    request meeting a due occurrence is served by the occurrence's run, which stays a
+    `schedule` run (owed if it is interrupted). A request with parameters of its own runs
+    first, serving no occurrence, and leaves a due or owed one to the next claim (which
+    runs it with the job's own parameters, right after). An occurrence later than the
+    job's `max_lateness` is skipped; a paused job's occurrence is consumed without a run,
+    unless an operator asked for this run.
     """
     now, forced = row["now"], mode in (Mode.ONCE, Mode.MANUAL)
     due = row["next_due_at"] <= now
@@ -99,10 +105,10 @@ def decide(row: dict[str, Any], mode: Mode, policy: Policy) -> Decision:
     asked = Trigger(row["run_requested_by"] or Trigger.MANUAL) if requested else None
     if forced:
         decision = Decision(Trigger.MANUAL)
+    elif asked is Trigger.MANUAL and row.get("run_requested_kwargs") is not None:
+        decision = Decision(Trigger.MANUAL, keeps_due=True)  # its own parameters: first
     elif due and not late_due:
-        trigger = asked or Trigger.SCHEDULE
-        served = None if trigger is Trigger.MANUAL else row["next_due_at"]
-        decision = Decision(trigger, served)
+        decision = _due_run(row, asked)
     elif owed and not late_owed:
         decision = Decision(Trigger.RETRY, row["owed_for"], row["owed_attempt"] + 1)
     elif asked is not None:
@@ -115,6 +121,14 @@ def decide(row: dict[str, Any], mode: Mode, policy: Policy) -> Decision:
     if not due and mode is Mode.ONCE:
         return Decision(refusal=Refusal.PAUSED, write=False)  # nothing of the ledger's
     return Decision(refusal=Refusal.PAUSED)
+
+
+def _due_run(row: dict[str, Any], asked: Trigger | None) -> Decision:
+    """A due occurrence's run, with the request waiting beside it (`asked`), if any."""
+    if asked is Trigger.MANUAL and not row["paused"]:
+        return Decision(Trigger.SCHEDULE, row["next_due_at"])  # one run serves both
+    trigger = asked or Trigger.SCHEDULE
+    return Decision(trigger, None if trigger is Trigger.MANUAL else row["next_due_at"])
 
 
 def claim(
@@ -176,7 +190,9 @@ def _claim_params(
     trigger = decision.trigger or Trigger.SCHEDULE  # no run: the trigger is not written
     return {
         "job": row["job"],
-        "next_due_at": schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"]),
+        "next_due_at": row["next_due_at"]
+        if decision.keeps_due
+        else schedules.parse(row["schedule"]).next_due(row["next_due_at"], row["now"]),
         "lease": decision.trigger is not None,
         "owner": owner(),
         "lease_s": lease_s,
@@ -190,6 +206,7 @@ def _claim_params(
         "scheduled_for": decision.scheduled_for,
         "attempt": decision.attempt,
         "kwargs": None if kwargs is None else Jsonb(kwargs),
+        "keep_due": decision.keeps_due,
     }
 
 

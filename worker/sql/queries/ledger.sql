@@ -110,14 +110,15 @@ SELECT t.now, t.next_wake, (SELECT runs FROM reaped) AS reaped,
 -- the run's row is inserted under the id the lease records, and any other `running` row of
 -- the job, a dead runner's, is marked abandoned (every part sees the same snapshot, so the
 -- new row is never among them). `lease` false consumes the occurrence without a run (a
--- paused job).
+-- paused job). `keep_due`: a request's run that leaves the due (and owed) occurrence for
+-- the next claim (`next_due_at` is then the one seen).
 WITH claimed AS (
     UPDATE worker_jobs
        SET next_due_at = %(next_due_at)s,
            run_requested_at = NULL,
            run_requested_by = NULL,
            run_requested_kwargs = NULL,
-           owed_run_id = NULL,
+           owed_run_id = CASE WHEN %(keep_due)s THEN owed_run_id END,
            lease_owner = CASE WHEN %(lease)s THEN %(owner)s END,
            lease_until = CASE WHEN %(lease)s THEN now() + make_interval(secs => %(lease_s)s) END,
            current_run_id = CASE WHEN %(lease)s
