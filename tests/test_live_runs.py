@@ -108,6 +108,8 @@ def test_the_run_page_of_a_running_runtime_job_moves_by_itself(
         browser.get(f"{url}/")
         row = browser.find_element("css selector", 'tr[data-job="long_haul"]').text
         assert "running for" in row and "/30 done" in row
+        bar = browser.find_element("css selector", 'tr[data-job="long_haul"] progress')
+        assert bar.get_attribute("max") == "30" and int(bar.get_attribute("value") or 0) > 0
         assert http.post(f"/api/runs/{run_id}/cancel").status_code == 202
         wait_until(lambda: http.get(f"/api/runs/{run_id}").json()["status"] == "cancelled")
 
