@@ -294,6 +294,47 @@ def test_run_now_of_a_file_job_no_live_process_runs_is_refused(
     assert "added_since" not in process["jobs"]
 
 
+def test_run_now_and_edit_refusals_name_what_is_wrong(
+    api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
+) -> None:
+    http, _ = api
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in)"
+        " VALUES ('nightly_file', 'jobs', 'every 1h', now() + interval '1 hour', 'file',"
+        " '/srv/app/worker.toml'),"
+        " ('weekly_report', 'reports', 'every 1h', now() + interval '1 hour', 'system', NULL)"
+    )
+    edit = http.patch("/api/jobs/nightly_file", json={"schedule": "every 2h"})
+    assert edit.status_code == 403
+    assert edit.json()["error"].startswith("nightly_file is declared in /srv/app/worker.toml:")
+    with_kwargs = http.post("/api/jobs/nightly_file/run", json={"kwargs": {"days": 1}})
+    assert with_kwargs.status_code == 400
+    assert with_kwargs.json()["error"].startswith("kwargs: nightly_file is not a runtime job")
+    unknown = http.post("/api/jobs/nightly_file/run", json={"when": "now"})
+    assert unknown.status_code == 400 and unknown.json()["error"].startswith("when:")
+    unserved = http.post("/api/jobs/weekly_report/run")
+    assert unserved.status_code == 409
+    assert unserved.json()["error"] == (
+        "no live process of the reports service serves this job: start `worker reports`"
+        " (or `worker all`), then ask again"
+    )
+
+    made = create(http, name="crm_sync", handler="scripts:sync", schedule="manual")
+    assert made.status_code == 201, made.text
+    bad = http.post("/api/jobs/crm_sync/run", json={"kwargs": {"days": "seven"}})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("days:"), bad.json()
+    # Held by a lease elsewhere, a request waits; a second one with parameters is refused.
+    conn.execute(
+        "UPDATE worker_jobs SET lease_owner = 'peer:1', lease_until = now() + interval '1 minute'"
+        " WHERE job = 'crm_sync'"
+    )
+    assert http.post("/api/jobs/crm_sync/run", json={"kwargs": {"days": 1}}).status_code == 202
+    second = http.post("/api/jobs/crm_sync/run", json={"kwargs": {"days": 2}})
+    assert second.status_code == 409
+    assert second.json()["error"] == "a run of crm_sync is already requested: wait for it to start"
+    assert job_row(conn, "crm_sync")["run_requested_kwargs"] == {"days": 1}
+
+
 def test_a_running_run_shows_progress_and_output_then_cancel_ends_it(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:
