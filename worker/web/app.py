@@ -32,7 +32,7 @@ from ..jobs import runtime
 from ..metrics import LedgerCollector
 from ..settings import Settings
 from ..store import alerts as alert_store
-from ..store import reads
+from ..store import processes, reads
 from . import charts, sparklines
 from .access import Access
 from .cache import FreshCache
@@ -329,8 +329,8 @@ class App:
 
     def api_processes(self, request: Request) -> Response:
         with self.connections.connection() as conn:
-            report = self.report(conn)
-        return json_response({"processes": [status.process_dict(p) for p in report.processes]})
+            rows = processes.listed(conn)  # the processes alone: no job is read
+        return json_response({"processes": [status.process_dict(p) for p in rows]})
 
     # --- actions -----------------------------------------------------------------------
 
