@@ -219,7 +219,7 @@ cwd = "{tmp_path}"
     assert (event["kind"], event["status"], event["exit_code"]) == ("command", "success", 0)
 
 
-def test_a_nul_character_in_output_result_or_error_is_kept_as_a_replacement_character(
+def test_what_postgresql_cannot_hold_in_output_result_or_error_is_stored_in_a_form_it_can(
     conn: db.Conn, spawn: Spawn, tmp_path: Path
 ) -> None:
     # PostgreSQL's text and jsonb hold no NUL: the run is still recorded, nothing else lost.
@@ -237,6 +237,10 @@ python = "demoapp.tasks:binary_noise"
 [jobs.choke_on_binary]
 schedule = "every 1h"
 python = "demoapp.tasks:fail_with_binary_noise"
+
+[jobs.divide_nothing]
+schedule = "every 1h"
+python = "demoapp.tasks:ratio_of_nothing"
 """,
     )
     worker, code, stderr = run_once(spawn, jobs_env(conn.info.dsn, jobs))
@@ -246,6 +250,9 @@ python = "demoapp.tasks:fail_with_binary_noise"
     read = only_run(conn, "read_binary", "success")
     assert "header\ufffdtrailer\n" in read["output"]
     assert read["result"] == {"raw": "a\ufffdb", "keys": {"x\ufffd": 1}}
+    # Nor a float JSON has no number for: its name instead, as Python's json writes it.
+    divided = only_run(conn, "divide_nothing", "success")["result"]
+    assert divided == {"ratio": "NaN", "ceiling": "Infinity", "floor": "-Infinity"}
     choked = only_run(conn, "choke_on_binary", "failed")
     assert "unexpected byte \ufffd in the input" in choked["error"]
     assert not worker.events("run_record_failed")

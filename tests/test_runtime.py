@@ -323,6 +323,13 @@ def test_run_now_and_edit_refusals_name_what_is_wrong(
     assert made.status_code == 201, made.text
     bad = http.post("/api/jobs/crm_sync/run", json={"kwargs": {"days": "seven"}})
     assert bad.status_code == 400 and bad.json()["error"].startswith("days:"), bad.json()
+    json_nan = {
+        "content": '{"kwargs": {"days": NaN}}',
+        "headers": {"Content-Type": "application/json"},
+    }
+    unstorable = http.post("/api/jobs/crm_sync/run", **json_nan)  # Python's json reads NaN
+    assert unstorable.status_code == 400
+    assert unstorable.json()["error"].startswith("kwargs: holds a NUL character"), unstorable.text
     # Held by a lease elsewhere, a request waits; a second one with parameters is refused.
     conn.execute(
         "UPDATE worker_jobs SET lease_owner = 'peer:1', lease_until = now() + interval '1 minute'"

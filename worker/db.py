@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import re
 import time
@@ -213,11 +215,14 @@ def _sql_folder(*parts: str) -> Traversable:
 
 
 def storable(value: Any) -> Any:
-    """`value` with every NUL character in its text (strings, and the keys and strings of
-    lists and dicts within it) replaced by U+FFFD: PostgreSQL's text and jsonb hold no NUL,
-    and a run's output, error or result must not fail its record for one."""
+    """`value` in a form PostgreSQL's text and jsonb hold, so that a run's output, error or
+    result never fails its record: every NUL character in its text (strings, and the keys
+    and strings of lists and dicts within it) replaced by U+FFFD, and a float JSON has no
+    number for named as Python's json writes it (`"NaN"`, `"Infinity"`, `"-Infinity"`)."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -200,7 +200,7 @@ class Manage:
 
 def read_body(request: Request) -> dict[str, Any]:
     """A JSON object body, or a dashboard form's fields (`form_body`); a field whose text
-    holds a NUL character, which no PostgreSQL text holds, is refused by name."""
+    holds what PostgreSQL cannot store (a NUL character, NaN, Infinity) is refused by name."""
     if request.mimetype != "application/json":
         body = form_body(request)
     else:
@@ -212,7 +212,10 @@ def read_body(request: Request) -> dict[str, Any]:
             raise BadRequest("body: a JSON object")
     for field, value in body.items():
         if "\x00" in field or db.storable(value) != value:
-            raise BadRequest(f"{field}: text may not hold the NUL character (\\u0000)")
+            raise BadRequest(
+                f"{field}: holds a NUL character (\\u0000), NaN or Infinity, "
+                "none of which PostgreSQL stores"
+            )
     return body
 
 

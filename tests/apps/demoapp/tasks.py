@@ -58,3 +58,8 @@ def binary_noise() -> dict[str, Any]:
 def fail_with_binary_noise() -> None:
     """Raises with a NUL character in its message."""
     raise ValueError("unexpected byte \x00 in the input")
+
+
+def ratio_of_nothing() -> dict[str, Any]:
+    """Returns floats JSON has no number for, as arithmetic on empty data does."""
+    return {"ratio": float("nan"), "ceiling": float("inf"), "floor": -float("inf")}
