@@ -136,7 +136,7 @@ def forget(args: argparse.Namespace, config: Settings, on_database: OnDatabase) 
             raise Refused(
                 EXIT_FAILURE, f"{job} is a runtime job: delete it with `worker job delete {job}`"
             )
-        running = ledger.declared_by(conn, job, processes.DEAD_AFTER_S)
+        running = processes.declared_by(conn, job, row["service"])
         if running:
             where = row["declared_in"] or "the worker itself (built in)"
             names = ", ".join(f"{p['service']} {p['host']}:{p['pid']}" for p in running)

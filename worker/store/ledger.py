@@ -111,13 +111,6 @@ def retire_undeclared(conn: Conn, dead_after_s: float) -> list[dict[str, Any]]:
     ).fetchall()
 
 
-def declared_by(conn: Conn, job: str, dead_after_s: float) -> list[dict[str, Any]]:
-    """The live processes (`service, host, pid`) that run `job`."""
-    return conn.execute(
-        db.query("ledger.declared_by"), {"job": job, "dead_after_s": dead_after_s}
-    ).fetchall()
-
-
 @dataclass(frozen=True)
 class Forgotten:
     """What `forget` did: whether the row went, and the history deleted and kept."""

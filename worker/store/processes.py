@@ -58,6 +58,13 @@ def listed(conn: Conn) -> list[dict[str, Any]]:
         return []
 
 
+def declared_by(conn: Conn, job: str, service: str) -> list[dict[str, Any]]:
+    """The live processes (`service, host, pid`) of the job's `service` (or `all`) that run
+    `job` (or may: an older version's row runs every job of its service)."""
+    params = {"job": job, "service": service, "dead_after_s": DEAD_AFTER_S}
+    return conn.execute(db.query("processes.declared_by"), params).fetchall()
+
+
 def unserved(conn: Conn, service: str | None, job: str | None = None) -> str | None:
     """Why a request to run a job of `service` would wait for ever: no live process serves
     it (its own or an `all` one), or, for a declared or built-in `job`, none of those runs
@@ -70,7 +77,7 @@ def unserved(conn: Conn, service: str | None, job: str | None = None) -> str | N
             f"no live process of the {service} service serves this job: start "
             f"`worker {service}` (or `worker all`), then ask again"
         )
-    if job is None or any(p["jobs"] is None or job in p["jobs"] for p in serving):
+    if job is None or declared_by(conn, job, service):
         return None
     return (
         f"no live process of the {service} service runs {job}: the {len(serving)} live "

@@ -293,17 +293,6 @@ WITH live AS (
 )
 SELECT job, service FROM retired;
 
--- name: declared_by
--- The live processes that run `job` (or may: an older version's runs every job of its
--- service), for `worker forget`'s refusal.
-SELECT p.service, p.host, p.pid
-  FROM worker_processes p
-  JOIN worker_jobs j ON j.job = %(job)s
- WHERE p.last_seen_at > now() - make_interval(secs => %(dead_after_s)s)
-   AND p.service IN (j.service, 'all')
-   AND (p.jobs IS NULL OR j.job = ANY(p.jobs))
- ORDER BY p.service, p.host, p.pid;
-
 -- name: forget_job
 -- `worker forget`: the job's ledger row goes, unless a run of it goes on; with `history`
 -- its runs, alerts, open streaks and recorded changes go too (else they stay, as history

@@ -37,3 +37,14 @@ SELECT id, host, pid, service, version, concurrency, started_at, last_seen_at, r
        last_seen_at > now() - make_interval(secs => %(dead_after_s)s) AS alive
   FROM worker_processes
  ORDER BY service, started_at, id;
+
+-- name: declared_by
+-- The live processes of `service` (its own or `all` ones) that run `job` (or may: an older
+-- version's runs every job of its service), for `worker forget`'s refusal and a run
+-- request's.
+SELECT service, host, pid
+  FROM worker_processes
+ WHERE last_seen_at > now() - make_interval(secs => %(dead_after_s)s)
+   AND service IN (%(service)s, 'all')
+   AND (jobs IS NULL OR %(job)s = ANY(jobs))
+ ORDER BY service, host, pid;
