@@ -270,6 +270,12 @@ def test_a_resume_starts_the_staleness_clock_again(conn: db.Conn, spawn: Spawn) 
     assert code == 0, report.stderr()
 
 
+def requested(conn: db.Conn, job: str) -> bool:
+    """A run of `job` is requested (False too when the ledger has no row for it)."""
+    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = %s", (job,)).fetchone()
+    return row is not None and row["run_requested_at"] is not None
+
+
 def test_a_requested_run_no_live_process_serves_is_refused_naming_the_service(
     conn: db.Conn, spawn: Spawn
 ) -> None:
@@ -282,8 +288,7 @@ def test_a_requested_run_no_live_process_serves_is_refused_naming_the_service(
         "worker: error: quota: no live process of the quota service serves this job: start "
         "`worker quota` (or `worker all`), then ask again"
     )
-    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'quota'").fetchone()
-    assert row is None or row["run_requested_at"] is None  # nothing waits for ever
+    assert not requested(conn, "quota")  # nothing waits for ever
 
     live(conn, "quota", ["quota_other"], pid=2)  # up, but started without quota
     code, refused = one_shot(spawn, env, "run", "quota", "--request")
@@ -292,8 +297,7 @@ def test_a_requested_run_no_live_process_serves_is_refused_naming_the_service(
         "worker: error: quota: no live process of the quota service runs quota: the 1 live "
         "started without it in their jobs file; restart one with it declared, then ask again"
     ]
-    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'quota'").fetchone()
-    assert row is None or row["run_requested_at"] is None
+    assert not requested(conn, "quota")
 
     live(conn, "all", None, pid=3)  # an older version's row: it runs every job of its service
     code, asked = one_shot(spawn, env, "run", "quota", "--request")

@@ -235,14 +235,29 @@ def test_a_bad_definition_is_400_naming_the_field_or_parameter(
     assert answer.json()["error"].startswith(f"{named}:"), answer.json()
 
 
+def ledger_job(
+    conn: db.Conn,
+    job: str,
+    service: str = "jobs",
+    declared_in: str | None = None,
+    *,
+    retired: bool = False,
+) -> None:
+    """A job's ledger row as another deploy's process left it, due in an hour: a jobs-file
+    job when `declared_in` is given, else a built-in one."""
+    conn.execute(
+        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in,"
+        " retired_at) VALUES (%s, %s, 'every 1h', now() + interval '1 hour', %s, %s,"
+        " CASE WHEN %s THEN now() END)",
+        (job, service, "system" if declared_in is None else "file", declared_in, retired),
+    )
+
+
 def test_system_jobs_are_not_deleted_or_redefined_and_names_are_unique(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:
     http, _ = api
-    conn.execute(
-        "INSERT INTO worker_jobs (job, service, schedule, next_due_at)"
-        " VALUES ('quota', 'quota', 'every 1h', now() + interval '1 hour')"
-    )
+    ledger_job(conn, "quota", "quota")
     denied = http.delete("/api/jobs/quota")
     assert denied.status_code == 403 and "built in" in denied.json()["error"]
     assert http.patch("/api/jobs/quota", json={"schedule": "every 2h"}).status_code == 403
@@ -260,15 +275,11 @@ def test_run_now_of_a_retired_job_is_refused_as_no_process_would_start_it(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:
     http, _ = api
-    conn.execute(
-        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in,"
-        " retired_at) VALUES ('gone', 'jobs', 'every 1h', now(), 'file', 'worker.toml', now())"
-    )
+    ledger_job(conn, "gone", declared_in="worker.toml", retired=True)
     refused = http.post("/api/jobs/gone/run")
     assert refused.status_code == 409
     assert refused.json()["error"].startswith("gone is retired: no live process of the jobs")
-    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'gone'").fetchone()
-    assert row == {"run_requested_at": None}
+    assert job_row(conn, "gone")["run_requested_at"] is None
 
 
 def test_run_now_of_a_file_job_no_live_process_runs_is_refused(
@@ -277,19 +288,14 @@ def test_run_now_of_a_file_job_no_live_process_runs_is_refused(
     # Declared in a jobs file the live processes did not start with (added since, say):
     # the service is served, the job by none of its processes.
     http, _ = api
-    conn.execute(
-        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in)"
-        " VALUES ('added_since', 'jobs', 'every 1h', now() + interval '1 hour', 'file',"
-        " 'worker.toml')"
-    )
+    ledger_job(conn, "added_since", declared_in="worker.toml")
     refused = http.post("/api/jobs/added_since/run")
     assert refused.status_code == 409
     assert refused.json()["error"] == (
         "no live process of the jobs service runs added_since: the 1 live started without it"
         " in their jobs file; restart one with it declared, then ask again"
     )
-    row = conn.execute("SELECT run_requested_at FROM worker_jobs WHERE job = 'added_since'")
-    assert row.fetchone() == {"run_requested_at": None}
+    assert job_row(conn, "added_since")["run_requested_at"] is None
     [process] = http.get("/api/processes").json()["processes"]
     assert "added_since" not in process["jobs"]
 
@@ -298,12 +304,8 @@ def test_run_now_and_edit_refusals_name_what_is_wrong(
     api: tuple[httpx.Client, WorkerProcess], conn: db.Conn
 ) -> None:
     http, _ = api
-    conn.execute(
-        "INSERT INTO worker_jobs (job, service, schedule, next_due_at, source, declared_in)"
-        " VALUES ('nightly_file', 'jobs', 'every 1h', now() + interval '1 hour', 'file',"
-        " '/srv/app/worker.toml'),"
-        " ('weekly_report', 'reports', 'every 1h', now() + interval '1 hour', 'system', NULL)"
-    )
+    ledger_job(conn, "nightly_file", declared_in="/srv/app/worker.toml")
+    ledger_job(conn, "weekly_report", "reports")
     edit = http.patch("/api/jobs/nightly_file", json={"schedule": "every 2h"})
     assert edit.status_code == 403
     assert edit.json()["error"].startswith("nightly_file is declared in /srv/app/worker.toml:")
